@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 from torch import nn
 
 from joryu.models.registry import register

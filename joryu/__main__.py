@@ -1,0 +1,5 @@
+import sys
+
+from joryu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,17 @@
+"""Datasets: built-in (offline) data, file loaders, on-device tensors and loaders."""
+
+from joryu.data.core import (
+    Augment,
+    StreamLoader,
+    TensorData,
+    TensorLoader,
+    apply_augment,
+    epoch_batches,
+    split_validation,
+)
+from joryu.data.registry import DataBundle, available, describe, load, register_dataset
+
+__all__ = [
+    "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment",
+    "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
+]

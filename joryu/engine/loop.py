@@ -1,0 +1,351 @@
+"""The one training loop. It runs any Distiller and never asks which method it is."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from joryu.config import TrainConfig
+from joryu.data.core import Augment, StreamLoader, TensorData, TensorLoader
+from joryu.distiller import Distiller
+from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from joryu.errors import NonFiniteLossError
+
+
+def optimizer_builder(cfg: TrainConfig):
+    """``build(params) -> Optimizer`` from the config (params may be a list of param groups)."""
+
+    def build(params):
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                   weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    return build
+
+
+def lr_factor(cfg: TrainConfig, updates_per_epoch: int):
+    """Multiplier of the base lr after ``u`` optimizer updates (warm-up, then the schedule)."""
+    total = max(1, cfg.epochs * updates_per_epoch)
+    warm = cfg.warmup_epochs * updates_per_epoch
+
+    def factor(u: int) -> float:
+        if warm > 0 and u < warm:
+            return (u + 1) / warm
+        if cfg.scheduler == "constant":
+            return 1.0
+        if cfg.scheduler == "step":
+            epoch = u / max(1, updates_per_epoch)
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        if cfg.scheduler == "onecycle":
+            peak = 0.25 * total
+            if u < peak:
+                return 0.04 + 0.96 * u / peak
+            p = (u - peak) / max(1.0, total - peak)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+        p = (u - warm) / max(1.0, total - warm)  # cosine
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return factor
+
+
+class StepContext:
+    """What a manual-optimization Distiller uses to step its own optimizers."""
+
+    def __init__(self, engine: Engine, optimizers, params_of):
+        self.engine = engine
+        self.accelerator = engine.accelerator
+        self.optimizers = optimizers
+        self._params_of = params_of
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self, optimizer) -> None:
+        """Average gradients across processes, clip, step and zero ``optimizer``."""
+        params = self._params_of(optimizer)
+        if self.accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.accelerator.num_processes
+        if self.engine.cfg.clip_grad_norm:
+            self.accelerator.clip_grad_norm_(params, self.engine.cfg.clip_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    val: dict = field(default_factory=dict)
+    steps: int = 0
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def pick_device(cfg: TrainConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return cfg.device
+
+
+class Engine:
+    """Trains a Distiller on data for ``cfg.epochs``; evaluates; checkpoints; resumes.
+
+    run_dir: folder for ``metrics.jsonl`` and ``checkpoints/`` (None: nothing is written).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, seed: int = 0,
+                 stage: str = "train", progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = seed
+        self.stage = stage
+        self.progress = progress
+        device = pick_device(cfg)
+        mp = cfg.mixed_precision
+        if device == "cpu" and mp != "no":
+            warnings.warn(f"mixed_precision={mp!r} is for GPUs; training in float32 on the CPU", stacklevel=2)
+            mp = "no"
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if self.accelerator.device.type == "cpu":
+            torch.set_flush_denormal(True)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _loader(self, data, batch_size, shuffle, augment=None, drop_last=False):
+        kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
+                  drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
+                  world_size=self.accelerator.num_processes)
+        if isinstance(data, TensorData):
+            return TensorLoader(data, **kw)
+        return StreamLoader(data, **kw)
+
+    def _log(self, row: dict) -> None:
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _reduce_mean(self, sums: dict, count: int) -> dict:
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        vec = torch.stack([sums[k].float() for k in keys] + [torch.tensor(float(count), device=self.device)])
+        vec = self.accelerator.reduce(vec, reduction="sum")
+        n = max(1.0, float(vec[-1]))
+        return {k: float(v) / n for k, v in zip(keys, vec[:-1])}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
+        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``."""
+        distiller.to(self.device)
+        for t in distiller.teachers():
+            t.to(self.device)
+        was_training = distiller.training
+        distiller.eval()
+        loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
+        correct, losses, n = {}, {}, torch.zeros((), device=self.device)
+        for batch in loader.iterate(0):
+            target = batch["target"]
+            with self.accelerator.autocast():
+                preds = distiller.eval_logits(batch)
+            for name, logits in preds.items():
+                correct[name] = correct.get(name, 0) + (logits.argmax(-1) == target).sum()
+                losses[name] = losses.get(name, 0) + F.cross_entropy(logits.float(), target, reduction="sum")
+            n += len(target)
+        distiller.train(was_training)
+        names = list(correct)
+        vec = torch.stack([torch.as_tensor(correct[k], device=self.device).float() for k in names]
+                          + [torch.as_tensor(losses[k], device=self.device).float() for k in names] + [n])
+        vec = self.accelerator.reduce(vec, reduction="sum")
+        total = max(1.0, float(vec[-1]))
+        out = {}
+        for i, name in enumerate(names):
+            out[f"{prefix}/{name}/acc"] = 100.0 * float(vec[i]) / total
+            out[f"{prefix}/{name}/loss"] = float(vec[len(names) + i]) / total
+        if names:
+            out[f"{prefix}/acc"] = out[f"{prefix}/{names[0]}/acc"]
+            out[f"{prefix}/loss"] = out[f"{prefix}/{names[0]}/loss"]
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(self, distiller: Distiller, train, val=None, augment: Augment | None = None,
+            resume: bool = False) -> FitResult:
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.epochs == 0:
+            return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
+        for t in distiller.teachers():
+            t.to(self.device)
+        distiller.to(self.device)
+        loader = self._loader(train, cfg.batch_size, shuffle=True, augment=augment, drop_last=False)
+        steps_per_epoch = len(loader)
+        if steps_per_epoch == 0:
+            raise ValueError("the training data is empty")
+        updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum)
+        optimizers = distiller.configure_optimizers(optimizer_builder(cfg))
+        factor = lr_factor(cfg, updates_per_epoch)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
+        auto = distiller.automatic_optimization
+        if auto:
+            prepared = acc.prepare(distiller, *optimizers)
+            model, optimizers = prepared[0], list(prepared[1:])
+        else:
+            model = distiller
+            optimizers = [acc.prepare_optimizer(o) for o in optimizers]
+            groups = {id(o): [p for g in o.param_groups for p in g["params"]] for o in optimizers}
+            distiller.ctx = StepContext(self, optimizers, lambda o: groups[id(o)])
+        ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
+
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "count": 0,
+                 "history": [], "elapsed": 0.0}
+        if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
+            state = read_checkpoint(last, distiller, optimizers, schedulers, acc.scaler, acc.process_index)
+            if state.get("world_size", 1) != acc.num_processes:
+                raise RuntimeError(f"checkpoint {last} was written by {state['world_size']} processes; "
+                                   f"resume with the same number (now {acc.num_processes})")
+            if self.is_main and self.run_dir is not None:  # drop rows logged after the checkpoint
+                with open(self.run_dir / "metrics.jsonl", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in state["history"])
+        elif ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
+            import shutil
+
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        history = state["history"]
+        global_step = state["global_step"]
+        elapsed_before = state["elapsed"]
+        t_start = time.perf_counter()
+
+        def save(epoch, step_in_epoch, sums, count):
+            if ckpt_dir is None:
+                return
+            self._check_finite(sums, epoch, step_in_epoch)
+            loop_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                          "sums": {k: float(v) for k, v in sums.items()}, "count": count,
+                          "history": history, "elapsed": elapsed_before + time.perf_counter() - t_start,
+                          "stage": self.stage}
+            write_checkpoint(ckpt_dir, global_step, distiller, optimizers, schedulers, acc.scaler,
+                             loop_state, acc.process_index, acc.num_processes, acc.wait_for_everyone,
+                             cfg.keep_checkpoints)
+
+        val_metrics = history[-1] if history else {}
+        for epoch in range(state["epoch"], cfg.epochs):
+            start = state["step_in_epoch"] if epoch == state["epoch"] else 0
+            if start == 0:
+                sums, count = {}, 0
+            else:
+                sums = {k: torch.tensor(v, device=self.device) for k, v in state["sums"].items()}
+                count = state["count"]
+            distiller.on_epoch_start(epoch, cfg.epochs)
+            model.train()
+            t_epoch, n_epoch = time.perf_counter(), 0
+            bar = tqdm(total=steps_per_epoch, initial=start, leave=False, dynamic_ncols=True,
+                       desc=f"{self.stage} {epoch + 1}/{cfg.epochs}",
+                       disable=not (self.progress and self.is_main and sys.stderr.isatty()))
+            for i, batch in enumerate(loader.iterate(epoch, start), start=start):
+                bsz = len(batch["index"])
+                sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == steps_per_epoch
+                if auto:
+                    no_sync = model.no_sync if (not sync and acc.num_processes > 1) else nullcontext
+                    with no_sync(), acc.autocast():
+                        losses = model(batch)
+                        if "loss" not in losses:
+                            raise KeyError(f"{type(distiller).__name__}.training_step must return a 'loss'")
+                    acc.backward(losses["loss"] / cfg.grad_accum)
+                    if sync:
+                        if cfg.clip_grad_norm:
+                            acc.clip_grad_norm_(distiller.trainable_parameters(), cfg.clip_grad_norm)
+                        for o in optimizers:
+                            o.step()
+                            o.zero_grad(set_to_none=True)
+                        for s in schedulers:
+                            s.step()
+                else:
+                    with acc.autocast():
+                        losses = distiller.training_step(batch)
+                    for s in schedulers:
+                        s.step()
+                for k, v in losses.items():
+                    v = v.detach().float() * bsz
+                    sums[k] = sums[k] + v if k in sums else v
+                count += bsz
+                n_epoch += bsz
+                global_step += 1
+                if sync and ((i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch):
+                    self._check_finite(sums, epoch, i)
+                    if bar.disable is False:
+                        rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
+                        shown = {k: f"{float(v) / max(1, count):.4g}" for k, v in list(sums.items())[:3]}
+                        if "val/acc" in val_metrics:
+                            shown["val_acc"] = f"{val_metrics['val/acc']:.2f}"
+                        bar.set_postfix(**shown, samples_s=f"{rate:.0f}")
+                bar.update(1)
+                if cfg.checkpoint_every and sync and global_step % cfg.checkpoint_every == 0 \
+                        and i + 1 < steps_per_epoch:
+                    save(epoch, i + 1, sums, count)
+            bar.close()
+            self._check_finite(sums, epoch, steps_per_epoch)
+            epoch_time = time.perf_counter() - t_epoch
+            row = {"stage": self.stage, "epoch": epoch + 1, "step": global_step,
+                   "lr": optimizers[0].param_groups[0]["lr"]}
+            row.update({f"train/{k}": v for k, v in self._reduce_mean(sums, count).items()})
+            row["samples_per_s"] = n_epoch * acc.num_processes / max(1e-9, epoch_time)
+            row.update(distiller.extra_metrics())
+            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                val_metrics = self.evaluate(distiller, val)
+                row.update(val_metrics)
+            row["time_s"] = round(elapsed_before + time.perf_counter() - t_start, 3)
+            history.append(row)
+            self._log(row)
+            report_every = max(1, cfg.epochs // 5)
+            if self.is_main and self.progress and ((epoch + 1) % report_every == 0 or epoch == 0
+                                                   or epoch + 1 == cfg.epochs):
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                  if k.startswith(("train/loss", "val/acc")) or k == "samples_per_s")
+                tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
+            save(epoch + 1, 0, {}, 0)
+        acc.free_memory()
+        distiller.ctx = None
+        train_time = elapsed_before + time.perf_counter() - t_start
+        total_samples = sum(r.get("samples_per_s", 0) * 0 for r in history) or loader.num_samples * cfg.epochs
+        return FitResult(history=history, val=val_metrics, steps=global_step, train_time_s=train_time,
+                         samples_per_s=total_samples / max(1e-9, train_time))
+
+    def _check_finite(self, sums: dict, epoch: int, step: int) -> None:
+        for k, v in sums.items():
+            if not bool(torch.isfinite(v).all()):
+                where = (f"; the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+                         if self.run_dir is not None else "")
+                raise NonFiniteLossError(
+                    f"{self.stage}: loss term {k!r} became non-finite in epoch {epoch + 1} near step "
+                    f"{step}{where}. Lower train.lr, set train.clip_grad_norm, or check the data for NaNs."
+                )

@@ -1,0 +1,134 @@
+"""Methods are registered by name. A method turns its validated parameters into Stages."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from joryu.config import TrainConfig, validate_params
+from joryu.errors import ConfigError
+
+
+class Params(BaseModel):
+    """Base for a method's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+
+@dataclass
+class StageContext:
+    """What a stage's builder receives: the student to train, the teacher, data and earlier results."""
+
+    student: Any
+    teacher: Any
+    train_data: Any
+    num_classes: int
+    train_cfg: TrainConfig
+    results: dict = field(default_factory=dict)  # stage name -> whatever the stage left
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    """One engine run: a Distiller built from the context, trained with ``train`` overrides."""
+
+    name: str
+    build: Callable[[StageContext], Any]
+    train: dict = field(default_factory=dict)  # overrides of the experiment's TrainConfig
+    after: Callable[[StageContext, Any], None] | None = None  # e.g. keep the student, drop a regressor
+
+
+@dataclass
+class MethodInfo:
+    name: str
+    cls: type
+    paper: str
+    status: str
+
+
+_METHODS: dict[str, MethodInfo] = {}
+_PLANNED: dict[str, str] = {
+    "fitnets": "Romero et al. 2015, FitNets (arXiv:1412.6550)",
+    "dml": "Zhang et al. 2018, Deep Mutual Learning (arXiv:1706.00384)",
+    "knowledge_concentration": "Gao et al. 2017, Knowledge Concentration (arXiv:1711.07607)",
+    "data_distillation": "Radosavovic et al. 2018, Data Distillation (arXiv:1712.04440)",
+    "born_again": "Furlanello et al. 2018, Born-Again Networks (arXiv:1805.04770)",
+    "meal": "Shen, He & Xue 2019, MEAL (arXiv:1812.02425)",
+    "fsp": "Yim et al. 2017, A Gift from Knowledge Distillation (FSP), CVPR",
+    "progressive_blockwise": "Wang et al. 2018, Progressive Blockwise KD, IJCAI",
+    "one": "Lan, Zhu & Gong 2018, On-the-Fly Native Ensemble, NeurIPS",
+    "dataset_distillation": "Wang et al. 2018, Dataset Distillation (arXiv:1811.10959)",
+    "posterior_distillation": "Wang et al. 2018, Adversarial Distillation of Bayesian NN Posteriors, ICML",
+    "generalized_distillation": "Gong et al. 2018, Teaching Semi-Supervised Classifier via Generalized Distillation, IJCAI",
+    "noisy_label_distillation": "Li et al. 2017, Learning from Noisy Labels with Distillation, ICCV",
+    "cross_modal": "Gupta, Hoffman & Malik 2016, Cross Modal Distillation for Supervision Transfer, CVPR",
+    "dropout_distillation": "Rota Bulò, Porzi & Kontschieder 2016, Dropout Distillation, ICML",
+    "svd_kd": "Lee, Kim & Song 2018, Self-supervised KD using SVD, ECCV",
+}
+
+
+def register_method(name: str, paper: str, status: str = "implemented"):
+    """Class decorator: register a Method subclass under ``name``."""
+
+    def wrap(cls):
+        _METHODS[name] = MethodInfo(name, cls, paper, status)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def _discover() -> None:
+    import joryu.methods as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base":
+            importlib.import_module(f"joryu.methods.{mod.name}")
+
+
+def available() -> list[str]:
+    _discover()
+    return sorted(_METHODS)
+
+
+def listing() -> list[tuple[str, str, str]]:
+    """(name, paper, status) for every implemented and planned method."""
+    _discover()
+    rows = [(m.name, m.paper, m.status) for m in _METHODS.values()]
+    rows += [(n, p, "planned") for n, p in _PLANNED.items() if n not in _METHODS]
+    return sorted(rows)
+
+
+def get_method(name: str, params: dict | None = None):
+    """An instance of the method ``name`` with validated ``params``."""
+    _discover()
+    if name not in _METHODS:
+        if name in _PLANNED:
+            raise ConfigError(f"method {name!r} ({_PLANNED[name]}) is planned but not implemented yet; "
+                              f"implemented: {', '.join(sorted(_METHODS))}")
+        close = difflib.get_close_matches(name, list(_METHODS) + list(_PLANNED), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown method {name!r}.{hint} Implemented: {', '.join(sorted(_METHODS))}")
+    cls = _METHODS[name].cls
+    p = validate_params(cls.Params, params or {}, "method.params")
+    return cls(p)
+
+
+class Method:
+    """A paper's training recipe: ``stages()`` lists the engine runs, in order."""
+
+    name = "method"
+    Params = Params
+    needs_teacher = True
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def stages(self) -> list[Stage]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,36 @@
+"""Plain supervised training with cross-entropy: the "student alone" baseline and teacher training."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+
+from joryu.distiller import Distiller
+from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.outputs import forward
+
+
+class SupervisedDistiller(Distiller):
+    """CE(y, softmax(z)) with optional label smoothing; no teacher."""
+
+    def __init__(self, student, input_key: str = "input", label_smoothing: float = 0.0):
+        super().__init__(student, (), input_key)
+        self.label_smoothing = label_smoothing
+
+    def training_step(self, batch):
+        logits = forward(self.student, batch, self.input_key)
+        return {"loss": F.cross_entropy(logits, batch["target"], label_smoothing=self.label_smoothing)}
+
+
+class SupervisedParams(Params):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+@register_method("supervised", paper="baseline: cross-entropy on the labels, no teacher")
+class Supervised(Method):
+    Params = SupervisedParams
+    needs_teacher = False
+
+    def stages(self):
+        p = self.params
+        return [Stage("train", lambda ctx: SupervisedDistiller(ctx.student, label_smoothing=p.label_smoothing))]

@@ -1,0 +1,35 @@
+"""Learning-curve plots from the engine's per-epoch history rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """Validation accuracy and training loss per epoch, one line per run; returns the PNG paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for key, ylabel, fname in (("val/acc", "validation accuracy (%)", "val_accuracy.png"),
+                               ("train/loss", "training loss", "train_loss.png")):
+        series = {name: [(r["epoch"], r[key]) for r in h if key in r] for name, h in histories.items()}
+        series = {k: v for k, v in series.items() if v}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for name, pts in series.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
