@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -29,11 +34,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    log_q = F.log_softmax(_at_least_fp32(student_logits) / t, dim=-1)
+    log_p = F.log_softmax(_at_least_fp32(teacher_logits.detach()) / t, dim=-1)
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
 
 
 def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
     """Cross-entropy against a probability target, batch mean: -1/B sum_b sum_c p_bc log q_bc."""
-    return -(target_probs.detach() * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return -(target_probs.detach() * F.log_softmax(_at_least_fp32(logits), dim=-1)).sum(-1).mean()

@@ -1,0 +1,46 @@
+"""Small helpers the reproductions share: train through the engine, predict, score."""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import set_seed
+
+from joryu.config import TrainConfig
+from joryu.data import Augment, TensorData, TensorLoader
+from joryu.experiment import run_stages
+from joryu.methods import get_method
+from joryu.outputs import forward
+
+
+def train(method: str, model, data: TensorData, cfg: TrainConfig | dict, seed: int, teacher=None,
+          params: dict | None = None, augment: Augment | None = None, val: TensorData | None = None,
+          progress: bool = False, label: str | None = None):
+    """Train ``model`` with ``method`` through the engine (no files written); returns the network."""
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig(**cfg)
+    m = get_method(method, params or {})
+    set_seed(seed)
+    net, _ = run_stages(m, model, teacher, data, val, cfg, None, seed, augment, progress, False,
+                        label or method, data.num_classes)
+    return net
+
+
+@torch.no_grad()
+def predict(model, data: TensorData, batch_size: int = 2000, input_key: str = "input") -> torch.Tensor:
+    """Logits of ``model`` on every sample of ``data``, in order."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = TensorLoader(data, batch_size, shuffle=False, device=device)
+    out = torch.cat([forward(model, b, input_key).float().cpu() for b in loader.iterate(0)])
+    model.train(was)
+    return out
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(-1) == targets.cpu()).float().mean())
+
+
+def seeded(seed: int, factory, *args, **kwargs):
+    """Build a model with ``seed`` fixed, so runs that share a seed share the initialisation."""
+    set_seed(seed)
+    return factory(*args, **kwargs)
