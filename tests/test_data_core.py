@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from joryu import data as jd
-from joryu.data import Augment, TensorData, TensorLoader, apply_augment, epoch_batches, split_validation
+from joryu.data import (
+    Augment,
+    TensorData,
+    TensorLoader,
+    apply_augment,
+    epoch_batches,
+    split_validation,
+)
 
 
 def test_epoch_batches_deterministic_and_complete():
