@@ -39,6 +39,7 @@ class TrainConfig(Strict):
     eval_every: int = Field(1, ge=1, description="epochs between validation passes")
     log_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
+    compile: bool = Field(False, description="torch.compile the trained network (in place; off by default)")
 
 
 class ModelConfig(Strict):

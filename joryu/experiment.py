@@ -106,7 +106,8 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
                label: str | None = None, num_classes: int | None = None):
     """Run a method's stages through the engine; returns (deployable network, stage results)."""
     ctx = StageContext(student=student, teacher=teacher, train_data=train,
-                       num_classes=num_classes or getattr(train, "num_classes", 0), train_cfg=train_cfg)
+                       num_classes=num_classes or getattr(train, "num_classes", 0), train_cfg=train_cfg,
+                       augment=augment)
     stages = method.stages()
     distiller = None
     for stage in stages:

@@ -6,12 +6,13 @@ from joryu.data.core import (
     TensorData,
     TensorLoader,
     apply_augment,
+    apply_augment_keyed,
     epoch_batches,
     split_validation,
 )
 from joryu.data.registry import DataBundle, available, describe, load, register_dataset
 
 __all__ = [
-    "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment",
+    "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment", "apply_augment_keyed",
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
 ]

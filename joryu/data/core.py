@@ -25,54 +25,91 @@ class Augment:
     shift: maximum random translation in samples/pixels along each spatial axis (zero padding).
     flip: random horizontal flip (last axis), for natural images.
     noise: standard deviation of added Gaussian noise.
+    draws: 0 = a fresh random augmentation every time. K > 0 = every sample is seen, each epoch,
+        under one of K fixed augmentation draws (chosen at random per sample and epoch); the same
+        (sample, draw) always gives the same augmented input, so teacher outputs can be cached
+        per (sample, draw), as fast-KD work stores soft labels per crop. Not with ``noise``.
     """
 
     shift: int = 0
     flip: bool = False
     noise: float = 0.0
+    draws: int = 0
+
+    def __post_init__(self):
+        if self.shift < 0 or self.noise < 0 or self.draws < 0:
+            raise ValueError("augment: shift, noise and draws must be >= 0")
+        if self.draws > 0 and self.noise > 0:
+            raise ValueError("augment: fixed draws (draws > 0) cannot be combined with noise; "
+                             "use shift/flip, or draws: 0")
 
     @property
     def active(self) -> bool:
         return self.shift > 0 or self.flip or self.noise > 0
 
+    def signature(self) -> str:
+        return f"shift={self.shift},flip={self.flip},noise={self.noise},draws={self.draws}"
 
-def _shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
-    """Random translation of each sample by up to ``max_shift`` along its spatial axes."""
-    b = x.shape[0]
-    spatial = x.dim() - 2 if x.dim() >= 3 else 1
-    if x.dim() == 2:  # (B, L) signals
+
+def _shift_by(x: Tensor, max_shift: int, offsets: Tensor) -> Tensor:
+    """Translate each sample by ``offsets - max_shift`` (offsets in [0, 2*max_shift]) per spatial axis."""
+    squeeze = x.dim() == 2
+    if squeeze:  # (B, L) signals
         x = x.unsqueeze(1)
-    p = max_shift
-    pad = [p, p] * spatial
-    xp = torch.nn.functional.pad(x, pad)
-    offsets = torch.randint(0, 2 * p + 1, (b, spatial), generator=gen).to(x.device)
+    b, c = x.shape[:2]
+    spatial = x.dim() - 2
+    xp = torch.nn.functional.pad(x, [max_shift, max_shift] * spatial)
+    offsets = offsets.to(x.device)
     bidx = torch.arange(b, device=x.device)
+    chans = torch.arange(c, device=x.device)
     if spatial == 1:
-        length = x.shape[-1]
-        cols = offsets[:, 0:1] + torch.arange(length, device=x.device)  # (B, L)
-        out = xp[bidx[:, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None], cols[:, None, :]]
+        cols = offsets[:, 0:1] + torch.arange(x.shape[-1], device=x.device)
+        out = xp[bidx[:, None, None], chans[None, :, None], cols[:, None, :]]
     else:
         h, w = x.shape[-2:]
         rows = offsets[:, 0:1] + torch.arange(h, device=x.device)
         cols = offsets[:, 1:2] + torch.arange(w, device=x.device)
-        chans = torch.arange(x.shape[1], device=x.device)
-        out = xp[bidx[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-    return out
+        out = xp[bidx[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
+                 cols[:, None, None, :]]
+    return out.squeeze(1) if squeeze else out
+
+
+def _spatial_dims(x: Tensor) -> int:
+    return 1 if x.dim() <= 3 else x.dim() - 2
+
+
+def _flip(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.to(x.device).view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
 def apply_augment(x: Tensor, aug: Augment, seed: int) -> Tensor:
     """Augment a batch deterministically from ``seed`` (same seed, same result)."""
     gen = torch.Generator().manual_seed(seed)
-    squeeze = x.dim() == 2
     if aug.shift > 0:
-        x = _shift(x, aug.shift, gen)
-        if squeeze:
-            x = x.squeeze(1)
+        offsets = torch.randint(0, 2 * aug.shift + 1, (x.shape[0], _spatial_dims(x)), generator=gen)
+        x = _shift_by(x, aug.shift, offsets)
     if aug.flip:
-        mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-        x = torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+        x = _flip(x, torch.rand(x.shape[0], generator=gen) < 0.5)
     if aug.noise > 0:
         x = x + aug.noise * torch.randn(x.shape, generator=gen).to(x.device)
+    return x
+
+
+def _hash(keys: Tensor, salt: int) -> Tensor:
+    """A cheap, vectorised integer hash of int64 keys to [0, 2**31)."""
+    h = (keys * 2654435761 + salt * 97531 + 12345) % 2147483647
+    h = (h ^ (h >> 13)) * 1274126177 % 2147483647
+    return h ^ (h >> 16)
+
+
+def apply_augment_keyed(x: Tensor, aug: Augment, keys: Tensor) -> Tensor:
+    """Augment each sample by its own key: the same key always gives the same augmentation."""
+    keys = keys.long()
+    if aug.shift > 0:
+        offsets = torch.stack([_hash(keys, 1 + a) % (2 * aug.shift + 1) for a in range(_spatial_dims(x))], 1)
+        x = _shift_by(x, aug.shift, offsets)
+    if aug.flip:
+        x = _flip(x, _hash(keys, 99) % 2 == 1)
     return x
 
 
@@ -197,7 +234,7 @@ class TensorLoader:
         self.drop_last = drop_last
         self.device = device
         self.rank, self.world_size = rank, world_size
-        self.data_id = data.fingerprint()
+        self.data_id = data.fingerprint() + (f"|{self.augment.signature()}" if self.augment else "")
 
     def __len__(self) -> int:
         return len(self.batches(0))
@@ -210,27 +247,38 @@ class TensorLoader:
         return epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.shuffle,
                              self.drop_last, self.rank, self.world_size)
 
-    def batch(self, idx: Tensor, aug_seed: int | None = None) -> dict:
+    def batch(self, idx: Tensor, aug_seed: int | None = None, draws: Tensor | None = None) -> dict:
         idx_dev = idx.to(self.device)
         out = {k: v[idx_dev] for k, v in self.data.tensors.items()}
         for key in ("input", "input_b", "privileged"):
             if key in out:
                 out[key] = self.data.prepare_input(out[key])
-        aug_id = None
-        if self.augment is not None and aug_seed is not None:
-            out["input"] = apply_augment(out["input"], self.augment, aug_seed)
-            aug_id = aug_seed
         out["index"] = idx_dev
         out["data_id"] = self.data_id
-        out["aug_id"] = aug_id
+        out["aug_id"] = None
+        if self.augment is not None and draws is not None:
+            key = idx_dev * self.augment.draws + draws.to(self.device)[idx_dev]
+            out["input"] = apply_augment_keyed(out["input"], self.augment, key)
+            out["aug_key"] = key
+        elif self.augment is not None and aug_seed is not None:
+            out["input"] = apply_augment(out["input"], self.augment, aug_seed)
+            out["aug_id"] = aug_seed
         return out
 
+    def epoch_draws(self, epoch: int) -> Tensor | None:
+        """With fixed augmentation draws: which draw every sample uses this epoch."""
+        if self.augment is None or self.augment.draws == 0 or not self.shuffle:
+            return None
+        gen = torch.Generator().manual_seed(self.seed * 31_337 + epoch)
+        return torch.randint(0, self.augment.draws, (len(self.data),), generator=gen)
+
     def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
+        draws = self.epoch_draws(epoch)
         for i, idx in enumerate(self.batches(epoch)):
             if i < start:
                 continue
             aug_seed = (self.seed * 7919 + epoch) * 100_003 + i if self.shuffle else None
-            yield self.batch(idx, aug_seed)
+            yield self.batch(idx, aug_seed, draws)
 
     def __iter__(self):
         return self.iterate(0)

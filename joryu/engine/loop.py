@@ -206,6 +206,8 @@ class Engine:
         for t in distiller.teachers():
             t.to(self.device)
         distiller.to(self.device)
+        if cfg.compile:
+            distiller.deployable().compile()
         loader = self._loader(train, cfg.batch_size, shuffle=True, augment=augment, drop_last=False)
         steps_per_epoch = len(loader)
         if steps_per_epoch == 0:

@@ -32,6 +32,7 @@ class StageContext:
     train_cfg: TrainConfig
     results: dict = field(default_factory=dict)  # stage name -> whatever the stage left
     extras: dict = field(default_factory=dict)
+    augment: Any = None  # the training data's Augment (or None)
 
 
 @dataclass

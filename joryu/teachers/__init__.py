@@ -9,6 +9,7 @@ from joryu.teachers.base import (
            weights_fingerprint,
 )
 from joryu.teachers.cache import CachedTeacher
+from joryu.teachers.fast import FastTeacher, fold_batchnorm
 
-__all__ = ["CachedTeacher", "EnsembleTeacher", "FrozenTeacher", "Teacher", "as_teacher", "freeze",
-           "weights_fingerprint"]
+__all__ = ["CachedTeacher", "EnsembleTeacher", "FastTeacher", "FrozenTeacher", "Teacher", "as_teacher",
+           "fold_batchnorm", "freeze", "weights_fingerprint"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from joryu.outputs import Outputs
@@ -11,26 +14,41 @@ from joryu.teachers.base import Teacher
 
 
 class CachedTeacher(Teacher):
-    """Wraps a teacher and stores its outputs by sample index.
+    """Wraps a teacher and stores its outputs by sample index (and augmentation draw).
 
     A stored output is served only while three things are unchanged, else it is recomputed:
-    the teacher's weights (cheap version counters, confirmed by a content hash), the dataset
-    (the batch's ``data_id`` fingerprint) and the augmentation (a batch with an ``aug_id`` is
-    an augmented view and bypasses the cache). Batches need an ``index`` key.
+    the teacher's weights (cheap version counters, confirmed by a content hash), the dataset and
+    augmentation settings (the batch's ``data_id``), and the augmentation itself: a batch with
+    per-sample ``aug_key`` (fixed draws, ``Augment(draws=K)``) is stored under (sample, draw); a
+    batch with a fresh random augmentation (``aug_id``) bypasses the cache. Batches need ``index``.
 
-    ``hits`` and ``misses`` count samples served from and computed into the cache.
+    draws: the number of fixed augmentation draws per sample (1 without augmentation).
+    storage: ``"memory"`` (on the teacher's device) or ``"disk"`` (a memory-mapped file, CPU only,
+        for caches larger than memory); ``max_bytes`` bounds the store, which otherwise refuses.
+
+    ``hits``, ``misses`` and ``bypassed`` count samples served, computed and not cacheable.
     """
 
-    def __init__(self, teacher: Teacher, num_samples: int):
+    def __init__(self, teacher: Teacher, num_samples: int, draws: int = 1, storage: str = "memory",
+                 path: str | Path | None = None, max_bytes: int = 4 << 30):
+        if storage not in ("memory", "disk"):
+            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
         self.teacher = teacher
         self.input_key = teacher.input_key
         self.num_samples = int(num_samples)
-        self.hits = 0
-        self.misses = 0
-        self.bypassed = 0
+        self.draws = max(1, int(draws))
+        self.storage = storage
+        self.path = Path(path) if path else None
+        self.max_bytes = int(max_bytes)
+        self.hits = self.misses = self.bypassed = 0
+        self._tmpdir = None
         self._reset()
         self._version = teacher.version()
         self._fingerprint = teacher.fingerprint()
+
+    @property
+    def slots(self) -> int:
+        return self.num_samples * self.draws
 
     def _reset(self):
         self._store: dict[str, torch.Tensor] = {}
@@ -56,33 +74,66 @@ class CachedTeacher(Teacher):
                 self._fingerprint = fp
                 self._reset()
 
-    def _forward(self, batch: Mapping) -> Outputs:
+    def _allocate(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        shape = (self.slots, *like.shape[1:])
+        nbytes = int(np.prod(shape)) * like.element_size()
+        if nbytes > self.max_bytes:
+            raise MemoryError(f"teacher cache for {name!r} needs {nbytes / 2**30:.2f} GiB > max_bytes "
+                              f"({self.max_bytes / 2**30:.2f} GiB): lower augment draws, raise max_bytes "
+                              "or turn the cache off")
+        if self.storage == "memory":
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if like.device.type != "cpu":
+            raise ValueError("storage='disk' keeps the cache on the CPU; use storage='memory' on a GPU")
+        folder = self.path
+        if folder is None:
+            self._tmpdir = self._tmpdir or tempfile.TemporaryDirectory(prefix="joryu-cache-")
+            folder = Path(self._tmpdir.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        np_dtype = torch.empty((), dtype=like.dtype).numpy().dtype
+        arr = np.lib.format.open_memmap(folder / f"{name.replace('/', '_')}.npy", mode="w+",
+                                        dtype=np_dtype, shape=shape)
+        return torch.from_numpy(arr)
+
+    def _slots_of(self, batch: Mapping) -> torch.Tensor | None:
+        if batch.get("aug_key") is not None:
+            return batch["aug_key"]
         if batch.get("aug_id") is not None or "index" not in batch:
+            return None
+        return batch["index"] * self.draws
+
+    def _forward(self, batch: Mapping) -> Outputs:
+        slots = self._slots_of(batch)
+        if slots is None:
             out = self.teacher(batch)
             self.bypassed += len(out.logits)
             return out
+        if int(slots.max()) >= self.slots:
+            raise ValueError(f"teacher cache holds {self.num_samples} samples x {self.draws} draws; the batch "
+                             f"asks for slot {int(slots.max())}: build it with the dataset's size and draws")
         self._check_teacher()
         data_id = batch.get("data_id")
         if data_id != self._data_id:
             self._reset()
             self._data_id = data_id
-        idx = batch["index"]
         if self._filled is None:
-            self._filled = torch.zeros(self.num_samples, dtype=torch.bool, device=idx.device)
-        have = self._filled[idx]
-        if bool(have.all()):
-            self.hits += len(idx)
-            return Outputs(self._store["logits"][idx],
-                           {k[5:]: v[idx] for k, v in self._store.items() if k.startswith("feat/")})
+            self._filled = torch.zeros(self.slots, dtype=torch.bool, device=slots.device)
+        have = self._filled[slots]
+        n_have = int(have.sum())
+        if n_have == len(slots):
+            self.hits += n_have
+            return Outputs(self._store["logits"][slots.to(self._store["logits"].device)].to(slots.device),
+                           {k[5:]: v[slots].to(slots.device) for k, v in self._store.items() if k.startswith("feat/")})
         out = self.teacher(batch)
         tensors = {"logits": out.logits, **{f"feat/{k}": v for k, v in out.features.items()}}
         for k, v in tensors.items():
             if k not in self._store:
-                self._store[k] = torch.zeros((self.num_samples, *v.shape[1:]), dtype=v.dtype, device=v.device)
-            self._store[k][idx] = v
-        self._filled[idx] = True
-        self.misses += int((~have).sum())
-        self.hits += int(have.sum())
+                self._store[k] = self._allocate(k, v)
+            store = self._store[k]
+            store[slots.to(store.device)] = v.to(store.device)
+        self._filled[slots] = True
+        self.misses += len(slots) - n_have
+        self.hits += n_have
         return out
 
     def stats(self) -> dict:
