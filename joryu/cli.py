@@ -124,15 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default="results", help="folder for NAME.md and NAME.json")
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_reproduce)
+
+    sub.add_parser("bench", help="training-throughput benchmark (writes benchmarks/RESULTS.md); bench --help")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    commands = {"distill", "run", "methods", "models", "datasets", "reproduce"}
+    commands = {"distill", "run", "methods", "models", "datasets", "reproduce", "bench"}
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["distill", *argv]
+    if argv[0] == "bench":  # its own options: see joryu/bench.py
+        from joryu.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["distill"])

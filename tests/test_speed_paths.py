@@ -103,3 +103,12 @@ def test_kd_with_draws_uses_the_cache(tmp_path):
     loader = TensorLoader(data, 32, seed=0, augment=Augment(shift=2, draws=2))
     pairs = {int(i) * 2 + int(d) for e in range(6) for i, d in enumerate(loader.epoch_draws(e))}
     assert last["cache_misses"] == len(pairs) and last["cache_hits"] == 6 * 128 - len(pairs)
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    """The benchmark runs end to end (tiny sizes; numbers are not checked: timings are not tests)."""
+    from joryu.bench import main
+
+    assert main(["--quick", "--steps", "2", "--threads", "1", "--out", str(tmp_path / "R.md")]) == 0
+    out = capsys.readouterr().out
+    assert "joryu kd + warm cache" in out and "DataLoader, per-sample augmentation" in out

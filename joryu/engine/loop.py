@@ -64,6 +64,11 @@ def lr_factor(cfg: TrainConfig, updates_per_epoch: int):
     return factor
 
 
+def _zero_grad(optimizer) -> None:
+    # Accelerate's wrapper inspects the signature on every call; we handle accumulation ourselves.
+    getattr(optimizer, "optimizer", optimizer).zero_grad(set_to_none=True)
+
+
 class StepContext:
     """What a manual-optimization Distiller uses to step its own optimizers."""
 
@@ -87,7 +92,7 @@ class StepContext:
         if self.engine.cfg.clip_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.engine.cfg.clip_grad_norm)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _zero_grad(optimizer)
 
 
 @dataclass
@@ -288,7 +293,7 @@ class Engine:
                             acc.clip_grad_norm_(distiller.trainable_parameters(), cfg.clip_grad_norm)
                         for o in optimizers:
                             o.step()
-                            o.zero_grad(set_to_none=True)
+                            _zero_grad(o)
                         for s in schedulers:
                             s.step()
                 else:
@@ -335,7 +340,6 @@ class Engine:
                                   if k.startswith(("train/loss", "val/acc")) or k == "samples_per_s")
                 tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
             save(epoch + 1, 0, {}, 0)
-        acc.free_memory()
         distiller.ctx = None
         train_time = elapsed_before + time.perf_counter() - t_start
         total_samples = sum(r.get("samples_per_s", 0) * 0 for r in history) or loader.num_samples * cfg.epochs

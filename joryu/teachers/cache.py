@@ -43,8 +43,12 @@ class CachedTeacher(Teacher):
         self.hits = self.misses = self.bypassed = 0
         self._tmpdir = None
         self._reset()
-        self._version = teacher.version()
+        self._tensors = [t for m in teacher.models() for t in list(m.parameters()) + list(m.buffers())]
+        self._version = self._current_version()
         self._fingerprint = teacher.fingerprint()
+
+    def _current_version(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in self._tensors)
 
     @property
     def slots(self) -> int:
@@ -66,7 +70,7 @@ class CachedTeacher(Teacher):
         return self
 
     def _check_teacher(self):
-        v = self.teacher.version()
+        v = self._current_version()
         if v != self._version:
             self._version = v
             fp = self.teacher.fingerprint()
@@ -108,9 +112,6 @@ class CachedTeacher(Teacher):
             out = self.teacher(batch)
             self.bypassed += len(out.logits)
             return out
-        if int(slots.max()) >= self.slots:
-            raise ValueError(f"teacher cache holds {self.num_samples} samples x {self.draws} draws; the batch "
-                             f"asks for slot {int(slots.max())}: build it with the dataset's size and draws")
         self._check_teacher()
         data_id = batch.get("data_id")
         if data_id != self._data_id:
@@ -118,12 +119,17 @@ class CachedTeacher(Teacher):
             self._data_id = data_id
         if self._filled is None:
             self._filled = torch.zeros(self.slots, dtype=torch.bool, device=slots.device)
-        have = self._filled[slots]
-        n_have = int(have.sum())
-        if n_have == len(slots):
+        try:
+            have = self._filled[slots]
+        except IndexError:
+            raise ValueError(f"teacher cache holds {self.num_samples} samples x {self.draws} draws; the batch "
+                             f"asks for slot {int(slots.max())}: build it with the dataset's size and draws") from None
+        if bool(have.all()):
+            n_have = len(slots)
             self.hits += n_have
             return Outputs(self._store["logits"][slots.to(self._store["logits"].device)].to(slots.device),
                            {k[5:]: v[slots].to(slots.device) for k, v in self._store.items() if k.startswith("feat/")})
+        n_have = int(have.sum())
         out = self.teacher(batch)
         tensors = {"logits": out.logits, **{f"feat/{k}": v for k, v in out.features.items()}}
         for k, v in tensors.items():

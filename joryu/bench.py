@@ -1,0 +1,343 @@
+"""Training throughput of KD: joryu against a minimal hand-written loop, the student alone and
+torchdistill, measured side by side in one process (contenders alternate A B C ... every round;
+the table reports each contender's median samples/s and the ratios).
+
+    python benchmarks/speed.py                 # all workloads, writes benchmarks/RESULTS.md (run from the repo root)
+    python benchmarks/speed.py --quick         # a smoke run (few steps), prints only
+    joryu bench                                 # the same as the first line
+
+torchdistill is measured when it is importable; ``benchmarks/setup_env.sh`` builds an environment
+with torch 2.14.1, torchvision 0.29.1, torchdistill 1.1 and joryu so that every contender runs on
+the same torch. Run the benchmark on an otherwise idle machine: it measures wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from joryu.config import TrainConfig
+from joryu.data import Augment, TensorData, TensorLoader, load
+from joryu.engine import Engine
+from joryu.methods.kd import KDDistiller
+from joryu.methods.supervised import SupervisedDistiller
+from joryu.models import create
+from joryu.teachers import CachedTeacher, FastTeacher, FrozenTeacher
+
+T, ALPHA, LR = 4.0, 0.9, 0.05
+
+
+@dataclass
+class Workload:
+    name: str
+    teacher: str
+    student: str
+    data: TensorData
+    batch_size: int
+    teacher_kw: dict
+    student_kw: dict
+
+
+def make_workloads(steps: int) -> list[Workload]:
+    def synthetic(batch):
+        b = load("synthetic", num_samples=steps * batch, num_test=16, shape=(3, 32, 32))
+        return b.train
+
+    mn = load("mnist1d", num_samples=max(4000, int(steps * 128 / 0.8) + 1))
+    mn_train = mn.train.subset(torch.arange(steps * 128), "mnist1d/bench")
+    return [
+        Workload("resnet20 -> resnet8 (CIFAR-shaped synthetic, batch 64)", "resnet20", "resnet8",
+                 synthetic(64), 64, {}, {}),
+        Workload("resnet56 -> resnet20 (CIFAR-shaped synthetic, batch 64)", "resnet56", "resnet20",
+                 synthetic(64), 64, {}, {}),
+        Workload("cnn1d -> mlp (MNIST-1D, batch 128)", "cnn1d", "mlp", mn_train, 128,
+                 {"width": 64}, {"hidden": (256, 256)}),
+    ]
+
+
+def build(w: Workload, which: str, seed: int = 0):
+    torch.manual_seed(seed)
+    kw = w.teacher_kw if which == "teacher" else w.student_kw
+    m = create(w.teacher if which == "teacher" else w.student, num_classes=10,
+               input_shape=w.data.input_shape, **kw)
+    if which == "teacher":  # non-trivial BatchNorm statistics, as a trained teacher has
+        m.train()
+        with torch.no_grad():
+            for i in range(2):
+                m(w.data.tensors["input"][i * 64:(i + 1) * 64])
+        m.eval()
+    return m
+
+
+# ----------------------------------------------------------------------------- contenders
+def plain_kd(w: Workload, teacher_on: bool = True) -> Callable[[], float]:
+    """The reference: a minimal hand-written loop over on-device tensors (teacher in eval under
+    no_grad, KL * T^2 + CE, SGD)."""
+    teacher, student = build(w, "teacher"), build(w, "student")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9)
+    x_all, y_all = w.data.tensors["input"], w.data.tensors["target"]
+    n, bs = len(x_all), w.batch_size
+
+    def run() -> float:
+        student.train()
+        order = torch.randperm(n)
+        t0 = time.perf_counter()
+        for i in range(0, n - bs + 1, bs):
+            idx = order[i:i + bs]
+            x, y = x_all[idx], y_all[idx]
+            z = student(x)
+            loss = F.cross_entropy(z, y)
+            if teacher_on:
+                with torch.no_grad():
+                    zt = teacher(x)
+                kl = F.kl_div(F.log_softmax(z / T, -1), F.log_softmax(zt / T, -1), reduction="batchmean",
+                              log_target=True) * T * T
+                loss = ALPHA * kl + (1 - ALPHA) * loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (n // bs) * bs / (time.perf_counter() - t0)
+
+    return run
+
+
+def joryu_kd(w: Workload, fast: bool = False, cached: bool = False) -> Callable[[], float]:
+    """``method: kd`` through joryu's engine: Engine.fit for one epoch of the workload per round."""
+    teacher_model, student = build(w, "teacher"), build(w, "student")
+    teacher = FastTeacher(teacher_model) if fast else FrozenTeacher(teacher_model)
+    if cached:
+        teacher = CachedTeacher(teacher, len(w.data))
+    distiller = KDDistiller(student, teacher, T, ALPHA)
+    cfg = TrainConfig(epochs=1, batch_size=w.batch_size, optimizer="sgd", lr=LR, momentum=0.9,
+                      scheduler="constant", log_every=10_000, threads=torch.get_num_threads())
+    if cached:  # warm the cache: one untimed pass
+        Engine(cfg, progress=False).fit(distiller, w.data)
+
+    def run() -> float:
+        res = Engine(cfg, progress=False).fit(distiller, w.data)
+        return res.history[-1]["samples_per_s"]
+
+    return run
+
+
+def joryu_student_only(w: Workload) -> Callable[[], float]:
+    student = build(w, "student")
+    d = SupervisedDistiller(student)
+    cfg = TrainConfig(epochs=1, batch_size=w.batch_size, optimizer="sgd", lr=LR, scheduler="constant",
+                      log_every=10_000, threads=torch.get_num_threads())
+
+    def run() -> float:
+        return Engine(cfg, progress=False).fit(d, w.data).history[-1]["samples_per_s"]
+
+    return run
+
+
+def torchdistill_kd(w: Workload) -> Callable[[], float] | None:
+    """torchdistill 1.1's own KD (DistillationBox + WeightedSumLoss(KDLoss)) on the same models
+    and data (a TensorDataset through its DataLoader)."""
+    try:
+        from torchdistill.core.distillation import get_distillation_box
+    except ImportError:
+        return None
+    from torch.utils.data import RandomSampler, TensorDataset
+
+    teacher, student = build(w, "teacher"), build(w, "student")
+    dataset = TensorDataset(w.data.tensors["input"], w.data.tensors["target"])
+    train_config = {
+        "num_epochs": 1,
+        "train_data_loader": {"dataset_id": "train", "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
+                              "kwargs": {"batch_size": w.batch_size, "num_workers": 0, "drop_last": True}},
+        "teacher": {"sequential": [], "forward_hook": {"input": [], "output": []}, "requires_grad": False,
+                    "forward_proc": "forward_batch_only"},
+        "student": {"sequential": [], "forward_hook": {"input": [], "output": []}, "requires_grad": True,
+                    "forward_proc": "forward_batch_only"},
+        "optimizer": {"key": "SGD", "kwargs": {"lr": LR, "momentum": 0.9}},
+        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {
+            "criterion": {"key": "KDLoss", "kwargs": {
+                "student_module_path": ".", "student_module_io": "output", "teacher_module_path": ".",
+                "teacher_module_io": "output", "temperature": T, "alpha": 1 - ALPHA, "beta": ALPHA,
+                "reduction": "batchmean"}},
+            "weight": 1.0}}}},
+    }
+    box = get_distillation_box(teacher, student, {"train": dataset}, train_config, torch.device("cpu"),
+                               None, False, 1)
+
+    def run() -> float:
+        box.pre_epoch_process(epoch=0)
+        t0 = time.perf_counter()
+        n = 0
+        for sample_batch, targets, supp_dict in box.train_data_loader:
+            loss = box.forward_process(sample_batch, targets, supp_dict)
+            box.post_forward_process(loss=loss)
+            n += len(targets)
+        return n / (time.perf_counter() - t0)
+
+    return run
+
+
+# ------------------------------------------------------------- on-device data vs DataLoader
+class PerSampleShift(torch.utils.data.Dataset):
+    """The usual way: a Dataset that augments one sample at a time on the CPU."""
+
+    def __init__(self, data: TensorData, shift: int):
+        self.x, self.y, self.shift = data.tensors["input"], data.tensors["target"], shift
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        s = int(torch.randint(-self.shift, self.shift + 1, ()))
+        x = F.pad(self.x[i], (self.shift, self.shift))[..., self.shift + s:self.shift + s + self.x.shape[-1]]
+        return x, self.y[i]
+
+
+def data_path_contender(data: TensorData, on_device: bool, batch: int = 128) -> Callable[[], float]:
+    torch.manual_seed(0)
+    student = create("mlp", num_classes=10, input_shape=data.input_shape, hidden=(256, 256))
+    opt = torch.optim.SGD(student.parameters(), lr=LR)
+    aug = Augment(shift=3)
+    loader = TensorLoader(data, batch, augment=aug) if on_device else torch.utils.data.DataLoader(
+        PerSampleShift(data, 3), batch_size=batch, shuffle=True, num_workers=0)
+    state = {"epoch": 0}
+
+    def run() -> float:
+        t0, n = time.perf_counter(), 0
+        it = loader.iterate(state["epoch"]) if on_device else loader
+        state["epoch"] += 1
+        for b in it:
+            x, y = (b["input"], b["target"]) if on_device else b
+            loss = F.cross_entropy(student(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += len(y)
+        return n / (time.perf_counter() - t0)
+
+    return run
+
+
+# ------------------------------------------------------------------------------- runner
+def measure(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    for fn in contenders.values():  # warm-up round, not counted
+        fn()
+    results = {k: [] for k in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]  # A B C, C B A, ...
+        for k in order:
+            results[k].append(contenders[k]())
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few steps and rounds; print only")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round and contender")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", default="benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    steps = args.steps or (3 if args.quick else 12)
+    rounds = args.rounds or (1 if args.quick else 5)
+
+    lines = []
+    t_start = time.time()
+    have_td = torchdistill_kd is not None
+    for w in make_workloads(steps):
+        contenders = {
+            "plain": plain_kd(w),
+            "student-only": plain_kd(w, teacher_on=False),
+            "joryu kd": joryu_kd(w),
+            "joryu kd + fast teacher": joryu_kd(w, fast=True),
+            "joryu kd + warm cache": joryu_kd(w, fast=True, cached=True),
+        }
+        td = torchdistill_kd(w)
+        have_td = td is not None
+        if td is not None:
+            contenders["torchdistill kd"] = td
+        med = measure(contenders, rounds)
+        print(f"\n{w.name}")
+        for k, v in med.items():
+            print(f"  {k:<26} {v:10.0f} samples/s   {v / med['plain']:.3f} x plain")
+        lines.append((w.name, med))
+
+    mn = load("mnist1d", num_samples=5000).train
+    dp = measure({"on-device, batch-wise augmentation": data_path_contender(mn, True),
+                  "DataLoader, per-sample augmentation": data_path_contender(mn, False)}, rounds)
+    print("\nMNIST-1D data path (MLP 256-256 student, CE, batch 128, shift 3)")
+    for k, v in dp.items():
+        print(f"  {k:<38} {v:10.0f} samples/s")
+    wall = time.time() - t_start
+    if args.quick:
+        return 0
+    write_results(Path(args.out), lines, dp, steps, rounds, args.threads, wall, have_td)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td) -> None:
+    import joryu
+
+    def r(a, b):
+        return f"{a / b:.3f}"
+
+    out = ["# Speed benchmark", "",
+           f"Generated by `python benchmarks/speed.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}: "
+           f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+           f"{threads} threads, joryu {joryu.__version__}"
+           + (", torchdistill " + __import__("torchdistill").__version__ if have_td else ", torchdistill not installed")
+           + f". {steps} steps per round, median of {rounds} rounds, contenders alternating each round; "
+           f"{wall:.0f} s in all. Do not edit by hand: rerun the command.", "",
+           "Samples per second (training, teacher forward included):", "",
+           "| workload | plain | student-only | joryu kd | + fast teacher | + warm cache | torchdistill |",
+           "|---|---|---|---|---|---|---|"]
+    for name, m in lines:
+        td = f"{m['torchdistill kd']:.0f}" if "torchdistill kd" in m else "—"
+        out.append(f"| {name} | {m['plain']:.0f} | {m['student-only']:.0f} | {m['joryu kd']:.0f} | "
+                   f"{m['joryu kd + fast teacher']:.0f} | {m['joryu kd + warm cache']:.0f} | {td} |")
+    out += ["", "Ratios (targets in brackets):", "",
+            "| workload | joryu kd / plain [>= 0.97] | joryu kd / torchdistill [>= 1.1] | "
+            "warm cache / plain [>= 1.7 on resnet56] | warm cache / student-only [>= 0.9] |",
+            "|---|---|---|---|---|"]
+    for name, m in lines:
+        td = r(m["joryu kd + fast teacher"], m["torchdistill kd"]) if "torchdistill kd" in m else "—"
+        out.append(f"| {name} | {r(m['joryu kd'], m['plain'])} (fast teacher: "
+                   f"{r(m['joryu kd + fast teacher'], m['plain'])}) | {td} | "
+                   f"{r(m['joryu kd + warm cache'], m['plain'])} | {r(m['joryu kd + warm cache'], m['student-only'])} |")
+    on, off = dp["on-device, batch-wise augmentation"], dp["DataLoader, per-sample augmentation"]
+    out += ["", "Data path on MNIST-1D (MLP 256-256 student, CE, batch 128, random shift 3):", "",
+            "| on-device, batch-wise augmentation | DataLoader, per-sample augmentation | ratio [>= 2] |",
+            "|---|---|---|", f"| {on:.0f} | {off:.0f} | {on / off:.2f} |", ""]
+    path.write_text("\n".join(out) + "\n" + NOTES)
+
+
+NOTES = """
+## What the contenders are
+- **plain**: a minimal hand-written PyTorch loop over the same on-device tensors: teacher in eval
+  under `no_grad`, `kl_div(batchmean) * T^2` plus CE, SGD. The reference for "no overhead".
+- **student-only**: the same loop without the teacher: the limit a cached teacher approaches.
+- **joryu kd**: `KDDistiller` (the `kd` method) through `joryu.engine.Engine.fit`, with the eager
+  `FrozenTeacher`. **+ fast teacher**: `FastTeacher` (BatchNorm folded into the convolutions,
+  `inference_mode`), the `kd` method's default. **+ warm cache**: `CachedTeacher` after one pass.
+- **torchdistill kd**: torchdistill's `DistillationBox` with `WeightedSumLoss(KDLoss)`, its own
+  DataLoader over a `TensorDataset`, same models, batch size, optimizer and thread count.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
