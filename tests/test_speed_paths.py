@@ -105,6 +105,7 @@ def test_kd_with_draws_uses_the_cache(tmp_path):
     assert last["cache_misses"] == len(pairs) and last["cache_hits"] == 6 * 128 - len(pairs)
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path, capsys):
     """The benchmark runs end to end (tiny sizes; numbers are not checked: timings are not tests)."""
     from joryu.bench import main
