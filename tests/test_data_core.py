@@ -98,3 +98,31 @@ def test_cifar_registry_reads_files(tmp_path):
     assert len(b.train) == 10 and b.input_shape == (3, 32, 32)
     batch = next(iter(TensorLoader(b.train, 4)))
     assert batch["input"].dtype == torch.float32
+
+
+def test_image_folder_streams_through_the_engine(tmp_path):
+    from PIL import Image
+
+    from joryu.config import TrainConfig
+    from joryu.data import StreamLoader
+    from joryu.engine import Engine
+    from joryu.methods.supervised import SupervisedDistiller
+    from joryu.models import create
+
+    g = torch.Generator().manual_seed(0)
+    for c in range(3):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(6):
+            arr = (torch.rand(10, 10, 3, generator=g) * 80 + c * 80).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / f"class{c}" / f"{i}.png")
+    b = jd.load("image_folder", str(tmp_path), image_size=8, test_fraction=0.34)
+    assert b.num_classes == 3 and b.input_shape == (3, 8, 8)
+    assert len(b.train) + len(b.test) == 18
+    loader = StreamLoader(b.train, 4, shuffle=True, augment=Augment(shift=1, flip=True))
+    batches = list(loader.iterate(0))
+    assert sum(len(x["index"]) for x in batches) == len(b.train)
+    assert batches[0]["input"].shape[1:] == (3, 8, 8) and batches[0]["aug_id"] is not None
+    d = SupervisedDistiller(create("mlp", num_classes=3, input_shape=(3, 8, 8), hidden=(16,)))
+    eng = Engine(TrainConfig(epochs=2, batch_size=4), progress=False)
+    res = eng.fit(d, b.train, b.test, augment=b.augment)
+    assert len(res.history) == 2 and 0 <= res.val["val/acc"] <= 100
