@@ -32,6 +32,8 @@ class StageContext:
     train_cfg: TrainConfig
     results: dict = field(default_factory=dict)  # stage name -> whatever the stage left
     extras: dict = field(default_factory=dict)
+    seed: int = 0  # the run's seed (for methods that draw their own randomness)
+    augment: Any = None  # the run's batch augmentation (joryu.data.Augment or None)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Stage:
     build: Callable[[StageContext], Any]
     train: dict = field(default_factory=dict)  # overrides of the experiment's TrainConfig
     after: Callable[[StageContext, Any], None] | None = None  # e.g. keep the student, drop a regressor
+    data: Callable[[StageContext], Any] | None = None  # this stage's training data (default: the run's)
 
 
 @dataclass

@@ -22,6 +22,9 @@ class CachedTeacher(Teacher):
     """
 
     def __init__(self, teacher: Teacher, num_samples: int):
+        if getattr(teacher, "stochastic", False):
+            raise ValueError(f"{type(teacher).__name__} is stochastic (each call draws afresh): its outputs "
+                             "must not be cached; use it without CachedTeacher")
         self.teacher = teacher
         self.input_key = teacher.input_key
         self.num_samples = int(num_samples)
