@@ -111,7 +111,7 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
     stages = method.stages()
     distiller = None
     for stage in stages:
-        cfg = train_cfg.model_copy(update=stage.train)
+        cfg = train_cfg.model_copy(update=stage.train(ctx) if callable(stage.train) else stage.train)
         sdir = None
         if run_dir is not None:
             sdir = run_dir / stage.name if len(stages) > 1 else run_dir

@@ -38,3 +38,16 @@ def test_stage_data_overrides_the_training_data(tiny_data):
     assert res["small"]["history"][0]["step"] == 4  # 40 samples / batch 10
     assert res["all"]["history"][0]["step"] == 24  # the run's 240 samples
     assert seen["seed"] == 7 and seen["augment"] is aug
+
+
+def test_stage_train_overrides_may_depend_on_the_context(tiny_data):
+    class M(Method):
+        name = "m"
+
+        def stages(self):
+            return [Stage("s", lambda ctx: SupervisedDistiller(ctx.student),
+                          train=lambda ctx: {"batch_size": ctx.train_cfg.batch_size * 2})]
+
+    _, res = run_stages(M(None), nn.Linear(8, 3), None, tiny_data, None, TrainConfig(epochs=1, batch_size=60),
+                        None, seed=0, augment=None, progress=False)
+    assert res["s"]["history"][0]["step"] == 2  # 240 samples / batch 120
