@@ -7,7 +7,12 @@ from joryu.data import TensorData, TensorLoader
 from joryu.experiment import run_stages
 from joryu.losses import confident_pseudo_labels, mix_counts
 from joryu.methods import get_method
-from joryu.methods.data_distillation import MixedBatchDistiller, ensemble_probs, labeled_split, transforms_for
+from joryu.methods.data_distillation import (
+    MixedBatchDistiller,
+    ensemble_probs,
+    labeled_split,
+    transforms_for,
+)
 from joryu.reproduce import run_reproduction
 from joryu.teachers import FrozenTeacher, TransformEnsembleTeacher
 

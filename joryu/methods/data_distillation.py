@@ -47,7 +47,14 @@ from joryu.losses import confident_pseudo_labels, mix_counts
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
-from joryu.teachers import FrozenTeacher, TransformEnsembleTeacher, hflip, identity, scale, shift_grid
+from joryu.teachers import (
+    FrozenTeacher,
+    TransformEnsembleTeacher,
+    hflip,
+    identity,
+    scale,
+    shift_grid,
+)
 
 
 def labeled_split(data: TensorData, seed: int, per_class: int | None, fraction: float):
