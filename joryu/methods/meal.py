@@ -28,6 +28,7 @@ Deviations and pitfalls of the official code (AaronHeee/MEAL) that are fixed her
   ``num_teachers`` members, the missing ones are trained first, as stages ``teacher2``, ...: copies of
   the first teacher's architecture, re-initialised with distinct seeds, trained with the run's
   training settings on the labels (best guess; the paper's teachers are independent pre-trained models).
+  Stages for teachers that were given run for 0 epochs.
 """
 
 from __future__ import annotations
