@@ -132,3 +132,21 @@ def test_given_specialists_must_be_a_specialist_teacher(tiny_data):
 def test_quick_reproduction_reports_its_claims(tmp_path):
     md = run_reproduction("knowledge_concentration", quick=True, out_dir=tmp_path, progress=False)
     assert md.read_text().count("- **") >= 2
+
+
+def test_grouped_mixture_dataset():
+    from joryu.data import load
+
+    d = load("grouped_mixture", num_classes=12, num_groups=3, train_per_class=10, test_per_class=4, dim=6)
+    assert d.num_classes == 12 and d.input_shape == (6,)
+    assert len(d.train) == 120 and len(d.test) == 48
+    assert torch.equal(torch.bincount(d.train.targets), torch.full((12,), 10))
+    again = load("grouped_mixture", num_classes=12, num_groups=3, train_per_class=10, test_per_class=4, dim=6)
+    assert torch.equal(d.train.tensors["input"], again.train.tensors["input"])
+    # classes of one group sit closer together than classes of different groups
+    x, y = d.train.tensors["input"], d.train.targets
+    means = torch.stack([x[y == c].mean(0) for c in range(12)])
+    dist = torch.cdist(means, means)
+    same = (torch.arange(12)[:, None] // 4) == (torch.arange(12)[None, :] // 4)
+    off = ~torch.eye(12, dtype=torch.bool)
+    assert float(dist[same & off].mean()) < float(dist[~same].mean())
