@@ -107,14 +107,15 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
     """Run a method's stages through the engine; returns (deployable network, stage results)."""
     ctx = StageContext(student=student, teacher=teacher, train_data=train,
                        num_classes=num_classes or getattr(train, "num_classes", 0), train_cfg=train_cfg,
-                       augment=augment)
+                       seed=seed, augment=augment)
     stages = method.stages()
     distiller = None
     for stage in stages:
-        cfg = train_cfg.model_copy(update=stage.train)
+        cfg = train_cfg.model_copy(update=stage.train(ctx) if callable(stage.train) else stage.train)
         sdir = None
         if run_dir is not None:
             sdir = run_dir / stage.name if len(stages) > 1 else run_dir
+        stage_train = stage.data(ctx) if stage.data is not None else train
         distiller = stage.build(ctx)
         done = sdir / "done.json" if sdir is not None else None
         name = f"{label or method.name}:{stage.name}" if len(stages) > 1 else (label or method.name)
@@ -123,7 +124,7 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
             result = json.loads(done.read_text())
         else:
             engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
-            fit = engine.fit(distiller, train, val, augment=augment, resume=resume)
+            fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
             result = {"history": fit.history, "val": fit.val, "train_time_s": fit.train_time_s,
                       "samples_per_s": fit.samples_per_s}
             if sdir is not None and is_main():

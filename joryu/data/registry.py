@@ -192,3 +192,33 @@ def image_folder(path: str, image_size: int | None = None, test_path: str | None
         test = torch.utils.data.Subset(full, te.tolist())
         train.targets, test.targets = full.targets[tr], full.targets[te]
     return DataBundle("image_folder", train, test, len(full.classes), full.input_shape, Augment(shift=4, flip=True))
+
+
+@register_dataset("grouped_mixture")
+def grouped_mixture(num_classes: int = 100, num_groups: int = 5, dim: int = 32, train_per_class: int = 60,
+                    test_per_class: int = 20, modes: int = 3, group_scale: float = 4.0, class_scale: float = 1.0,
+                    noise: float = 0.6, seed: int = 0) -> DataBundle:
+    """Many-class synthetic data in groups of similar classes (the "verticals" of specialist models).
+
+    Group g has a centre mu_g ~ N(0, group_scale^2 I); each class of the group (classes are contiguous
+    per group) is a mixture of ``modes`` Gaussians with centres mu_g + N(0, class_scale^2 I) and
+    covariance noise^2 I. Classes of one group are fine-grained neighbours; multimodal classes need a
+    non-linear classifier with capacity that grows with the number of classes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    groups = torch.randn(num_groups, dim, generator=gen) * group_scale
+    group_of = torch.tensor([g for g in range(num_groups)
+                             for _ in range(round((g + 1) * num_classes / num_groups)
+                                            - round(g * num_classes / num_groups))])
+    centres = groups[group_of][:, None, :] + class_scale * torch.randn(num_classes, modes, dim, generator=gen)
+
+    def draw(per_class):
+        y = torch.arange(num_classes).repeat_interleave(per_class)
+        m = torch.randint(modes, (len(y),), generator=gen)
+        x = centres[y, m] + noise * torch.randn(len(y), dim, generator=gen)
+        return x, y
+
+    x_tr, y_tr = draw(train_per_class)
+    x_te, y_te = draw(test_per_class)
+    x_tr, x_te = _standardised(x_tr, x_te)
+    return _bundle("grouped_mixture", x_tr, y_tr, x_te, y_te, num_classes)

@@ -32,7 +32,8 @@ class StageContext:
     train_cfg: TrainConfig
     results: dict = field(default_factory=dict)  # stage name -> whatever the stage left
     extras: dict = field(default_factory=dict)
-    augment: Any = None  # the training data's Augment (or None)
+    seed: int = 0  # the run's seed (for methods that draw their own randomness)
+    augment: Any = None  # the run's batch augmentation (joryu.data.Augment or None)
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Stage:
 
     name: str
     build: Callable[[StageContext], Any]
-    train: dict = field(default_factory=dict)  # overrides of the experiment's TrainConfig
+    train: dict | Callable[[StageContext], dict] = field(default_factory=dict)  # TrainConfig overrides
     after: Callable[[StageContext, Any], None] | None = None  # e.g. keep the student, drop a regressor
+    data: Callable[[StageContext], Any] | None = None  # this stage's training data (default: the run's)
 
 
 @dataclass

@@ -71,7 +71,7 @@ class KD(Method):
             teacher = ctx.teacher
             if p.fast_teacher and isinstance(teacher, FrozenTeacher) and teacher.taps is None:
                 teacher = FastTeacher(teacher.model, teacher.input_key)
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
+            if p.teacher_cache and hasattr(ctx.train_data, "__len__") and not getattr(teacher, "stochastic", False):
                 draws = ctx.augment.draws if ctx.augment is not None and ctx.augment.active else 1
                 teacher = CachedTeacher(teacher, len(ctx.train_data), draws=max(1, draws))
             return KDDistiller(ctx.student, teacher, p.temperature, p.alpha)

@@ -31,6 +31,7 @@ class Teacher:
     """Base class. Subclasses implement ``_forward(batch) -> Outputs``; calls run under no_grad."""
 
     input_key: str = "input"
+    stochastic: bool = False  # True: two calls on the same batch may differ (never cache these)
 
     def __call__(self, batch: Mapping) -> Outputs:
         with torch.no_grad():

@@ -33,6 +33,9 @@ class CachedTeacher(Teacher):
                  path: str | Path | None = None, max_bytes: int = 4 << 30):
         if storage not in ("memory", "disk"):
             raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        if getattr(teacher, "stochastic", False):
+            raise ValueError(f"{type(teacher).__name__} is stochastic (each call draws afresh): its outputs "
+                             "must not be cached; use it without CachedTeacher")
         self.teacher = teacher
         self.input_key = teacher.input_key
         self.num_samples = int(num_samples)
