@@ -15,3 +15,5 @@ __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment",
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
 ]
+
+from joryu.data import distilled as _distilled  # noqa: E402,F401  (registers the 'distilled' dataset)
