@@ -59,7 +59,7 @@ def reproduce_posterior_distillation(seeds: list[int], quick: bool, progress: bo
                                 progress, False, "sgd", 10)
         sgd_net.eval()
         with torch.no_grad():
-            row = _metrics(lambda x: sgd_net(x).softmax(-1), test)
+            row = _metrics(lambda x, net=sgd_net: net(x).softmax(-1), test)
         for k, v in row.items():
             table.add("SGD (SGLD with the noise off), 1 network", k, v)
         # SGLD then APD
@@ -70,10 +70,10 @@ def reproduce_posterior_distillation(seeds: list[int], quick: bool, progress: bo
         samples = apd.samples
         template = apd.student
         with torch.no_grad():
-            row = _metrics(lambda x: ensemble_probs(template, samples, x), test)
+            row = _metrics(lambda x, t=template, s=samples: ensemble_probs(t, s, x), test)
             for k, v in row.items():
                 table.add(f"SGLD, {len(samples)} samples", k, v)
-            row = _metrics(lambda x: ens(x).exp(), test)
+            row = _metrics(lambda x, e=ens: e(x).exp(), test)
             for k, v in row.items():
                 table.add(f"APD generator, {ens.z.shape[0]} generated networks", k, v)
             gen = ens.vectors()
