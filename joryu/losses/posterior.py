@@ -65,14 +65,15 @@ def flatten_params(model: nn.Module) -> Tensor:
 
 def unflatten_params(vec: Tensor, model: nn.Module) -> dict[str, Tensor]:
     """Split vectors (..., |θ|) back into ``model``'s named parameter shapes (leading dims kept)."""
+    total = sum(p.numel() for p in model.parameters())
+    if total != vec.shape[-1]:
+        raise ValueError(f"vector has {vec.shape[-1]} entries, the model has {total} parameters")
     out, i = {}, 0
     lead = vec.shape[:-1]
     for name, p in model.named_parameters():
         n = p.numel()
         out[name] = vec[..., i:i + n].reshape(*lead, *p.shape)
         i += n
-    if i != vec.shape[-1]:
-        raise ValueError(f"vector has {vec.shape[-1]} entries, the model has {i} parameters")
     return out
 
 
