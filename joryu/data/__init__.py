@@ -16,3 +16,5 @@ __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment", "apply_augment_keyed",
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
 ]
+
+from joryu.data import distilled as _distilled  # noqa: E402,F401  (registers the 'distilled' dataset)

@@ -9,6 +9,7 @@ that nothing was tuned on, and states each claim's verdict from the numbers it m
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import pkgutil
@@ -155,15 +156,16 @@ def run_reproduction(name: str, seeds: int | None = None, quick: bool = False,
     seed_list = list(range(n))
     torch.set_flush_denormal(True)
     t0 = time.time()
-    report = info.fn(seed_list, quick, progress)
+    out = Path(out_dir) / ("quick" if quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = {"out_dir": out} if "out_dir" in inspect.signature(info.fn).parameters else {}
+    report = info.fn(seed_list, quick, progress, **kwargs)  # out_dir: for figures a report links to
     wall = time.time() - t0
     command = f"joryu reproduce {name}" + (f" --seeds {seeds}" if seeds is not None else "") + (" --quick" if quick else "")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seeds": n,
             "seed_list": seed_list, "wall_time_s": wall, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.system()}",
             "python": sys.version.split()[0], "quick": quick, "command": command}
-    out = Path(out_dir) / ("quick" if quick else "")
-    out.mkdir(parents=True, exist_ok=True)
     md = out / f"{name}.md"
     md.write_text(render_markdown(name, report, command, meta))
     data = {"name": name, "meta": meta, **asdict(report),

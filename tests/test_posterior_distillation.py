@@ -1,0 +1,165 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from joryu.config import TrainConfig
+from joryu.experiment import run_stages
+from joryu.losses.posterior import (
+    SGLD,
+    auroc,
+    ensemble_probs,
+    flatten_params,
+    gradient_penalty,
+    predictive_entropy,
+    unflatten_params,
+    wgan_critic_loss,
+    wgan_generator_loss,
+)
+from joryu.methods import get_method
+from joryu.methods.posterior_distillation import APDDistiller, GeneratorEnsemble, ParameterEnsemble
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_sgld_without_noise_is_sgd_with_half_the_step():
+    a, b = net(), net()
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    opt_a = SGLD(a.parameters(), lr=0.2, num_data=100, weight_decay=0.01, noise=False)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, weight_decay=0.01)
+    for _ in range(3):
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_sgld_step_variance_is_eps_over_n():
+    """With zero gradient and no weight decay each coordinate moves by N(0, eps/N)."""
+    eps, n = 0.5, 50
+    p = nn.Parameter(torch.zeros(200_000))
+    opt = SGLD([p], lr=eps, num_data=n, generator=torch.Generator().manual_seed(0))
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    var = float(p.detach().var())
+    assert abs(var - eps / n) < 0.02 * eps / n
+    assert abs(float(p.detach().mean())) < 4 * math.sqrt(eps / n / len(p))
+    # the drift: a constant gradient g moves the mean by -eps/2 * g
+    p2 = nn.Parameter(torch.zeros(200_000))
+    opt2 = SGLD([p2], lr=eps, num_data=n, generator=torch.Generator().manual_seed(1))
+    p2.grad = torch.full_like(p2, 2.0)
+    opt2.step()
+    assert abs(float(p2.detach().mean()) + eps / 2 * 2.0) < 4 * math.sqrt(eps / n / len(p2))
+
+
+def test_flatten_unflatten_roundtrip():
+    m = net()
+    v = flatten_params(m)
+    assert v.shape == (sum(p.numel() for p in m.parameters()),)
+    back = unflatten_params(v, m)
+    for name, p in m.named_parameters():
+        assert torch.equal(back[name], p.detach())
+    batch = torch.stack([v, 2 * v])
+    assert torch.equal(unflatten_params(batch, m)["2.bias"][1], 2 * m[2].bias.detach())
+    with pytest.raises(ValueError, match="parameters"):
+        unflatten_params(v[:-1], m)
+
+
+def test_identical_samples_give_the_single_model_predictive():
+    m = net()
+    x = torch.randn(10, 8)
+    v = flatten_params(m)
+    probs = ensemble_probs(m, v.repeat(7, 1), x, chunk=3)
+    assert torch.allclose(probs, m(x).softmax(-1), atol=1e-6)
+    ens = ParameterEnsemble(m, v.repeat(4, 1))
+    assert torch.allclose(ens(x), m(x).log_softmax(-1), atol=1e-5)
+
+
+def test_ensemble_probs_is_the_mean_of_member_softmaxes():
+    m = net()
+    x = torch.randn(5, 8)
+    vs = torch.randn(3, flatten_params(m).numel())
+    expected = torch.stack([torch.func.functional_call(m, unflatten_params(v, m), (x,)).softmax(-1)
+                            for v in vs]).mean(0)
+    assert torch.allclose(ensemble_probs(m, vs, x), expected, atol=1e-6)
+
+
+def test_entropy_and_auroc():
+    uniform, onehot = torch.full((1, 4), 0.25), torch.tensor([[1.0, 0, 0, 0]])
+    assert abs(float(predictive_entropy(uniform)) - math.log(4)) < 1e-6
+    assert float(predictive_entropy(onehot)) < 1e-6
+    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5
+    g = torch.Generator().manual_seed(0)
+    assert abs(auroc(torch.randn(2000, generator=g), torch.randn(2000, generator=g)) - 0.5) < 0.03
+
+
+def test_gradient_penalty_and_wgan_losses():
+    lin = nn.Linear(5, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.6, 0.8, 0.0, 0.0, 0.0]]))  # unit-norm gradient everywhere
+    real, fake = torch.randn(8, 5), torch.randn(8, 5)
+    assert float(gradient_penalty(lin, real, fake)) < 1e-10
+    with torch.no_grad():
+        lin.weight.mul_(3.0)
+    assert abs(float(gradient_penalty(lin, real, fake)) - 4.0) < 1e-5
+    gp = gradient_penalty(lin, real, fake)
+    gp.backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])
+    assert float(wgan_critic_loss(d_real, d_fake)) == -1.5
+    assert float(wgan_generator_loss(d_fake)) == -0.5
+
+
+def test_generator_ensemble_maps_back_to_parameter_space():
+    m = net()
+    d = flatten_params(m).numel()
+    gen = nn.Linear(4, d)
+    with torch.no_grad():
+        gen.weight.zero_()
+        gen.bias.zero_()
+    mean = flatten_params(m)
+    ens = GeneratorEnsemble(m, gen, mean, torch.ones(d), num_samples=5, z_dim=4)
+    assert torch.allclose(ens.vectors(), mean.repeat(5, 1))
+    x = torch.randn(3, 8)
+    assert torch.allclose(ens(x), m(x).log_softmax(-1), atol=1e-5)
+
+
+def test_posterior_distillation_two_stages_through_the_engine(tiny_data):
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    m = get_method("posterior_distillation", {"sgld_lr": 0.5, "burn_in": 20, "thin": 5, "sample_epochs": 20,
+                                              "gan_epochs": 2, "hidden": 16, "num_predictive": 20})
+    cfg = TrainConfig(epochs=1)
+    ens, res = run_stages(m, student, None, tiny_data, tiny_data, cfg, None, 0, None, False, False, "apd", 3)
+    sampler = res["sample"]["distiller"]
+    # 240 samples / batch 100 = 3 iterations per epoch, 60 in all: (60 - 20) / 5 samples kept
+    assert sampler.iteration == 60 and len(sampler.samples) == 8
+    assert res["sample"]["val"]["val/sgld/acc"] > 60
+    gan = res["gan"]["distiller"]
+    assert isinstance(gan, APDDistiller) and isinstance(ens, GeneratorEnsemble)
+    assert gan.samples.shape == (8, flatten_params(student).numel())
+    assert {"val/generator/acc", "val/sgld/acc"} <= set(res["gan"]["val"])
+    assert "gen_std" in res["gan"]["history"][-1]
+    # the student's weights are a template only; the GAN trains generator and critic
+    assert all(not p.requires_grad for p in gan.student.parameters())
+    assert ens(tiny_data.tensors["input"][:4]).shape == (4, 3)
+
+
+def test_posterior_distillation_reproduction_quick(tmp_path):
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("posterior_distillation", quick=True, out_dir=tmp_path, progress=False)
+    text = md.read_text()
+    assert text.count("- **") == 3 and "QUICK smoke run" in text
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert len(data["claims"]) == 3 and len(data["tables"]) == 2
