@@ -122,7 +122,8 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
             result = json.loads(done.read_text())
         else:
             engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
-            fit = engine.fit(distiller, train, val, augment=augment, resume=resume)
+            stage_train = stage.data(ctx) if stage.data is not None else train
+            fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
             result = {"history": fit.history, "val": fit.val, "train_time_s": fit.train_time_s,
                       "samples_per_s": fit.samples_per_s}
             if sdir is not None and is_main():
