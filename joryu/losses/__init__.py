@@ -1,6 +1,7 @@
 """Pure loss functions, one small file per family, each with its paper's equation."""
 
 from joryu.losses.fitnets import feature_l2_loss, hint_loss
+from joryu.losses.fsp import fsp_loss, fsp_matrix
 from joryu.losses.kd import kd_loss, soft_cross_entropy
 
-__all__ = ["feature_l2_loss", "hint_loss", "kd_loss", "soft_cross_entropy"]
+__all__ = ["feature_l2_loss", "fsp_loss", "fsp_matrix", "hint_loss", "kd_loss", "soft_cross_entropy"]
