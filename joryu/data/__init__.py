@@ -10,6 +10,7 @@ from joryu.data.core import (
     split_validation,
 )
 from joryu.data.registry import DataBundle, available, describe, load, register_dataset
+from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
 
 __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment",
