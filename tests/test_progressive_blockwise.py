@@ -10,7 +10,12 @@ from joryu.errors import ConfigError
 from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.methods._features import count_macs
-from joryu.methods.progressive_blockwise import blockwise_cost, blockwise_student, replace_module, student_block
+from joryu.methods.progressive_blockwise import (
+    blockwise_cost,
+    blockwise_student,
+    replace_module,
+    student_block,
+)
 from joryu.models import create
 from joryu.teachers import FrozenTeacher
 

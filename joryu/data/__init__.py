@@ -1,5 +1,6 @@
 """Datasets: built-in (offline) data, file loaders, on-device tensors and loaders."""
 
+from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
 from joryu.data.core import (
     Augment,
     StreamLoader,
@@ -10,7 +11,6 @@ from joryu.data.core import (
     split_validation,
 )
 from joryu.data.registry import DataBundle, available, describe, load, register_dataset
-from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
 
 __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment",

@@ -99,9 +99,9 @@ def svd_kd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1
         vt.append(_finite(b).detach())
     total = torch.zeros((), dtype=torch.float64, device=vs[0].device)
     batch = vs[0].shape[0]
-    for l in range(len(vs) - 1):
-        n = min(vs[l].shape[2], vs[l + 1].shape[2])
-        r_s = rbf(vs[l][..., :n], vs[l + 1][..., :n])
-        r_t = rbf(vt[l][..., :n], vt[l + 1][..., :n])
+    for i in range(len(vs) - 1):
+        n = min(vs[i].shape[2], vs[i + 1].shape[2])
+        r_s = rbf(vs[i][..., :n], vs[i + 1][..., :n])
+        r_t = rbf(vt[i][..., :n], vt[i + 1][..., :n])
         total = total + 0.5 * _finite(r_s - r_t).pow(2).sum() / batch * math.sqrt(n)
     return total.to(student[0].dtype if student[0].is_floating_point() else torch.float32)

@@ -57,7 +57,7 @@ def reproduce_progressive_blockwise(seeds: list[int], quick: bool, progress: boo
         tab.add("teacher", cols[1], 1.0)
         tab.add("teacher", cols[2], 1.0)
         # the student architecture with a fresh initialisation of every layer (head included)
-        init = seeded(seed, lambda: _reinit(blockwise_student(t_net, BLOCKS)))
+        init = seeded(seed, lambda t=t_net: _reinit(blockwise_student(t, BLOCKS)))
         cost = blockwise_cost(t_net, init, x)
         runs = [("student from scratch", "supervised", {}, init, total),
                 ("student + plain KD (T=4, alpha=0.9)", "kd", {"temperature": 4.0, "alpha": 0.9}, init, total)]
