@@ -108,3 +108,15 @@ def test_digits_edges_dataset_has_paired_modalities():
     assert set(b.train.tensors) == {"input", "input_b", "target"}
     assert b.train.tensors["input_b"].shape == b.train.tensors["input"].shape
     assert not torch.allclose(b.train.tensors["input_b"], b.train.tensors["input"])
+
+
+def test_cross_modal_on_zoo_lenets_with_default_layers():
+    from joryu.models import create
+
+    data = load("digits_edges").train.subset(range(64))
+    teacher = create("lenet5", input_shape=(1, 8, 8), num_classes=10)
+    student = create("lenet5", input_shape=(1, 8, 8), num_classes=10)
+    m = get_method("cross_modal", {"transfer_epochs": 1, "finetune_labels_per_class": 1, "finetune_epochs": 1})
+    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1, batch_size=32),
+                          None, 0, None, progress=False)
+    assert net is student and len(res["finetune"]["history"]) == 1
