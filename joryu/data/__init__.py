@@ -1,5 +1,6 @@
 """Datasets: built-in (offline) data, file loaders, on-device tensors and loaders."""
 
+from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
 from joryu.data.core import (
     Augment,
     StreamLoader,

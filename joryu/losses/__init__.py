@@ -3,6 +3,8 @@
 from joryu.losses.concentration import per_sample_vertical_kl, self_paced_weights, vertical_kd_loss
 from joryu.losses.data_distillation import confident_pseudo_labels, mix_counts
 from joryu.losses.dropout import dropout_distillation_loss, predictive_kl
+from joryu.losses.fitnets import feature_l2_loss, hint_loss
+from joryu.losses.fsp import fsp_loss, fsp_matrix
 from joryu.losses.kd import kd_loss, soft_cross_entropy
 from joryu.losses.meal import (
     Discriminator,
@@ -11,7 +13,10 @@ from joryu.losses.meal import (
     pool_to,
     similarity_loss,
 )
+from joryu.losses.svd import align_singular_vectors, channel_matrix, rbf, svd_kd_loss, truncated_svd
 
-__all__ = ["confident_pseudo_labels", "Discriminator", "discriminator_loss", "dropout_distillation_loss",
-           "generator_loss", "kd_loss", "mix_counts", "per_sample_vertical_kl", "pool_to", "predictive_kl",
-           "self_paced_weights", "similarity_loss", "soft_cross_entropy", "vertical_kd_loss"]
+__all__ = ["Discriminator", "align_singular_vectors", "channel_matrix", "confident_pseudo_labels",
+           "discriminator_loss", "dropout_distillation_loss", "feature_l2_loss", "fsp_loss", "fsp_matrix",
+           "generator_loss", "hint_loss", "kd_loss", "mix_counts", "per_sample_vertical_kl", "pool_to",
+           "predictive_kl", "rbf", "self_paced_weights", "similarity_loss", "soft_cross_entropy",
+           "svd_kd_loss", "truncated_svd", "vertical_kd_loss"]

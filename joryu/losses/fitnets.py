@@ -1,0 +1,36 @@
+"""Romero et al. (2015), "FitNets: Hints for Thin Deep Nets", arXiv:1412.6550."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
+    r"""The hint-based training objective of FitNets, Eq. (3):
+
+    .. math::  L_{HT}(W_{Guided}, W_r) = \frac{1}{2} \| u_h(x; W_{Hint}) - r(v_g(x; W_{Guided}); W_r) \|^2
+
+    summed over every element of one sample's hint and averaged over the batch (as the
+    official ``HintCost``: 0.5 * sum of squares, batch mean). ``regressed`` is r(v_g(x)), the
+    student's guided-layer output after the regressor; ``hint`` is u_h(x), the teacher's hint
+    layer output, treated as a constant (detached).
+    """
+    if regressed.shape != hint.shape:
+        raise ValueError(f"regressor output {tuple(regressed.shape)} and hint {tuple(hint.shape)} differ")
+    diff = regressed.float() - hint.detach().float()
+    return 0.5 * diff.pow(2).sum() / max(1, diff.shape[0])
+
+
+def feature_l2_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    r"""Squared Euclidean distance between feature maps, summed per sample, batch mean:
+
+    .. math::  L = \frac{1}{B} \sum_b \| f_t(x_b) - \phi(g(x_b)) \|^2
+
+    (Gupta et al. 2016, supervision transfer; also the local loss of blockwise distillation).
+    The teacher side is detached.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} "
+                         "differ: add an adapter")
+    diff = student.float() - teacher.detach().float()
+    return diff.pow(2).sum() / max(1, diff.shape[0])

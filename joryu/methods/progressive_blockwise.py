@@ -1,0 +1,261 @@
+"""Wang, Zhao, Li & Tan (2018), "Progressive Blockwise Knowledge Distillation for Neural Network
+Acceleration", IJCAI 2018.
+
+The teacher is split into blocks T_1..T_N (module paths, configuration). Each student block S_i
+is T_i with **every convolution's filters halved** (``ratio``) plus a **1x1 convolution restoring
+the block's output channels**, so it has the same input and output shapes. Blocks are replaced
+**one at a time from the input side**: step i trains S_i inside the hybrid network
+[S_1..S_i, T_{i+1}..T_N] (the head and every part outside the blocks are copies of the teacher's),
+then S_i stays. The result is the all-student network. One engine stage per block, plus an optional
+fine-tuning stage.
+
+Loss of step i (``loss``, the paper's exact choice is unverified; both are offered):
+- ``"output_kd"`` (default): KD at the hybrid's output, alpha * T^2 KL(p_T^T || p_H^T) + (1 - alpha) CE.
+- ``"local"``: the local L2 || S_i(h_{i-1}) - T_i(t_{i-1}) ||^2 between the student block's output in
+  the hybrid and the teacher block's output on the same input image (batch mean); the hybrid's forward
+  pass stops after S_i.
+
+Documented options for the unverified details (PAPERS.md section 9): ``freeze_earlier`` (S_1..S_{i-1}
+frozen during step i, default True), a final fine-tune of the whole student (``finetune``,
+``finetune_loss`` kd or ce), ``step_epochs``/``step_lr`` per block. Teacher-copied parts are always
+frozen during the block steps and kept in eval mode, so T_{i+1}..T_N stay bit-identical to the
+teacher's (batch-norm statistics included).
+
+Deviations and best guesses:
+- The student is derived from the teacher; a configured ``student`` network is not used. The block
+  paths are required (e.g. a zoo model's ``feature_layers``).
+- Automatic halving supports blocks that are (nested) ``nn.Sequential`` of convolutions (groups = 1),
+  batch norms and parameter-free layers (activations, pooling, dropout); other blocks raise an error.
+- Student blocks start from a fresh initialisation; the 1x1 restoring convolution is linear (no
+  batch norm or activation after it).
+- Speed-up is reported as the ratio of multiply-accumulates (convolutions and linear layers) and of
+  parameters (``blockwise_cost``), not wall-clock time.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from joryu.distiller import Distiller
+from joryu.errors import ConfigError
+from joryu.losses import feature_l2_loss, kd_loss
+from joryu.methods._features import count_macs, run_until, tapped_teacher
+from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.outputs import forward
+from joryu.taps import Taps, resolve
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _halve(seq: nn.Module, c_in: int, ratio: float, path: str):
+    """Rebuild ``seq`` with each conv's out_channels * ratio; returns (module, channels out, conv type)."""
+    new, conv_type = [], None
+    for name, m in seq.named_children():
+        where = f"{path}.{name}"
+        if isinstance(m, nn.Sequential):
+            sub, c_in, ct = _halve(m, c_in, ratio, where)
+            new.append(sub)
+            conv_type = ct or conv_type
+        elif isinstance(m, CONVS):
+            if m.groups != 1:
+                raise ConfigError(f"{where}: grouped convolutions cannot be halved automatically")
+            out = max(1, int(round(m.out_channels * ratio)))
+            new.append(type(m)(c_in, out, m.kernel_size, m.stride, m.padding, m.dilation, bias=m.bias is not None,
+                               padding_mode=m.padding_mode))
+            c_in, conv_type = out, type(m)
+        elif isinstance(m, NORMS):
+            new.append(type(m)(c_in, m.eps, m.momentum, m.affine, m.track_running_stats))
+        elif not any(True for _ in m.parameters()) and not any(True for _ in m.buffers()):
+            new.append(copy.deepcopy(m))
+        else:
+            raise ConfigError(f"{where}: cannot halve a {type(m).__name__} automatically (supported: nn.Sequential "
+                              "of convolutions, batch norms and parameter-free layers)")
+    return nn.Sequential(*new), c_in, conv_type
+
+
+def _out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, CONVS)]
+    if not convs:
+        raise ConfigError("a block to replace must contain at least one convolution")
+    return convs[-1].out_channels
+
+
+def student_block(teacher_block: nn.Module, ratio: float = 0.5) -> nn.Module:
+    """S_i from T_i: every convolution's filters multiplied by ``ratio`` (halved), then a 1x1
+    convolution restoring T_i's output channels. Same input and output shapes as T_i."""
+    if not isinstance(teacher_block, nn.Sequential):
+        raise ConfigError(f"automatic student blocks need an nn.Sequential block, got {type(teacher_block).__name__}")
+    first = next(m for m in teacher_block.modules() if isinstance(m, CONVS))
+    body, c, conv = _halve(teacher_block, first.in_channels, ratio, "block")
+    return nn.Sequential(body, conv(c, _out_channels(teacher_block), 1))
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = resolve(model, parent_path) if parent_path else model
+    resolve(model, path)
+    setattr(parent, name, new)
+
+
+def blockwise_student(teacher: nn.Module, blocks: list[str], ratio: float = 0.5) -> nn.Module:
+    """The final student architecture: a copy of ``teacher`` with every block replaced by a fresh S_i."""
+    net = copy.deepcopy(teacher)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    for path in blocks:
+        replace_module(net, path, student_block(resolve(teacher, path), ratio))
+    return net
+
+
+def blockwise_cost(teacher: nn.Module, student: nn.Module, x) -> dict:
+    """MACs and parameter counts of both networks and the teacher/student ratios."""
+    tm, sm = count_macs(teacher, x), count_macs(student, x)
+    tp, sp = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters())
+    return {"teacher_macs": tm, "student_macs": sm, "mac_ratio": tm / sm, "teacher_params": tp,
+            "student_params": sp, "param_ratio": tp / sp}
+
+
+class BlockStepDistiller(Distiller):
+    """Step i: train S_i (and S_<i unless frozen) inside the hybrid network."""
+
+    def __init__(self, hybrid, teacher, step: int, blocks: list[str], loss: str = "output_kd",
+                 freeze_earlier: bool = True, temperature: float = 4.0, alpha: float = 0.9, input_key: str = "input"):
+        super().__init__(hybrid, [teacher], input_key)
+        self.teacher = teacher
+        self.path = blocks[step]
+        self.loss_kind = loss
+        self.temperature, self.alpha = temperature, alpha
+        trained = blocks[: step + 1] if not freeze_earlier else [blocks[step]]
+        self.trained_modules = [resolve(hybrid, p) for p in trained]
+        ids = {id(p) for m in self.trained_modules for p in m.parameters()}
+        for p in hybrid.parameters():
+            p.requires_grad_(id(p) in ids)
+        self.frozen_modules = [m for m in hybrid.modules()
+                               if not any(m is t or _contains(t, m) for t in self.trained_modules)
+                               and not any(_contains(m, t) for t in self.trained_modules)]
+        self.taps = Taps(hybrid, {"block": self.path}) if loss == "local" else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen_modules:
+            m.eval()
+        return self
+
+    def trainable_parameters(self):
+        return [p for m in self.trained_modules for p in m.parameters()]
+
+    def training_step(self, batch):
+        if self.loss_kind == "local":
+            run_until(self.student, self.path, batch[self.input_key])
+            out = self.taps.pop()["block"]
+            loss = feature_l2_loss(out, self.teacher(batch).features["block"])
+            return {"loss": loss, "local": loss}
+        logits = forward(self.student, batch, self.input_key)
+        soft = kd_loss(logits, self.teacher(batch).logits, self.temperature)
+        out = {"kd": soft}
+        loss = self.alpha * soft
+        if self.alpha < 1:
+            ce = F.cross_entropy(logits, batch["target"])
+            loss = loss + (1 - self.alpha) * ce
+            out["ce"] = ce
+        out["loss"] = loss
+        return out
+
+    def release(self) -> None:
+        if self.taps is not None:
+            self.taps.remove()
+        if self.teacher.taps is not None:
+            self.teacher.taps.remove()
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    return outer is not inner and any(m is inner for m in outer.modules())
+
+
+class FinetuneDistiller(Distiller):
+    """The whole student: KD (alpha * T^2 KL + (1 - alpha) CE) or plain CE."""
+
+    def __init__(self, student, teacher, loss: str = "kd", temperature: float = 4.0, alpha: float = 0.9):
+        super().__init__(student, [teacher])
+        for p in student.parameters():
+            p.requires_grad_(True)
+        self.teacher, self.loss_kind = teacher, loss
+        self.temperature, self.alpha = temperature, alpha
+
+    def training_step(self, batch):
+        logits = forward(self.student, batch, self.input_key)
+        ce = F.cross_entropy(logits, batch["target"])
+        if self.loss_kind == "ce":
+            return {"loss": ce, "ce": ce}
+        soft = kd_loss(logits, self.teacher(batch).logits, self.temperature)
+        return {"loss": self.alpha * soft + (1 - self.alpha) * ce, "kd": soft, "ce": ce}
+
+
+class ProgressiveBlockwiseParams(Params):
+    blocks: list[str] = Field(..., min_length=1, description="teacher module paths of the blocks, input side first")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction of each conv's filters kept in a student block")
+    loss: Literal["output_kd", "local"] = Field("output_kd", description="loss of each block step")
+    freeze_earlier: bool = Field(True, description="keep S_1..S_{i-1} frozen during step i")
+    step_epochs: int | None = Field(None, ge=1, description="epochs per block step (default: the run's epochs)")
+    step_lr: float | None = Field(None, gt=0, description="learning rate of the block steps (default: the run's)")
+    finetune: bool = Field(True, description="fine-tune the whole student after the last block")
+    finetune_loss: Literal["kd", "ce"] = Field("kd", description="loss of the final fine-tune")
+    finetune_epochs: int | None = Field(None, ge=1, description="fine-tune epochs (default: the run's epochs)")
+    temperature: float = Field(4.0, gt=0, description="KD temperature (output_kd steps and fine-tune)")
+    alpha: float = Field(0.9, ge=0, le=1, description="KD weight; 1 - alpha on the labels")
+
+
+@register_method("progressive_blockwise",
+                 paper="Wang, Zhao, Li & Tan 2018, Progressive Blockwise Knowledge Distillation, IJCAI")
+class ProgressiveBlockwise(Method):
+    Params = ProgressiveBlockwiseParams
+
+    def stages(self):
+        p = self.params
+
+        def setup(ctx):
+            if "pbkd_hybrid" not in ctx.extras:
+                teacher = getattr(ctx.teacher, "model", None)
+                if not isinstance(teacher, nn.Module):
+                    raise ConfigError("progressive_blockwise builds the student from the teacher's network: the "
+                                      "teacher must be a single network (a FrozenTeacher)")
+                ctx.extras["pbkd_new"] = [student_block(resolve(teacher, b), p.ratio) for b in p.blocks]
+                ctx.extras["pbkd_hybrid"] = copy.deepcopy(teacher)
+            return ctx.extras["pbkd_hybrid"]
+
+        def build_step(i):
+            def build(ctx):
+                hybrid = setup(ctx)
+                replace_module(hybrid, p.blocks[i], ctx.extras["pbkd_new"][i])
+                teacher = tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local" else ctx.teacher
+                return BlockStepDistiller(hybrid, teacher, i, p.blocks, p.loss, p.freeze_earlier, p.temperature,
+                                          p.alpha)
+            return build
+
+        def build_finetune(ctx):
+            return FinetuneDistiller(setup(ctx), ctx.teacher, p.finetune_loss, p.temperature, p.alpha)
+
+        step_train = {}
+        if p.step_epochs is not None:
+            step_train["epochs"] = p.step_epochs
+        if p.step_lr is not None:
+            step_train["lr"] = p.step_lr
+        stages = [Stage(f"block{i + 1}", build_step(i), dict(step_train), after=_release)
+                  for i in range(len(p.blocks))]
+        if p.finetune:
+            ft = {"epochs": p.finetune_epochs} if p.finetune_epochs is not None else {}
+            stages.append(Stage("finetune", build_finetune, ft))
+        return stages
+
+
+def _release(ctx, distiller):
+    """End of a block step: take the taps off; the hybrid's parameters are trainable again for the user."""
+    distiller.release()
+    for p in distiller.student.parameters():
+        p.requires_grad_(True)

@@ -1,0 +1,144 @@
+import pytest
+import torch
+from torch import nn
+
+from joryu.config import TrainConfig
+from joryu.data import TensorData
+from joryu.experiment import run_stages
+from joryu.losses import channel_matrix, rbf, svd_kd_loss, truncated_svd
+from joryu.methods import get_method
+from joryu.methods.svd_kd import clip_by_norm, combine_gradients
+from joryu.models import create
+from joryu.teachers import FrozenTeacher
+
+
+def _feats(seed=0, b=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 8, 6, 5, generator=g), torch.randn(b, 16, 3, 3, generator=g),
+            torch.randn(b, 16, 2, 2, generator=g)]
+
+
+def _spatial_perm(x, seed):
+    g = torch.Generator().manual_seed(seed)
+    flat = x.flatten(2)
+    return flat[:, :, torch.randperm(flat.shape[-1], generator=g)].view_as(x)
+
+
+def test_channel_space_layout():
+    x = torch.randn(2, 3, 4, 5)
+    m = channel_matrix(x)
+    assert m.shape == (2, 20, 3)
+    assert torch.equal(m[1, 7], x[1, :, 1, 2])  # row = one spatial position, columns = channels
+    s, v = truncated_svd(x, 2)
+    assert s.dtype == torch.float64 and v.shape == (2, 3, 2)
+
+
+@pytest.mark.parametrize("transform", [
+    lambda f, i: f,
+    lambda f, i: -f,
+    lambda f, i: 2.5 * f,
+    lambda f, i: _spatial_perm(f, i),
+    lambda f, i: -0.3 * _spatial_perm(f, 10 + i),
+])
+def test_loss_is_zero_under_the_invariances(transform):
+    ft = _feats()
+    fs = [transform(f, i) for i, f in enumerate(ft)]
+    assert float(svd_kd_loss(fs, ft)) < 1e-12
+    assert float(svd_kd_loss(fs, ft, k=2, student_extra=3, flip="student")) < 1e-12
+
+
+def test_width_axis_layout_would_not_be_permutation_invariant():
+    # the pitfall of a (B, C*H, W) reshape: with the channel layout a spatial permutation costs nothing
+    ft = _feats()
+    fs = [_spatial_perm(f, i) for i, f in enumerate(ft)]
+    width_layout = [f.reshape(f.shape[0], f.shape[1] * f.shape[2], f.shape[3]).transpose(1, 2).unsqueeze(-1)
+                    for f in fs]
+    width_t = [f.reshape(f.shape[0], f.shape[1] * f.shape[2], f.shape[3]).transpose(1, 2).unsqueeze(-1)
+               for f in ft]
+    assert float(svd_kd_loss(fs, ft)) < 1e-12
+    assert float(svd_kd_loss(width_layout, width_t)) > 1e-6
+
+
+def test_loss_is_positive_for_random_features_and_teacher_gets_no_gradient():
+    ft = [f.requires_grad_(True) for f in _feats(0)]
+    fs = [f.requires_grad_(True) for f in _feats(1)]
+    loss = svd_kd_loss(fs, ft)
+    assert float(loss) > 1e-4 and torch.isfinite(loss)
+    loss.backward()
+    assert all(f.grad is None for f in ft)
+    assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in fs)
+
+
+def test_rbf_shape_and_values():
+    a, b = torch.randn(2, 3, 1), torch.randn(2, 5, 1)
+    r = rbf(a, b)
+    assert r.shape == (2, 3, 5, 1)
+    assert torch.allclose(r[1, 2, 4, 0], torch.exp(-(a[1, 2, 0] - b[1, 4, 0]) ** 2 / 8))
+
+
+def test_widths_must_match():
+    ft = _feats()
+    fs = [torch.randn(4, 9, 6, 5)] + ft[1:]
+    with pytest.raises(ValueError, match="equal widths"):
+        svd_kd_loss(fs, ft)
+
+
+def test_gradient_clipping_rule():
+    gc = [torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.0])]
+    gs = [torch.tensor([30.0, 40.0]), torch.tensor([float("nan"), 0.01])]
+    out = combine_gradients(gc, gs, epoch=2, mode="official", shift=2.0)  # sigmoid(0) = 0.5
+    assert torch.allclose(out[0], gc[0] + torch.tensor([3.0, 4.0]))  # 0.5*50 = 25 clipped to ||gc|| = 5
+    assert torch.allclose(out[1], torch.tensor([1.0, 0.005]))  # NaN masked, small gradient kept (scaled by 0.5)
+    scaled = combine_gradients(gc, gs, epoch=2, mode="scaled_norm", shift=2.0)
+    assert torch.allclose(scaled[0], gc[0] + torch.tensor([1.5, 2.0]))  # clipped to 0.5 * 5
+    assert torch.allclose(clip_by_norm(torch.tensor([0.3, 0.4]), 1.0), torch.tensor([0.3, 0.4]))
+    assert combine_gradients([gc[0]], [None], 0)[0] is gc[0]
+
+
+class Net1D(nn.Module):
+    """A plain custom 1-d CNN with three stages."""
+
+    def __init__(self, convs=1, widths=(8, 16, 16)):
+        super().__init__()
+        layers, c = [], 1
+        for w in widths:
+            block = []
+            for _ in range(convs):
+                block += [nn.Conv1d(c, w, 3, padding=1), nn.ReLU()]
+                c = w
+            layers.append(nn.Sequential(*block, nn.MaxPool1d(2)))
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, 3)
+
+    def forward(self, x):
+        return self.fc(self.stages(x).mean(-1))
+
+
+def test_svd_kd_trains_a_custom_module_through_the_engine():
+    g = torch.Generator().manual_seed(0)
+    data = TensorData({"input": torch.randn(64, 1, 16, generator=g), "target": torch.randint(0, 3, (64,), generator=g)},
+                      3, "sig")
+    torch.manual_seed(0)
+    teacher, student = Net1D(2), Net1D(1)
+    t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = student.fc.weight.clone()
+    pts = ["stages.0", "stages.1", "stages.2"]
+    m = get_method("svd_kd", {"student_points": pts, "teacher_points": pts})
+    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=2, batch_size=16),
+                          None, 0, None, progress=False)
+    h = res["distill"]["history"]
+    assert "train/svd" in h[0] and "train/ce" in h[0] and all(torch.isfinite(torch.tensor(r["train/svd"])) for r in h)
+    assert not torch.equal(before, student.fc.weight)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())
+    assert not teacher.stages[0]._forward_hooks
+
+
+def test_svd_kd_default_points_on_zoo_resnets():
+    g = torch.Generator().manual_seed(0)
+    data = TensorData({"input": torch.randn(16, 1, 8, 8, generator=g), "target": torch.randint(0, 4, (16,), generator=g)},
+                      4, "img")
+    teacher = create("resnet14", num_classes=4, input_shape=(1, 8, 8))
+    student = create("resnet8", num_classes=4, input_shape=(1, 8, 8))
+    net, res = run_stages(get_method("svd_kd"), student, FrozenTeacher(teacher), data, None,
+                          TrainConfig(epochs=1, batch_size=8), None, 0, None, progress=False)
+    assert torch.isfinite(torch.tensor(res["distill"]["history"][0]["train/loss"]))
