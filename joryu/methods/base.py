@@ -42,6 +42,7 @@ class Stage:
     build: Callable[[StageContext], Any]
     train: dict = field(default_factory=dict)  # overrides of the experiment's TrainConfig
     after: Callable[[StageContext, Any], None] | None = None  # e.g. keep the student, drop a regressor
+    data: Callable[[StageContext], Any] | None = None  # this stage's training data (default: the run's)
 
 
 @dataclass
