@@ -207,7 +207,8 @@ class Experiment:
         engine = Engine(cfg.train, None, seed=cfg.seed, progress=False)
         if self.method.needs_teacher:
             t_eval = engine.evaluate(SupervisedDistiller(teacher_model, cfg.teacher.input_key), bundle.test, "test")
-            rows["teacher"] = self._row(teacher_model, bundle, t_eval)
+            rows["teacher"] = self._row(teacher_model, bundle, t_eval,
+                                        input_shape_of(train, cfg.teacher.input_key, bundle.input_shape))
             if teacher_result:
                 histories["teacher"] = teacher_result["history"]
 
@@ -247,8 +248,8 @@ class Experiment:
         self.summary = summary
         return summary
 
-    def _row(self, model, bundle, evals: dict) -> dict:
+    def _row(self, model, bundle, evals: dict, input_shape=None) -> dict:
         return {"params": zoo.count_parameters(model),
-                "latency_ms": cpu_latency_ms(model, bundle.input_shape),
+                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape),
                 "test_acc": evals["test/acc"],
                 **{k: v for k, v in evals.items() if k.startswith("test/") and k.count("/") == 2}}
