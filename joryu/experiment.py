@@ -75,8 +75,20 @@ def output_classes(model: torch.nn.Module, data, input_key: str = "input") -> in
     return int(out.shape[-1])
 
 
-def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int) -> None:
-    counts = {name: output_classes(m, data) for name, m in models.items()}
+def input_shape_of(data, key: str, default) -> tuple:
+    """Per-sample shape of ``data``'s ``key`` tensor (``default`` for ``input`` or streamed data)."""
+    if key != "input" and isinstance(data, TensorData):
+        if key not in data.tensors:
+            raise ConfigError(f"the data has no {key!r} tensor (it has {sorted(data.tensors)}); "
+                              "fix the model's input_key")
+        return tuple(data.tensors[key].shape[1:])
+    return tuple(default)
+
+
+def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int,
+                  input_keys: dict[str, str] | None = None) -> None:
+    keys = input_keys or {}
+    counts = {name: output_classes(m, data, keys.get(name, "input")) for name, m in models.items()}
     bad = {k: v for k, v in counts.items() if v != num_classes}
     if bad:
         desc = ", ".join(f"{k} predicts {v}" for k, v in counts.items())
@@ -176,13 +188,15 @@ class Experiment:
 
         # --- teacher
         set_seed(cfg.seed)
-        teacher_model = build_model(cfg.teacher, bundle.num_classes, bundle.input_shape)
+        teacher_model = build_model(cfg.teacher, bundle.num_classes,
+                                    input_shape_of(train, cfg.teacher.input_key, bundle.input_shape))
         student_proto = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
-        check_classes({"teacher": teacher_model, "student": student_proto}, train, bundle.num_classes)
+        check_classes({"teacher": teacher_model, "student": student_proto}, train, bundle.num_classes,
+                      {"teacher": cfg.teacher.input_key, "student": cfg.student.input_key})
         teacher_result = None
         if not cfg.teacher.checkpoint and self.method.needs_teacher:
             tcfg = cfg.teacher.train or cfg.train
-            sup = get_method("supervised")
+            sup = get_method("supervised", {"input_key": cfg.teacher.input_key})
             teacher_model, res = run_stages(
                 sup, teacher_model, None, train, val, tcfg, rd / "teacher" if rd else None, cfg.seed,
                 augment if cfg.data.teacher_augment else None, self.progress, self.resume, "teacher")
@@ -194,7 +208,8 @@ class Experiment:
         engine = Engine(cfg.train, None, seed=cfg.seed, progress=False)
         if self.method.needs_teacher:
             t_eval = engine.evaluate(SupervisedDistiller(teacher_model, cfg.teacher.input_key), bundle.test, "test")
-            rows["teacher"] = self._row(teacher_model, bundle, t_eval)
+            rows["teacher"] = self._row(teacher_model, bundle, t_eval,
+                                        input_shape_of(train, cfg.teacher.input_key, bundle.input_shape))
             if teacher_result:
                 histories["teacher"] = teacher_result["history"]
 
@@ -234,8 +249,8 @@ class Experiment:
         self.summary = summary
         return summary
 
-    def _row(self, model, bundle, evals: dict) -> dict:
+    def _row(self, model, bundle, evals: dict, input_shape=None) -> dict:
         return {"params": zoo.count_parameters(model),
-                "latency_ms": cpu_latency_ms(model, bundle.input_shape),
+                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape),
                 "test_acc": evals["test/acc"],
                 **{k: v for k, v in evals.items() if k.startswith("test/") and k.count("/") == 2}}

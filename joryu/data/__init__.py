@@ -11,11 +11,24 @@ from joryu.data.core import (
     epoch_batches,
     split_validation,
 )
+from joryu.data.imperfect import IGNORE_INDEX, degraded_view, hide_labels, labeled_per_class
+from joryu.data.noise import (
+    add_label_noise,
+    check_noise_matrix,
+    clean_mask,
+    inject_noise,
+    mark_clean,
+    noise_matrix,
+    observed_noise_matrix,
+)
 from joryu.data.registry import DataBundle, available, describe, load, register_dataset
 
 __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment", "apply_augment_keyed",
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
+    "IGNORE_INDEX", "degraded_view", "hide_labels", "labeled_per_class",
+    "add_label_noise", "check_noise_matrix", "clean_mask", "inject_noise", "mark_clean", "noise_matrix",
+    "observed_noise_matrix",
 ]
 
 from joryu.data import distilled as _distilled  # noqa: E402,F401  (registers the 'distilled' dataset)

@@ -171,7 +171,10 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
-        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``."""
+        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``.
+
+        Only rows with a known label are scored (``labeled`` True where the batch has it, and
+        target != -100); a split without any gives 0, not a division by zero."""
         distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
@@ -181,8 +184,14 @@ class Engine:
         correct, losses, n = {}, {}, torch.zeros((), device=self.device)
         for batch in loader.iterate(0):
             target = batch["target"]
+            valid = target != -100
+            if "labeled" in batch:
+                valid = valid & batch["labeled"].bool()
             with self.accelerator.autocast():
                 preds = distiller.eval_logits(batch)
+            if not bool(valid.all()):
+                preds = {k: v[valid] for k, v in preds.items()}
+                target = target[valid]
             for name, logits in preds.items():
                 correct[name] = correct.get(name, 0) + (logits.argmax(-1) == target).sum()
                 losses[name] = losses.get(name, 0) + F.cross_entropy(logits.float(), target, reduction="sum")

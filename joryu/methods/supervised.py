@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from pydantic import Field
 
 from joryu.distiller import Distiller
+from joryu.losses import masked_cross_entropy
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
 
 
 class SupervisedDistiller(Distiller):
-    """CE(y, softmax(z)) with optional label smoothing; no teacher."""
+    """CE(y, softmax(z)) with optional label smoothing; no teacher.
+
+    Rows whose label is unknown (``labeled`` False, or target -100) are skipped; a batch with
+    no labelled row gives a zero loss (semi-supervised data, see ``joryu.data.imperfect``)."""
 
     def __init__(self, student, input_key: str = "input", label_smoothing: float = 0.0):
         super().__init__(student, (), input_key)
@@ -19,11 +22,13 @@ class SupervisedDistiller(Distiller):
 
     def training_step(self, batch):
         logits = forward(self.student, batch, self.input_key)
-        return {"loss": F.cross_entropy(logits, batch["target"], label_smoothing=self.label_smoothing)}
+        return {"loss": masked_cross_entropy(logits, batch["target"], batch.get("labeled"),
+                                             label_smoothing=self.label_smoothing)}
 
 
 class SupervisedParams(Params):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    input_key: str = Field("input", description="batch key the network reads (e.g. 'privileged' for a teacher)")
 
 
 @register_method("supervised", paper="baseline: cross-entropy on the labels, no teacher")
@@ -33,4 +38,5 @@ class Supervised(Method):
 
     def stages(self):
         p = self.params
-        return [Stage("train", lambda ctx: SupervisedDistiller(ctx.student, label_smoothing=p.label_smoothing))]
+        return [Stage("train", lambda ctx: SupervisedDistiller(ctx.student, p.input_key,
+                                                                        p.label_smoothing))]
