@@ -76,7 +76,7 @@ class DMLDistiller(Distiller):
         out: dict[str, torch.Tensor] = {}
         total = 0.0
         self.last_targets = []
-        for k, net in enumerate(nets):
+        for k in range(len(nets)):
             peers = []
             for j in range(len(nets)):
                 if j == k:

@@ -113,7 +113,7 @@ def _trace_calls(model: nn.Module, sample: torch.Tensor, trunk_end: str):
         clock["end"] = clock["t"]
         clock["feat"] = unwrap_feature(out)
 
-    for n, m in model.named_modules():
+    for m in model.modules():
         if m is end:
             handles.append(m.register_forward_hook(end_hook))
         elif not list(m.children()):

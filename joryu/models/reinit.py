@@ -25,7 +25,7 @@ def reinitialise(model: nn.Module, seed: int, skip: set[int] | frozenset = froze
             skipped.update(id(p) for p in m.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        for name, m in model.named_modules():
+        for m in model.modules():
             if id(m) in skip or any(id(p) in skipped for p in m.parameters(recurse=False)):
                 continue
             own = list(m.parameters(recurse=False))
