@@ -100,3 +100,14 @@ def test_resume_rebuilds_the_same_generations(tiny_data, tmp_path):
     torch.manual_seed(0)
     c, _ = run_stages(m, _net(), None, tiny_data, None, cfg, tmp_path / "a", 0, None, False, resume=True)
     assert weights_fingerprint(c) == weights_fingerprint(a)
+
+
+def test_born_again_reproduction_quick(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("born_again", quick=True, out_dir=tmp_path, progress=False)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert len(data["claims"]) == 2 and all(c["verdict"] in ("reproduced", "not reproduced") for c in data["claims"])
+    assert "QUICK smoke run" in md.read_text()

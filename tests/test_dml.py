@@ -141,3 +141,14 @@ def test_default_peers_are_fresh_copies():
     w = [n[0].weight for n in nets]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
     assert torch.equal(fresh_copy(s, 5)[0].weight, fresh_copy(s, 5)[0].weight)  # seeded
+
+
+def test_dml_reproduction_quick(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("dml", quick=True, out_dir=tmp_path, progress=False)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert len(data["claims"]) == 1 and "QUICK smoke run" in md.read_text()
+    assert "independent: network 1" in md.read_text()

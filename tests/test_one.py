@@ -151,3 +151,13 @@ def test_cifar_resnet_default_trunk_end_and_training(tiny_data):
     assert {"val/one/acc", "val/one_e/acc", "val/gated/acc", "val/branch2/acc"} <= set(val)
     assert val["val/acc"] == val["val/one/acc"] > 70
     assert not student._forward_hooks and not student[2]._forward_hooks  # the deployable carries no hooks
+
+
+def test_one_reproduction_quick(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("one", quick=True, out_dir=tmp_path, progress=False)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert len(data["claims"]) == 1 and "ONE-E" in md.read_text() and "QUICK smoke run" in md.read_text()
