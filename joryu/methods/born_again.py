@@ -28,7 +28,13 @@ Deviations and best guesses:
   equal confidences give exactly the mean cross-entropy.
 - KL replaces the paper's cross-entropy to the teacher's output: same gradient (the teacher's
   entropy is a constant). ``label_weight`` (1) for BAN+L is a best guess; the paper gives none.
-- ``generations`` counts all networks, generation 1 included.
+- ``generations`` counts all networks, generation 1 included. The student passed in becomes
+  generation 1 and, like every generation but the last, is left frozen (eval mode, no gradients).
+
+Pitfalls of public re-implementations avoided here: each generation gets a new optimizer (a new
+engine stage), the teacher runs in eval mode under no_grad, nothing is selected on test data (each
+generation is its final weights), the KL is batch-mean, and DKPP permutes classes within a sample,
+not samples.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Deviations and best guesses:
   the batch, which is what a recompute would return (up to dropout noise). In the sequential mode
   a recomputed forward updates BatchNorm running statistics a second time for that batch.
 - ``temperature`` (1 in the paper) is an option; the KL is then scaled by T^2 as in KD.
+- Pitfalls of public re-implementations avoided: peers are detached (``Variable(x)`` is no detach
+  in PyTorch >= 0.4), and in the sequential mode a network never learns from a peer's stale,
+  pre-update prediction.
 - The paper's optimiser (SGD with Nesterov momentum, lr 0.1 / 10 every 60 epochs, 200 epochs,
   batch 64; from memory of the paper, unverified) is the experiment's ``train`` section, not fixed
   here.
