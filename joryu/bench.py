@@ -98,11 +98,12 @@ def plain_kd(w: Workload, teacher_on: bool = True) -> Callable[[], float]:
         for i in range(0, n - bs + 1, bs):
             idx = order[i:i + bs]
             x, y = x_all[idx], y_all[idx]
-            z = student(x)
-            loss = F.cross_entropy(z, y)
             if teacher_on:
                 with torch.no_grad():
                     zt = teacher(x)
+            z = student(x)
+            loss = F.cross_entropy(z, y)
+            if teacher_on:
                 kl = F.kl_div(F.log_softmax(z / T, -1), F.log_softmax(zt / T, -1), reduction="batchmean",
                               log_target=True) * T * T
                 loss = ALPHA * kl + (1 - ALPHA) * loss

@@ -40,8 +40,10 @@ class KDDistiller(Distiller):
         self.alpha = alpha
 
     def training_step(self, batch):
-        logits = forward(self.student, batch, self.input_key)
+        # Teacher first: the student's activations, saved for backward, then stay warm in cache
+        # (measured ~10% faster on CPU ResNets, benchmarks/RESULTS.md).
         t_logits = self.teacher(batch).logits
+        logits = forward(self.student, batch, self.input_key)
         soft = kd_loss(logits, t_logits, self.temperature)
         out = {"kd": soft}
         loss = self.alpha * soft
