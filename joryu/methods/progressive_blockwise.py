@@ -46,6 +46,7 @@ from joryu.errors import ConfigError
 from joryu.losses import feature_l2_loss, kd_loss
 from joryu.methods._features import count_macs, run_until, tapped_teacher
 from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
 
@@ -156,16 +157,9 @@ class BlockStepDistiller(Distiller):
             out = self.taps.pop()["block"]
             loss = feature_l2_loss(out, self.teacher(batch).features["block"])
             return {"loss": loss, "local": loss}
+        t_logits = self.teacher(batch).logits
         logits = forward(self.student, batch, self.input_key)
-        soft = kd_loss(logits, self.teacher(batch).logits, self.temperature)
-        out = {"kd": soft}
-        loss = self.alpha * soft
-        if self.alpha < 1:
-            ce = F.cross_entropy(logits, batch["target"])
-            loss = loss + (1 - self.alpha) * ce
-            out["ce"] = ce
-        out["loss"] = loss
-        return out
+        return kd_objective(logits, t_logits, batch["target"], self.temperature, self.alpha)
 
     def release(self) -> None:
         if self.taps is not None:
