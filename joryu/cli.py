@@ -21,10 +21,15 @@ def _run_experiment(cfg, args) -> int:
 
     exp = Experiment(cfg, run_dir=args.out, progress=not args.quiet, resume=args.resume,
                      overwrite=args.overwrite)
-    print(f"run folder: {exp.run_dir}", flush=True)
+    from joryu.experiment import is_main
+
+    main_process = is_main()
+    if main_process:
+        print(f"run folder: {exp.run_dir}", flush=True)
     summary = exp.run()
-    _print_table(summary["rows"])
-    print(f"\nreport: {exp.run_dir / 'report.md'}")
+    if main_process:
+        _print_table(summary["rows"])
+        print(f"\nreport: {exp.run_dir / 'report.md'}")
     return 0
 
 

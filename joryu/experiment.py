@@ -22,8 +22,13 @@ from joryu.outputs import forward
 from joryu.teachers import FrozenTeacher
 
 
+def process_state() -> PartialState:
+    """Accelerate's process state, set up the way the engine sets it up (gloo on a CPU-only machine)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def is_main() -> bool:
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def new_run_dir(base: str | Path, name: str, overwrite: bool = False, resume: bool = False) -> Path:
@@ -44,6 +49,18 @@ def new_run_dir(base: str | Path, name: str, overwrite: bool = False, resume: bo
     while (base / f"{name}-{k}").exists():
         k += 1
     return base / f"{name}-{k}"
+
+
+def _same_on_all_processes(fn):
+    """Run ``fn`` on the main process and hand its result to every process (one under torchrun)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box = [fn() if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def build_model(cfg: ModelConfig, num_classes: int, input_shape) -> torch.nn.Module:
@@ -158,7 +175,8 @@ class Experiment:
         self.resume = resume
         self.write = write
         if write:
-            self.run_dir = Path(run_dir) if run_dir else new_run_dir(cfg.output_dir, cfg.name, overwrite, resume)
+            self.run_dir = Path(run_dir) if run_dir else _same_on_all_processes(
+                lambda: new_run_dir(cfg.output_dir, cfg.name, overwrite, resume))
         else:
             self.run_dir = None
         self.method = get_method(cfg.method.name, cfg.method.params)

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -117,10 +118,22 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path):
     res = subprocess.run(cmd + ["--out", str(run), "--resume"] + args, env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    import json
-
     a = json.loads((tmp_path / "ref" / "results.json").read_text())["rows"]
     b = json.loads((run / "results.json").read_text())["rows"]
     for row in a:
         assert a[row]["test_acc"] == b[row]["test_acc"], row
         assert a[row]["test/student/loss"] == b[row]["test/student/loss"], row
+
+
+def test_torchrun_two_processes_share_one_run_folder(tmp_path):
+    """`torchrun -m joryu run`: one run folder, one table, both processes in one process group."""
+    cfg = write(tmp_path, base_yaml(output_dir=str(tmp_path / "runs")))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29541", "-m", "joryu", "run", cfg, "--quiet"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JORYU_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run folder:") == 1 and proc.stdout.count("student + kd") == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["t"]
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "t" / "kd" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # written once, by the main process
