@@ -64,6 +64,16 @@ def lr_factor(cfg: TrainConfig, updates_per_epoch: int):
     return factor
 
 
+def _step(optimizer) -> None:
+    # Accelerate's wrapper probes the file system for optional packages on every step (~0.2 ms);
+    # it is needed only for the fp16 loss scaler.
+    inner = getattr(optimizer, "optimizer", None)
+    if inner is not None and getattr(optimizer, "scaler", None) is None:
+        inner.step()
+    else:
+        optimizer.step()
+
+
 def _zero_grad(optimizer) -> None:
     # Accelerate's wrapper inspects the signature on every call; we handle accumulation ourselves.
     getattr(optimizer, "optimizer", optimizer).zero_grad(set_to_none=True)
@@ -91,7 +101,7 @@ class StepContext:
                     p.grad /= self.accelerator.num_processes
         if self.engine.cfg.clip_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.engine.cfg.clip_grad_norm)
-        optimizer.step()
+        _step(optimizer)
         _zero_grad(optimizer)
 
 
@@ -301,7 +311,7 @@ class Engine:
                         if cfg.clip_grad_norm:
                             acc.clip_grad_norm_(distiller.trainable_parameters(), cfg.clip_grad_norm)
                         for o in optimizers:
-                            o.step()
+                            _step(o)
                             _zero_grad(o)
                         for s in schedulers:
                             s.step()
