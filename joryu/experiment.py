@@ -16,9 +16,10 @@ from joryu.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
 from joryu.data import Augment, TensorData, load, split_validation
 from joryu.engine import Engine, load_weights, save_weights
 from joryu.errors import ConfigError
+from joryu.losses import positions
 from joryu.methods import StageContext, get_method
 from joryu.methods.supervised import SupervisedDistiller
-from joryu.outputs import forward
+from joryu.outputs import call, declare_inputs, example_batch, forward, input_keys, normalize_inputs
 from joryu.teachers import FrozenTeacher
 
 
@@ -69,6 +70,7 @@ def build_model(cfg: ModelConfig, num_classes: int, input_shape) -> torch.nn.Mod
         kwargs.setdefault("num_classes", num_classes)
         kwargs.setdefault("input_shape", tuple(input_shape))
     model = zoo.create(cfg.name, **kwargs)
+    declare_inputs(model, cfg.inputs)
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         if not path.is_file():
@@ -80,52 +82,94 @@ def build_model(cfg: ModelConfig, num_classes: int, input_shape) -> torch.nn.Mod
     return model
 
 
-def output_classes(model: torch.nn.Module, data, input_key: str = "input") -> int:
-    sample = data.tensors[input_key][:2] if isinstance(data, TensorData) else data[0][input_key].unsqueeze(0)
-    if isinstance(data, TensorData):
-        sample = data.prepare_input(sample)
+def probe_logits(model: torch.nn.Module, data, inputs="input") -> torch.Tensor:
+    """The model's logits on the first two samples of ``data`` (eval mode, no gradients)."""
+    batch = example_batch(data, 2)
+    batch = {k: (v.to(_device_of(model)) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = forward(model, {input_key: sample}, input_key)
-    model.train(was)
-    return int(out.shape[-1])
+    try:
+        with torch.no_grad():
+            return forward(model, batch, inputs)
+    finally:
+        model.train(was)
 
 
-def input_shape_of(data, key: str, default) -> tuple:
-    """Per-sample shape of ``data``'s ``key`` tensor (``default`` for ``input`` or streamed data)."""
+def _device_of(model: torch.nn.Module):
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def output_classes(model: torch.nn.Module, data, input_key="input") -> int:
+    """Classes (vocabulary size for token logits) that ``model`` predicts on ``data``."""
+    return positions.num_classes(probe_logits(model, data, input_key))
+
+
+def input_shape_of(data, key, default) -> tuple:
+    """Per-sample shape of ``data``'s ``key`` tensor (``default`` for ``input`` or streamed data);
+    with several inputs, the shape of the first."""
+    key = input_keys(normalize_inputs(key))[0]
     if key != "input" and isinstance(data, TensorData):
         if key not in data.tensors:
             raise ConfigError(f"the data has no {key!r} tensor (it has {sorted(data.tensors)}); "
-                              "fix the model's input_key")
+                              "fix the model's inputs")
         return tuple(data.tensors[key].shape[1:])
     return tuple(default)
 
 
 def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int,
-                  input_keys: dict[str, str] | None = None) -> None:
+                  input_keys: dict | None = None) -> None:
     keys = input_keys or {}
     counts = {name: output_classes(m, data, keys.get(name, "input")) for name, m in models.items()}
     bad = {k: v for k, v in counts.items() if v != num_classes}
     if bad:
         desc = ", ".join(f"{k} predicts {v}" for k, v in counts.items())
-        raise ConfigError(f"class counts differ: the data has {num_classes} classes, {desc}. "
-                          "Set num_classes in the model's kwargs (or fix the checkpoint) so all agree.")
+        raise ConfigError(f"class counts differ (vocabulary sizes, for language models): the data has {num_classes} classes, {desc}. "
+                          "Set num_classes (or vocab_size) in the model's kwargs (or fix the checkpoint) so all "
+                          "agree.")
+
+
+def check_method_fits(method, model: torch.nn.Module, data) -> None:
+    """A method that needs one label per sample refuses per-position (token, pixel) logits."""
+    if getattr(method, "per_position_ok", False) or data is None:
+        return
+    try:
+        logits = probe_logits(model, data)
+    except Exception:  # noqa: BLE001 - only a pre-check; training reports its own error
+        return
+    if positions.per_position(logits):
+        raise ConfigError(f"method {method.name!r} needs one label per sample, but the student predicts per "
+                          f"position (logits {tuple(logits.shape)}); use kd or supervised for token and "
+                          "pixel outputs")
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: torch.nn.Module, input_shape, repeats: int = 30) -> float:
-    """Median wall time of one single-sample forward pass on the CPU, in milliseconds."""
+def cpu_latency_ms(model: torch.nn.Module, input_shape=None, repeats: int = 30, batch=None,
+                   inputs="input") -> float:
+    """Median wall time of one single-sample forward pass on the CPU, in milliseconds.
+
+    ``batch``: a real one-sample batch (its dtypes and keys, e.g. token ids and an attention
+    mask); without it, a random float input of ``input_shape``."""
     import copy
 
     m = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(1, *input_shape)
+    if batch is not None:
+        b = {k: v[:1].cpu() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    else:
+        b = {"input": torch.randn(1, *input_shape)}
+        inputs = "input"
+        m.__dict__.pop("joryu_inputs", None)
+
+    def run():
+        call(m, b, inputs)
+
     for _ in range(3):
-        m(x)
+        run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        m(x)
+        run()
         times.append(time.perf_counter() - t)
     return 1000 * sorted(times)[len(times) // 2]
 
@@ -137,6 +181,7 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
     ctx = StageContext(student=student, teacher=teacher, train_data=train,
                        num_classes=num_classes or getattr(train, "num_classes", 0), train_cfg=train_cfg,
                        seed=seed, augment=augment)
+    check_method_fits(method, student, train)
     stages = method.stages()
     distiller = None
     for stage in stages:
@@ -268,7 +313,11 @@ class Experiment:
         return summary
 
     def _row(self, model, bundle, evals: dict, input_shape=None) -> dict:
+        try:
+            sample = example_batch(bundle.test, 1)
+        except Exception:  # noqa: BLE001 - an odd dataset: time a random input of the declared shape
+            sample = None
         return {"params": zoo.count_parameters(model),
-                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape),
+                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape, batch=sample),
                 "test_acc": evals["test/acc"],
                 **{k: v for k, v in evals.items() if k.startswith("test/") and k.count("/") == 2}}

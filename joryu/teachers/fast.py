@@ -92,10 +92,10 @@ class FastTeacher(Teacher):
 
     def __call__(self, batch):
         with torch.inference_mode():
-            x = batch[self.input_key]
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = forward(self.fast, {self.input_key: x}, self.input_key)
+            key = self.input_key
+            if self.channels_last and isinstance(key, str) and batch[key].dim() == 4:
+                batch = {**batch, key: batch[key].contiguous(memory_format=torch.channels_last)}
+            logits = forward(self.fast, batch, key)
         return Outputs(logits.clone())  # a normal tensor: autograd may save it as a loss target
 
     def models(self):
