@@ -22,6 +22,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     folded into it. Uses torch.fx; returns ``(model_copy, number_folded)``. A model fx cannot trace
     comes back unchanged (a copy), with a warning."""
     model = copy.deepcopy(model).eval()
+    if not any(isinstance(m, _BNS) for m in model.modules()):  # nothing to fold (e.g. transformers)
+        return model, 0
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure: fold inside nn.Sequential only
