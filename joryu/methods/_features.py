@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from joryu.errors import ConfigError
+from joryu.outputs import call
 from joryu.taps import resolve
 from joryu.teachers import FrozenTeacher, Teacher
 
@@ -27,11 +28,21 @@ def sample_input(data, key: str = "input", n: int = 2) -> Tensor:
     return torch.stack([data[i][key] for i in range(n)]).float()
 
 
-def on_device_of(model: nn.Module, x: Tensor) -> Tensor:
-    """``x`` moved to the device of ``model``'s first parameter (or buffer)."""
+def on_device_of(model: nn.Module, x):
+    """``x`` (a tensor, or a batch dict) moved to the device of ``model``'s first parameter (or buffer)."""
     for t in list(model.parameters()) + list(model.buffers()):
+        if isinstance(x, Mapping):
+            return {k: (v.to(t.device) if isinstance(v, Tensor) else v) for k, v in x.items()}
         return x.to(t.device)
     return x
+
+
+def _run(model: nn.Module, x, inputs="input") -> None:
+    """``model(x)`` for a tensor; for a batch dict, the call its ``inputs`` describe."""
+    if isinstance(x, Mapping):
+        call(model, x, inputs)
+    else:
+        model(x)
 
 
 def tapped_teacher(teacher: Teacher, features: Mapping[str, str]) -> FrozenTeacher:
@@ -85,17 +96,18 @@ class StopAfter:
         return False
 
 
-def run_until(model: nn.Module, path: str, x: Tensor) -> None:
-    """Run ``model(x)`` but stop right after the module at ``path`` (its taps have fired)."""
+def run_until(model: nn.Module, path: str, x, inputs="input") -> None:
+    """Run ``model(x)`` (or, for a batch dict, ``forward``'s call with ``inputs``) but stop right
+    after the module at ``path`` (its taps have fired)."""
     with StopAfter(resolve(model, path)):
         try:
-            model(x)
+            _run(model, x, inputs)
         except StopForward:
             pass
 
 
 @torch.no_grad()
-def modules_run_before(model: nn.Module, path: str, x: Tensor) -> list[nn.Module]:
+def modules_run_before(model: nn.Module, path: str, x, inputs="input") -> list[nn.Module]:
     """The modules that run in a forward pass of ``x`` up to and including the module at ``path``
     (its submodules included), in execution order. The model's mode and state are restored."""
     target = resolve(model, path)
@@ -106,7 +118,7 @@ def modules_run_before(model: nn.Module, path: str, x: Tensor) -> list[nn.Module
     was = model.training
     model.eval()
     try:
-        run_until(model, path, x)
+        run_until(model, path, x, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -124,10 +136,10 @@ def modules_run_before(model: nn.Module, path: str, x: Tensor) -> list[nn.Module
     return seen
 
 
-def parameters_up_to(model: nn.Module, path: str, x: Tensor) -> list[nn.Parameter]:
+def parameters_up_to(model: nn.Module, path: str, x, inputs="input") -> list[nn.Parameter]:
     """Parameters of every module that runs before (or inside) the module at ``path``."""
     out, ids = [], set()
-    for m in modules_run_before(model, path, x):
+    for m in modules_run_before(model, path, x, inputs):
         for p in m.parameters(recurse=False):
             if id(p) not in ids:
                 ids.add(id(p))

@@ -44,6 +44,7 @@ Deviations and best guesses:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch.nn.functional as F
@@ -59,11 +60,10 @@ from joryu.methods._features import (
     on_device_of,
     parameters_up_to,
     run_until,
-    sample_input,
     tapped_teacher,
 )
 from joryu.methods.base import Method, Params, Stage, register_method
-from joryu.outputs import forward
+from joryu.outputs import example_batch, forward
 from joryu.taps import Taps, resolve
 from joryu.teachers import CachedTeacher
 
@@ -79,7 +79,12 @@ class HintRegressor(nn.Module):
         super().__init__()
         self.hint_shape = tuple(hint)
         self.reshape = False
-        if len(guided) == len(hint) and len(guided) in (2, 3, 4):  # (C, *spatial)
+        if kind == "token":  # transformer features (L, H): one linear map per token, shared
+            if len(guided) != 2 or len(hint) != 2 or guided[0] != hint[0]:
+                raise ConfigError(f"regressor='token' needs (tokens, hidden) features with equal token counts: "
+                                  f"guided {guided}, hint {hint}")
+            self.map = nn.Linear(guided[1], hint[1])
+        elif len(guided) == len(hint) and len(guided) in (2, 3, 4):  # (C, *spatial)
             conv = {2: nn.Conv1d, 3: nn.Conv2d, 4: nn.Conv3d}[len(guided)]
             g_sp, h_sp = guided[1:], hint[1:]
             if kind == "paper":
@@ -118,32 +123,35 @@ class HintDistiller(Distiller):
         self.teacher = teacher
         self.guided = guided
         self.student_taps = Taps(student, {"guided": guided})
-        self.prefix = parameters_up_to(student, guided, on_device_of(student, sample))
+        if not isinstance(sample, Mapping):  # one tensor: the input of both networks
+            sample = {"input": sample, **({self.teacher.input_key: sample}
+                                          if isinstance(self.teacher.input_key, str) else {})}
+        self.prefix = parameters_up_to(student, guided, on_device_of(student, sample), input_key)
         hint = self._hint_shape(on_device_of(teacher.model, sample))
         guided_shape = self._guided(on_device_of(student, sample), keep_state=True)
         self.regressor = HintRegressor(tuple(guided_shape.shape[1:]), hint, regressor, activation)
 
     def _hint_shape(self, sample):
-        return tuple(self.teacher({self.teacher.input_key: sample}).features["hint"].shape[1:])
+        return tuple(self.teacher(sample).features["hint"].shape[1:])
 
-    def _guided(self, x, keep_state: bool = False):
+    def _guided(self, batch, keep_state: bool = False):
         import torch
 
         if keep_state:
             was = self.student.training
             self.student.eval()
             with torch.no_grad():
-                run_until(self.student, self.guided, x)
+                run_until(self.student, self.guided, batch, self.input_key)
             self.student.train(was)
         else:
-            run_until(self.student, self.guided, x)
+            run_until(self.student, self.guided, batch, self.input_key)
         return self.student_taps.pop()["guided"]
 
     def trainable_parameters(self):
         return self.prefix + list(self.regressor.parameters())
 
     def training_step(self, batch):
-        v = self._guided(batch[self.input_key])
+        v = self._guided(batch)
         u = self.teacher(batch).features["hint"]
         loss = hint_loss(self.regressor(v), u)
         return {"loss": loss, "hint": loss}
@@ -194,7 +202,8 @@ class FitNetsKDDistiller(Distiller):
 class FitNetsParams(Params):
     hint_layer: str | None = Field(None, description="teacher module path of the hint (default: middle feature layer)")
     guided_layer: str | None = Field(None, description="student module path of the guided layer (default: middle)")
-    regressor: Literal["paper", "1x1"] = Field("paper", description="conv kernel N_g-N_h+1 (paper) or 1x1")
+    regressor: Literal["paper", "1x1", "token"] = Field(
+        "paper", description="conv kernel N_g-N_h+1 (paper), 1x1, or token (a linear map per token, transformers)")
     regressor_activation: Literal["relu", "tanh", "sigmoid", "none"] = Field(
         "relu", description="the hint layer's non-linearity, applied after the regressor")
     hint_epochs: int | None = Field(None, ge=1, description="stage-1 epochs (default: the run's epochs)")
@@ -219,7 +228,7 @@ class FitNets(Method):
             guided = p.guided_layer or default_layer(ctx.student)
             resolve(ctx.student, guided)
             teacher = tapped_teacher(ctx.teacher, {"hint": hint})
-            sample = sample_input(ctx.train_data, teacher.input_key)
+            sample = example_batch(ctx.train_data, 2)
             return HintDistiller(ctx.student, teacher, guided, sample, p.regressor, p.regressor_activation, key)
 
         def after_hint(ctx, distiller):
