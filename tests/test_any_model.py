@@ -230,3 +230,21 @@ def test_metrics_follow_the_shape():
     # valid pixels: (0,0) pred 0 / true 0, (0,1) 0 / 1, (1,0) 1 / 1 ((1,1) is -100):
     # class 0 intersection 1, union 2; class 1 intersection 1, union 2 -> mIoU 50%
     assert m["acc"] == pytest.approx(200 / 3) and m["miou"] == pytest.approx(50.0)
+
+
+def test_text_lm_quick_reproduction_writes_results(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    n = torch.get_num_threads()
+    try:
+        md = run_reproduction("text_lm", quick=True, out_dir=tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert md.is_file() and data["meta"]["quick"] and len(data["claims"]) == 1
+    rows = {t["title"]: t["rows"] for t in data["tables"]}
+    per_seed = rows["Test split (files never seen in training)"]["student alone"]["test bits per byte"]
+    assert len(per_seed) == 2 and all(0 < v < 9 for v in per_seed)
+    assert "Paired effect (per seed)" in rows
