@@ -248,3 +248,14 @@ def test_text_lm_quick_reproduction_writes_results(tmp_path):
     per_seed = rows["Test split (files never seen in training)"]["student alone"]["test bits per byte"]
     assert len(per_seed) == 2 and all(0 < v < 9 for v in per_seed)
     assert "Paired effect (per seed)" in rows
+
+
+def test_probability_ensemble_averages_over_the_class_axis_of_pixel_logits():
+    from joryu.teachers import EnsembleTeacher
+
+    torch.manual_seed(0)
+    nets = [nn.Conv2d(1, 3, 1), nn.Conv2d(1, 3, 1)]
+    x = {"input": torch.randn(2, 1, 4, 4)}
+    out = EnsembleTeacher(nets, mode="probs")(x).logits
+    expected = torch.stack([F.softmax(n(x["input"]), 1) for n in nets]).mean(0)
+    assert torch.allclose(out.exp(), expected, atol=1e-6)

@@ -25,7 +25,8 @@ def sample_input(data, key: str = "input", n: int = 2) -> Tensor:
         if key not in data.tensors:
             raise ConfigError(f"the data has no {key!r} tensor (has {sorted(data.tensors)})")
         return data.prepare_input(data.tensors[key][:n])
-    return torch.stack([data[i][key] for i in range(n)]).float()
+    x = torch.stack([data[i][key] for i in range(n)])
+    return x.float() if x.dtype == torch.uint8 else x  # token ids keep their integer dtype
 
 
 def on_device_of(model: nn.Module, x):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from joryu.losses.positions import class_dim
 from joryu.outputs import Outputs, forward
 from joryu.taps import Taps
 
@@ -99,7 +100,7 @@ class EnsembleTeacher(Teacher):
         stacked = torch.stack([o.float() for o in outs])
         if self.mode == "logits":
             return Outputs(stacked.mean(0))
-        probs = F.softmax(stacked, dim=-1).mean(0)
+        probs = F.softmax(stacked, dim=1 + class_dim(stacked[0])).mean(0)  # per pixel: classes on dim 1
         return Outputs(probs.clamp_min(1e-12).log())
 
     def models(self):
