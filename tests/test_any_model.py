@@ -259,3 +259,17 @@ def test_probability_ensemble_averages_over_the_class_axis_of_pixel_logits():
     out = EnsembleTeacher(nets, mode="probs")(x).logits
     expected = torch.stack([F.softmax(n(x["input"]), 1) for n in nets]).mean(0)
     assert torch.allclose(out.exp(), expected, atol=1e-6)
+
+
+def test_per_position_zoo_models_shapes_and_causality():
+    from joryu.models import create
+
+    seg = create("tiny_segmenter", num_classes=4, input_shape=(1, 12, 12)).eval()
+    assert seg(torch.randn(2, 1, 12, 12)).shape == (2, 4, 12, 12)
+    lm = create("byte_conv_lm", num_classes=20, width=8, layers=3).eval()
+    ids = torch.randint(1, 20, (2, 10))
+    with torch.no_grad():
+        out = lm(ids)
+        changed = ids.clone()
+        changed[:, 6:] = 0  # later tokens never change earlier positions
+        assert out.shape == (2, 10, 20) and torch.allclose(lm(changed)[:, :6], out[:, :6], atol=1e-6)

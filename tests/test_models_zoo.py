@@ -6,7 +6,8 @@ from torch import nn
 
 from joryu.models import available, count_parameters, create, describe
 
-ZOO = [n for n in available() if n not in ("mlp", "cnn1d")]
+PER_POSITION = ("tiny_segmenter", "byte_conv_lm")  # [B, C, H, W] / [B, L, C] logits: tests/test_any_model.py
+ZOO = [n for n in available() if n not in ("mlp", "cnn1d", *PER_POSITION)]
 NO_TRAIN_STEP = {"resnet110", "wrn_28_10"}  # the slowest on CPU: forward only
 
 
