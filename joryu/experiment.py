@@ -125,9 +125,9 @@ def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int,
     bad = {k: v for k, v in counts.items() if v != num_classes}
     if bad:
         desc = ", ".join(f"{k} predicts {v}" for k, v in counts.items())
-        raise ConfigError(f"class counts differ (vocabulary sizes, for language models): the data has {num_classes} classes, {desc}. "
-                          "Set num_classes (or vocab_size) in the model's kwargs (or fix the checkpoint) so all "
-                          "agree.")
+        raise ConfigError(f"class counts differ (vocabulary sizes, for language models): the data has "
+                          f"{num_classes} classes, {desc}. Set num_classes (or vocab_size) in the model's "
+                          "kwargs (or fix the checkpoint) so all agree.")
 
 
 def check_method_fits(method, model: torch.nn.Module, data) -> None:
