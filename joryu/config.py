@@ -55,10 +55,32 @@ class TeacherConfig(ModelConfig):
     train: TrainConfig | None = Field(None, description="how to train the teacher when no checkpoint is given")
 
 
+class LoaderConfig(Strict):
+    """How streamed data is loaded (ignored by in-memory tensor data)."""
+
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = Field(None, ge=1)
+    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
+
+
 class DataConfig(Strict):
-    name: str = "mnist1d"
+    name: str = Field("mnist1d", description="a registered dataset, or package.module:factory")
     path: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    test: str | None = Field(None, description="package.module:factory for the test split")
+    val: str | None = Field(None, description="package.module:factory for an explicit validation split")
+    test_kwargs: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, str] | None = Field(None, description="batch key -> sample key (dict samples)")
+    transform: Any = Field(None, description="training transforms: a list of names / import paths")
+    eval_transform: Any = Field(None, description="evaluation transforms (default: the training "
+                                "transform without its random steps)")
+    views: dict[str, Any] = Field(default_factory=dict, description="extra batch keys, each its own "
+                                  "transform of the raw input (e.g. input_teacher for a teacher)")
+    fields: dict[str, Any] = Field(default_factory=dict, description="per-sample fields: clean, "
+                                   "labels_per_class, noise, privileged")
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     split_seed: int = 0
     augment: dict[str, Any] | None = Field(None, description="override: {shift: int, flip: bool, noise: float}")

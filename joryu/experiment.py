@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 
 from joryu import models as zoo
 from joryu.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
-from joryu.data import Augment, TensorData, load, split_validation
+from joryu.data import Augment, TensorData, load_data, split_any
 from joryu.engine import Engine, load_weights, save_weights
 from joryu.errors import ConfigError
 from joryu.methods import StageContext, get_method
@@ -81,7 +81,12 @@ def build_model(cfg: ModelConfig, num_classes: int, input_shape) -> torch.nn.Mod
 
 
 def output_classes(model: torch.nn.Module, data, input_key: str = "input") -> int:
-    sample = data.tensors[input_key][:2] if isinstance(data, TensorData) else data[0][input_key].unsqueeze(0)
+    if isinstance(data, TensorData):
+        sample = data.tensors[input_key][:2]
+    elif hasattr(data, "sample"):  # a streamed source: its training pipeline gives every view
+        sample = data.sample(0, train=True)[input_key].unsqueeze(0)
+    else:
+        sample = data[0][input_key].unsqueeze(0)
     if isinstance(data, TensorData):
         sample = data.prepare_input(sample)
     was = model.training
@@ -99,6 +104,12 @@ def input_shape_of(data, key: str, default) -> tuple:
             raise ConfigError(f"the data has no {key!r} tensor (it has {sorted(data.tensors)}); "
                               "fix the model's input_key")
         return tuple(data.tensors[key].shape[1:])
+    if key != "input" and isinstance(key, str) and hasattr(data, "sample"):
+        sample = data.sample(0, train=True)
+        if key not in sample:
+            raise ConfigError(f"the data has no {key!r} key (a sample has {sorted(sample)}); "
+                              "fix the model's input_key or add it with data.views")
+        return tuple(sample[key].shape)
     return tuple(default)
 
 
@@ -195,12 +206,15 @@ class Experiment:
         if rd is not None and is_main():
             rd.mkdir(parents=True, exist_ok=True)
             (rd / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        bundle = load(cfg.data.name, cfg.data.path, **cfg.data.kwargs)
-        augment = Augment(**cfg.data.augment) if cfg.data.augment is not None else bundle.augment
-        if isinstance(bundle.train, TensorData):
-            train, val = split_validation(bundle.train, cfg.data.val_fraction, cfg.data.split_seed)
+        bundle = load_data(cfg.data)
+        if cfg.data.augment is not None:
+            augment = Augment(**cfg.data.augment)
+        else:  # transforms from the config replace the dataset's default batch augmentation
+            augment = Augment() if cfg.data.transform is not None else bundle.augment
+        if bundle.val is not None:
+            train, val = bundle.train, bundle.val
         else:
-            train, val = bundle.train, None
+            train, val = split_any(bundle.train, cfg.data.val_fraction, cfg.data.split_seed)
         self.log(f"data {bundle.name}: {len(train)} train / {len(val) if val is not None else 0} val / "
                  f"{len(bundle.test)} test, input {bundle.input_shape}, {bundle.num_classes} classes")
 

@@ -23,6 +23,7 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Augment = field(default_factory=Augment)
+    val: object = None  # an explicit validation split (else one is carved from train)
 
 
 _DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}

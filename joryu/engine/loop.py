@@ -17,7 +17,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from joryu.config import TrainConfig
-from joryu.data.core import Augment, StreamLoader, TensorData, TensorLoader
+from joryu.data.core import Augment, TensorData, TensorLoader
+from joryu.data.sources import StreamLoader, as_source
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import NonFiniteLossError
@@ -159,6 +160,7 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
+        data = as_source(data)
         if isinstance(data, TensorData):
             return TensorLoader(data, **kw)
         return StreamLoader(data, **kw)
