@@ -164,3 +164,47 @@ def test_dataloader_keeps_its_settings():
     loader = StreamLoader(s, 999, shuffle=True)
     assert len(loader) == 8
     assert torch.cat([b["index"] for b in loader.iterate(0)]).tolist() == list(range(40))
+
+
+# ---------------------------------------------------------------------- through a config
+def _exp(data: dict, **changes):
+    from joryu.config import build_config
+    from joryu.experiment import Experiment
+
+    raw = {"name": "u", "data": data, "baseline": False,
+           "teacher": {"name": "mlp", "kwargs": {"hidden": [32]},
+                       "train": {"epochs": 4, "batch_size": 32, "lr": 0.01}},
+           "student": {"name": "mlp", "kwargs": {"hidden": [8]}},
+           "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "device": "cpu"}}
+    raw.update(changes)
+    return Experiment(build_config(raw), progress=False, write=False)
+
+
+@pytest.mark.parametrize("kind", ["dataset", "iterable", "loader", "hf", "tensors"])
+def test_config_names_a_factory_by_import_path(kind):
+    if kind == "hf":
+        pytest.importorskip("datasets")
+    s = _exp({"name": "joryu.data.examples:blobs", "kwargs": {"kind": kind, "n": 300, "n_test": 100}}).run()
+    assert s["data"] == "blobs"
+    assert s["rows"]["student + kd"]["test_acc"] > 60  # 4 classes: chance is 25
+
+
+def test_config_test_split_from_its_own_factory():
+    s = _exp({"name": "joryu.data.examples:blobs", "kwargs": {"kind": "train_only", "n": 300},
+              "test": "joryu.data.examples:blobs_test", "test_kwargs": {"n": 80}}).run()
+    assert s["rows"]["student + kd"]["test_acc"] > 50
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"name": "joryu.data.examples:blobs", "kwargs": {"kind": "train_only"}}, "no test split"),
+    ({"name": "joryu.data.examples:_blobs", "kwargs": {"n": 5, "dim": 2, "classes": 2, "seed": 0},
+      "test": "joryu.data.examples:blobs_test"}, r"shape \(2,\) but test inputs have \(16,\)"),
+    ({"name": "joryu.data.examples:nope"}, "cannot be imported"),
+    ({"name": "os:getcwd"}, "not a dataset"),
+    ({"name": "joryu.data.examples:blobs", "transform": ["blur"]}, "unknown transform 'blur'"),
+    ({"name": "digits", "transform": ["hflip"]}, "in-memory tensor data"),
+])
+def test_bad_data_configs_are_one_line_config_errors(data, needle):
+    with pytest.raises((ConfigError, DataError), match=needle) as e:
+        _exp(data).run()
+    assert "\n" not in str(e.value)

@@ -670,11 +670,12 @@ def _is_dataset(obj) -> bool:
         isinstance(obj, tuple | list) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj))
 
 
-def bundle_from(result, name: str, test=None, val=None, **opts):
+def bundle_from(result, name: str, test=None, val=None, options: dict | None = None):
     """A ``DataBundle`` from what a factory returned: a DataBundle, a dict with ``train`` (and
     ``test``, ``val``), a ``(train, test)`` pair, or one dataset (then ``test`` must be given)."""
     from joryu.data.registry import DataBundle
 
+    opts = options or {}
     what = f"data factory {name!r}"
     if isinstance(result, DataBundle):
         train, test = result.train, test if test is not None else result.test
@@ -711,6 +712,13 @@ def bundle_from(result, name: str, test=None, val=None, **opts):
         val = as_source(val, num_classes, f"{name}/val", **opts.get("test", {}))
         val = val.for_eval() if isinstance(val, StreamData) else val
     shape = src.input_shape
+    for split, other in (("test", test), ("val", val)):
+        if other is None or getattr(src, "collate", None) is not None:
+            continue
+        if tuple(other.input_shape) != tuple(shape):
+            raise DataError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
+                            f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
+                            "data.transform and data.eval_transform)")
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 
@@ -744,7 +752,7 @@ def load_data(cfg):
     if isinstance(result, DataBundle) and streamed and isinstance(result.train, TensorData):
         raise ConfigError(f"dataset {name!r} is in-memory tensor data: transforms, views and columns "
                           "apply to streamed datasets; use data.augment for tensor data")
-    bundle = bundle_from(result, name, test, val, **opts)
+    bundle = bundle_from(result, name, test, val, opts)
     if cfg.fields:
         bundle.train = apply_fields(bundle.train, cfg.fields, bundle.num_classes)
     return bundle
