@@ -137,6 +137,8 @@ def _unwrap_error(e: Exception) -> Exception:
     """A DataError raised in a DataLoader worker comes back wrapped: keep its one line."""
     msg = str(e)
     marker = "DataError: "
+    if isinstance(e, DataError) and "\n" not in msg:
+        return e
     if marker in msg:
         return DataError(msg.rsplit(marker, 1)[1].strip().splitlines()[0])
     return e
@@ -155,6 +157,7 @@ class StreamData:
     transform: Callable | None = None
     eval_transform: Callable | None = None
     views: dict[str, Callable] = field(default_factory=dict)
+    eval_views: dict[str, Callable | None] | None = None  # default: each view's non-random steps
     columns: dict[str, str] | None = None
     loader: LoaderOptions = field(default_factory=LoaderOptions)
     positions: Tensor | None = None  # map-style: indices into ``dataset``; iterable: kept stream positions mask
@@ -267,10 +270,12 @@ class StreamData:
         s = to_sample(raw, self.columns, f"sample {pos} of {self.name}")
         x = s["input"]
         tf = self.transform if train else (self.eval_transform or None)
-        random = (self.views or (tf is not None and getattr(tf, "random", True))) and train
+        random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
+                            or (tf is not None and getattr(tf, "random", True)))
         gen = torch.Generator().manual_seed(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
-        for key, view in self.views.items():
-            s[key] = _as_value(view(x, gen), key)
+        views = self.views if train else self._eval_views()
+        for key, view in views.items():
+            s[key] = _as_value(x if view is None else view(x, gen), key)
         if tf is not None:
             x = tf(x, gen) if hasattr(tf, "steps") else tf(x)
         s["input"] = x
@@ -326,9 +331,15 @@ class StreamData:
             out._targets = self._targets
         return out
 
+    def _eval_views(self) -> dict:
+        if self.eval_views is not None:
+            return self.eval_views
+        return {k: (v.deterministic() if hasattr(v, "deterministic") else v) for k, v in self.views.items()}
+
     def for_eval(self) -> StreamData:
-        """The same samples under the evaluation transform (no views, no random transform)."""
-        return replace(self, transform=self.eval_transform, views={}, fields=dict(self.fields))
+        """The same samples under the evaluation transform and views (no random steps)."""
+        ev = self._eval_views()
+        return replace(self, transform=self.eval_transform, views=ev, eval_views=ev, fields=dict(self.fields))
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -366,10 +377,11 @@ class StreamData:
             shapes = [tuple(s[key].shape) if isinstance(s[key], Tensor) else None for _, s in items]
             if len(set(shapes)) > 1:
                 first = shapes[0]
+                where = "data.transform / data.eval_transform" if key == "input" else f"data.views.{key}"
                 pos = next(p for (p, _), sh in zip(items, shapes) if sh != first)
                 return (f"{self._where(pos)} has {key!r} of shape {shapes[[p for p, _ in items].index(pos)]} "
-                        f"but {self._where(items[0][0])} has {first}; add a resize (data.transform: "
-                        "[{resize: [H, W]}]) so every sample has one shape")
+                        f"but {self._where(items[0][0])} has {first}; add a resize "
+                        f"({where}: [{{resize: [H, W]}}, ...]) so every sample has one shape")
         return None
 
     def _where(self, pos: int) -> str:
@@ -468,7 +480,8 @@ class StreamLoader:
         self.non_blocking = bool(opts.non_blocking) and self.pin
         self.persistent = bool(opts.persistent_workers) and self.num_workers > 0
         self.prefetch = opts.prefetch_factor if self.num_workers > 0 else None
-        self.random_transform = self.train and (bool(self.data.views) or (
+        self.random_transform = self.train and (any(getattr(v, "random", True) for v in self.data.views.values()
+                                                    if v is not None) or (
             self.data.transform is not None and getattr(self.data.transform, "random", True)))
         self.data_id = "stream:" + self.data.fingerprint() + (
             f"|{self.augment.signature()}" if self.augment else "")
@@ -535,9 +548,7 @@ class StreamLoader:
                     raise DataError(f"{self.data.name}: a process ran out of streamed samples; make the "
                                     "stream's length divisible by processes x workers x batch size") from None
                 return
-            except DataError:
-                raise
-            except Exception as e:  # a DataError from a worker arrives wrapped
+            except Exception as e:  # a DataError from a worker arrives wrapped in a traceback
                 err = _unwrap_error(e)
                 if err is e:
                     raise
@@ -733,11 +744,19 @@ def load_data(cfg):
     tf = build_transform(cfg.transform)
     etf = build_transform(cfg.eval_transform) if cfg.eval_transform is not None else (
         tf.deterministic() if tf is not None else None)
-    views = {k: build_transform(v) for k, v in (cfg.views or {}).items()}
+    views, eval_views = {}, {}
+    for key, spec in (cfg.views or {}).items():
+        if isinstance(spec, dict) and set(spec) <= {"train", "eval"} and spec:
+            views[key] = build_transform(spec.get("train"))
+            eval_views[key] = build_transform(spec["eval"]) if "eval" in spec else (
+                views[key].deterministic() if views[key] is not None else None)
+        else:
+            views[key] = build_transform(spec)
+            eval_views[key] = views[key].deterministic() if views[key] is not None else None
     common = dict(columns=cfg.columns, loader=LoaderOptions.of(cfg.loader))
     streamed = tf is not None or etf is not None or views or cfg.columns
-    opts = {"train": dict(common, transform=tf, eval_transform=etf, views=views),
-            "test": dict(common, transform=etf, eval_transform=etf)}
+    opts = {"train": dict(common, transform=tf, eval_transform=etf, views=views, eval_views=eval_views),
+            "test": dict(common, transform=etf, eval_transform=etf, views=eval_views, eval_views=eval_views)}
     if ":" in cfg.name:
         kwargs = dict(cfg.kwargs)
         if cfg.path:

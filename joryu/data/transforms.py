@@ -4,11 +4,11 @@ by import path (``torchvision.transforms.v2:RandomHorizontalFlip`` works where i
 A pipeline is written in a config as a list; each item is
 
 * a name: ``hflip``, ``to_tensor``;
-* a one-key mapping ``{name: args}``: args is a value (``{resize: 32}``), a list of positional
-  values (``{resize: [32, 40]}``) or keyword arguments (``{normalize: {mean: [...], std: [...]}}``);
+* a one-key mapping ``{name: args}``: args is the first argument (``{resize: 32}``,
+  ``{resize: [32, 40]}``) or keyword arguments (``{normalize: {mean: [...], std: [...]}}``);
 * an import path ``package.module:attr`` in either form. A class is instantiated with the args
-  (``{torchvision.transforms.v2:Resize: {size: [32, 32]}}``); a function is the transform itself,
-  or, given args, a factory called with them that returns the transform.
+  (``{torchvision.transforms.v2:Resize: {size: [32, 32]}}``; a list is spread as positional
+  arguments); a function is the transform itself, or, given args, a factory called with them.
 
 Our transforms work on float tensors ``C x H x W`` in [0, 1] (PIL images and uint8 arrays are
 converted first). Random ones draw from a ``torch.Generator`` the loader seeds from
@@ -281,11 +281,11 @@ def _import(path: str):
     return obj
 
 
-def _call(fn, args, what: str):
+def _call(fn, args, what: str, spread: bool = True):
     try:
         if isinstance(args, dict):
             return fn(**args)
-        if isinstance(args, list | tuple):
+        if isinstance(args, list | tuple) and spread:
             return fn(*args)
         return fn(args)
     except (TypeError, ValueError) as e:
@@ -320,7 +320,7 @@ def _step(item):
         raise ConfigError(f"unknown transform {name!r}{hint}; known: {', '.join(available_transforms())}, "
                           "or an import path like torchvision.transforms.v2:RandomHorizontalFlip")
     cls = _NAMED[name]
-    return _call(cls, args, name) if has_args and args is not None else _call(cls, {}, name)
+    return _call(cls, args, name, spread=False) if has_args and args is not None else _call(cls, {}, name)
 
 
 def build_transform(spec) -> Pipeline | None:
