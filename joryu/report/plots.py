@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """Validation accuracy and training loss per epoch, one line per run; returns the PNG paths."""
+    """Validation accuracy and training loss per epoch, one line per run; returns the PNG paths.
+
+    Without matplotlib (the ``plot`` extra) no plot is drawn: one line says how to get them."""
+    try:
+        import matplotlib
+    except ImportError:
+        import sys
+
+        from joryu._optional import missing_message
+
+        print(f"joryu: plots skipped: {missing_message('matplotlib', 'drawing learning curves')}",
+              file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out_dir = Path(out_dir)
     paths = []
     for key, ylabel, fname in (("val/acc", "validation accuracy (%)", "val_accuracy.png"),
