@@ -75,7 +75,7 @@ from joryu.methods._features import (
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
-from joryu.teachers import CachedTeacher
+from joryu.teachers import prepare_for
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "none": nn.Identity}
 _BY_TYPE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
@@ -251,7 +251,8 @@ class FitNetsParams(Params):
     lambda_saturate: float = Field(400 / 288, gt=0,
                                    description="fraction of the KD epochs at which lambda reaches lambda_end (400/288)")
     tau_squared: bool = Field(False, description="multiply the soft term by tau^2 (the official code does not)")
-    teacher_cache: bool = Field(True, description="reuse teacher logits for un-augmented batches in stage 2")
+    teacher_cache: bool = Field(True, description="reuse teacher logits per (sample, augmentation draw) in stage 2")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
 
 @register_method("fitnets", paper="Romero et al. 2015, FitNets: Hints for Thin Deep Nets (arXiv:1412.6550)")
@@ -274,9 +275,7 @@ class FitNets(Method):
             distiller.drop_regressor()
 
         def build_kd(ctx):
-            teacher = ctx.teacher
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                teacher = CachedTeacher(teacher, len(ctx.train_data))
+            teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
             return FitNetsKDDistiller(ctx.student, teacher, p.temperature, p.lambda_start, p.lambda_end,
                                       p.tau_squared, lambda_schedule=p.lambda_schedule, lambda_hold=p.lambda_hold,
                                       lambda_saturate=p.lambda_saturate)

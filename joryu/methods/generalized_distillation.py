@@ -67,7 +67,7 @@ from joryu.distiller import Distiller
 from joryu.losses import gd_targets, generalized_distillation_loss
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, Teacher
+from joryu.teachers import Teacher, prepare_for
 
 
 # ============================================================================ neural students
@@ -97,6 +97,7 @@ class GeneralizedDistillationParams(Params):
     temperature: float = Field(1.0, gt=0, description="T in s = softmax(f_t(x*)/T)")
     unlabeled_weight: float = Field(1.0, ge=0, description="weight of the imitation term on unlabelled rows")
     teacher_cache: bool = Field(True, description="compute the teacher's soft labels once per sample")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
 
 @register_method("generalized_distillation",
@@ -109,9 +110,7 @@ class GeneralizedDistillation(Method):
         p = self.params
 
         def build(ctx):
-            teacher = ctx.teacher
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                teacher = CachedTeacher(teacher, len(ctx.train_data))
+            teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
             return GeneralizedDistiller(ctx.student, teacher, p.imitation, p.temperature, p.unlabeled_weight)
 
         return [Stage("distill", build)]

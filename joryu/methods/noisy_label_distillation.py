@@ -51,7 +51,7 @@ from joryu.losses import noisy_label_loss, relation_graph
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, FrozenTeacher, Teacher
+from joryu.teachers import FrozenTeacher, Teacher, prepare_for
 
 
 class NoisyLabelDistiller(Distiller):
@@ -101,6 +101,7 @@ class NoisyLabelParams(Params):
     groups: list[list[int]] | None = Field(None, description="related classes; builds G = I + graph_strength within groups")
     graph_strength: float = Field(0.5, ge=0, description="off-diagonal weight of G between classes of a group")
     teacher_cache: bool = Field(True, description="compute the auxiliary's outputs once per sample")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
     def relation(self, num_classes: int) -> torch.Tensor | None:
         if self.graph is not None and self.groups is not None:
@@ -150,8 +151,7 @@ class NoisyLabelDistillation(Method):
         def build(ctx):
             clean_subset(ctx.train_data)  # fail early if nothing is marked clean
             aux = ctx.teacher if p.use_teacher else FrozenTeacher(ctx.extras["auxiliary"])
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                aux = CachedTeacher(aux, len(ctx.train_data))
+            aux = prepare_for(ctx, aux, fold=p.fast_teacher, cache=p.teacher_cache)
             return NoisyLabelDistiller(ctx.student, aux, p.lam, p.temperature, p.relation(ctx.num_classes))
 
         stages.append(Stage("distill", build))
