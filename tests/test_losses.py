@@ -58,4 +58,3 @@ def test_soft_cross_entropy_equals_ce_for_one_hot():
     z = torch.randn(6, 4)
     y = torch.randint(0, 4, (6,))
     torch.testing.assert_close(soft_cross_entropy(z, F.one_hot(y, 4).float()), F.cross_entropy(z, y))
-
