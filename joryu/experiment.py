@@ -250,11 +250,11 @@ class Experiment:
             set_seed(cfg.seed)
             base_student = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
             base_student, res = run_stages(
-                get_method("supervised"), base_student, None, train, val, cfg.train,
+                self.method.baseline(cfg.student.input_key), base_student, None, train, val, cfg.train,
                 rd / "baseline" if rd else None, cfg.seed, augment, self.progress, self.resume,
                 "student alone")
             histories["student alone"] = res["train"]["history"]
-            b_eval = engine.evaluate(SupervisedDistiller(base_student, cfg.student.input_key), bundle.test, "test")
+            b_eval = engine.evaluate(list(res.values())[-1]["distiller"], bundle.test, "test")
             rows["student alone"] = self._row(base_student, bundle, b_eval)
 
         # --- the method

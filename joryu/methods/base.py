@@ -135,3 +135,9 @@ class Method:
 
     def stages(self) -> list[Stage]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def baseline(self, student_key="input") -> Method:
+        """The "student alone" this method is compared with (``baseline: true``): cross-entropy on
+        the labels, reading the student's own input ``student_key``. A method whose student sees a
+        different modality or labelled subset overrides this."""
+        return get_method("supervised", {"input_key": student_key})
