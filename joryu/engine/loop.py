@@ -20,7 +20,8 @@ from joryu.config import TrainConfig
 from joryu.data.core import Augment, StreamLoader, TensorData, TensorLoader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.rundir import append_line, atomic_write_text
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -118,7 +119,7 @@ def pick_device(cfg: TrainConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return cfg.device
 
 
@@ -165,9 +166,7 @@ class Engine:
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
 
     def _reduce_mean(self, sums: dict, count: int) -> dict:
         if not sums:
@@ -256,11 +255,11 @@ class Engine:
         if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
             state = read_checkpoint(last, distiller, optimizers, schedulers, acc.scaler, acc.process_index)
             if state.get("world_size", 1) != acc.num_processes:
-                raise RuntimeError(f"checkpoint {last} was written by {state['world_size']} processes; "
+                raise ConfigError(f"checkpoint {last} was written by {state['world_size']} processes; "
                                    f"resume with the same number (now {acc.num_processes})")
             if self.is_main and self.run_dir is not None:  # drop rows logged after the checkpoint
-                with open(self.run_dir / "metrics.jsonl", "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in state["history"])
+                atomic_write_text(self.run_dir / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in state["history"]))
         elif ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
             import shutil
 
@@ -283,7 +282,7 @@ class Engine:
                              loop_state, acc.process_index, acc.num_processes, acc.wait_for_everyone,
                              cfg.keep_checkpoints)
 
-        val_metrics = history[-1] if history else {}
+        val_metrics = {k: v for k, v in history[-1].items() if k.startswith("val/")} if history else {}
         for epoch in range(state["epoch"], cfg.epochs):
             start = state["step_in_epoch"] if epoch == state["epoch"] else 0
             if start == 0:

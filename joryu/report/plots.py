@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from joryu.rundir import atomic_path  # noqa: E402
+
 
 def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     """Validation accuracy and training loss per epoch, one line per run; returns the PNG paths."""
@@ -29,7 +31,8 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / fname
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
         paths.append(path)
     return paths
