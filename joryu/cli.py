@@ -35,6 +35,8 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a mistake as one line (a ``UsageError``) instead of exiting."""
 
     def error(self, message):  # noqa: D401 - argparse API
+        if "arguments are required: config" in message:
+            message = "a config file is required: joryu run CONFIG.yaml [key=value ...]"
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 

@@ -156,10 +156,11 @@ def parse_value(text: str, key: str = "value") -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         if stripped[:1] in "{[":
+            example = "{width: 16} (a space after each colon)" if stripped[0] == "{" else "[64, 64]"
             raise ConfigError(f"override {key}={text}: malformed inline "
                               f"{'mapping' if stripped[0] == '{' else 'list'} "
                               f"({getattr(e, 'problem', None) or 'YAML error'}); write e.g. "
-                              f"{key}={{width: 16}} (a space after each colon)") from None
+                              f"{key}={example}") from None
         return text
     _check_flow(value, key, text)
     return value
@@ -254,9 +255,12 @@ def signature_model(fn, skip: tuple[str, ...] = ()) -> type[BaseModel] | None:
     import inspect
 
     try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
+        sig = inspect.signature(fn, eval_str=True)
+    except Exception:  # an annotation that does not evaluate: names only
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
     fields = {}
     for name, p in sig.parameters.items():
         if p.kind is p.VAR_KEYWORD:

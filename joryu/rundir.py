@@ -108,8 +108,8 @@ def flatten(d, prefix: str = "") -> dict:
     if isinstance(d, dict):
         for k, v in d.items():
             key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
+            if isinstance(v, dict):
+                out.update(flatten(v, key))  # an empty section adds no keys
             else:
                 out[key] = v
     return out
@@ -220,6 +220,23 @@ def plan_run_dir(cfg, out: str | os.PathLike | None = None, overwrite: bool = Fa
     return RunPlan(path, "new")
 
 
+def _normalised(dumped: dict) -> dict:
+    """A dumped config with the method's parameters filled in with their defaults, so that
+    ``temperature: 4.0`` written out and the same default left implicit compare equal."""
+    from joryu.errors import JoryuError
+    from joryu.methods import get_method
+
+    out = dict(dumped)
+    method = dict(out.get("method") or {})
+    try:
+        method["params"] = get_method(method.get("name", "kd"), method.get("params") or {}).params \
+            .model_dump(mode="json")
+    except (JoryuError, TypeError, ValueError):
+        return out
+    out["method"] = method
+    return out
+
+
 def _plan_resume(cfg, path: Path) -> RunPlan:
     from joryu.config import build_config
     from joryu.errors import ConfigError
@@ -235,7 +252,7 @@ def _plan_resume(cfg, path: Path) -> RunPlan:
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RunDirError(f"--resume: the saved {saved_file} is not a valid config ({first})") from None
-    diff = config_differences(saved, cfg.model_dump(mode="json"))
+    diff = config_differences(_normalised(saved), _normalised(cfg.model_dump(mode="json")))
     if diff:
         shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
         raise RunDirError(f"--resume: the config differs from the one {path} was trained with in "

@@ -85,7 +85,7 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint file"):
         raise CheckpointError(f"{what} {path} not found") from None
     except Exception as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        if any(k in msg for k in ("Unsupported global", "GLOBAL", "REDUCE", "Unsupported class")):
             raise CheckpointError(
                 f"{what} {path} holds pickled Python objects (a whole model or code), not tensors; "
                 "joryu does not unpickle code. Save a state dict instead: "

@@ -35,8 +35,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def kwargs_text(kwargs: dict) -> str:
-    shown = {k: v for k, v in kwargs.items() if k != "input_shape"}
-    return f"options {shown}" if shown else "no options"
+    return f"options {kwargs}" if kwargs else "no options"
 
 
 def available() -> list[str]:
@@ -81,8 +80,13 @@ def options(name: str) -> list[tuple[str, str, str]]:
     """(option, annotation, default) of a zoo model's factory, from its signature."""
     import inspect
 
+    factory = zoo_factory(name)
+    try:
+        sig = inspect.signature(factory, eval_str=True)
+    except Exception:
+        sig = inspect.signature(factory)
     rows = []
-    for p in inspect.signature(zoo_factory(name)).parameters.values():
+    for p in sig.parameters.values():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         ann = "" if p.annotation is p.empty else (p.annotation if isinstance(p.annotation, str)
