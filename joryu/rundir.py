@@ -94,8 +94,13 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line to an append-only log (``metrics.jsonl``) and flush it to disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+    _append(path, (line.rstrip("\n") + "\n").encode("utf-8"))
+
+
+def _append(path: Path, data: bytes) -> None:
+    """The one place where an append-only log grows."""
+    with open(path, "ab") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -172,17 +177,25 @@ class RunPlan:
         try:
             if self.mode == "resume":
                 path.mkdir(parents=True, exist_ok=True)
-            elif self.mode == "overwrite" and path.exists():
-                aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-                if aside.exists():
-                    shutil.rmtree(aside)
-                _replace(path, aside)
-                path.mkdir(parents=True)
-                atomic_write_text(path / "config.yaml", config_text)
-                shutil.rmtree(aside, ignore_errors=True)
-            else:
-                path.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path / "config.yaml", config_text)
+            else:  # the folder appears, with its config.yaml, in one rename
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staging = path.with_name(f".{path.name}.new-{os.getpid()}")
+                if staging.exists():
+                    shutil.rmtree(staging)
+                staging.mkdir()
+                atomic_write_text(staging / "config.yaml", config_text)
+                aside = None
+                if self.mode == "overwrite" and path.exists():
+                    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+                    if aside.exists():
+                        shutil.rmtree(aside)
+                    _replace(path, aside)
+                elif path.is_dir():  # an empty folder the user made for the run
+                    path.rmdir()
+                _replace(staging, path)
+                _fsync_dir(path.parent)
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
         except OSError as e:
             raise RunDirError(f"cannot write run folder {path}: {e.strerror or e}") from None
         self.committed = True

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from joryu import rundir
 from joryu.errors import CheckpointError, one_line
-from joryu.rundir import _replace, atomic_path, atomic_write_text
+from joryu.rundir import atomic_path, atomic_write_text
 
 
 def save_weights(module: torch.nn.Module, path: str | Path) -> None:
@@ -162,11 +163,11 @@ def write_checkpoint(folder: Path, step: int, module, optimizers, schedulers, sc
             "scaler": scaler.state_dict() if scaler is not None else None,
         }, tmp / "optim.pt")
         atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        _replace(tmp, final)
+        if final.exists():  # the same step written again (after a resume): set the old one aside
+            _discard(final)
+        rundir._replace(tmp, final)
         for old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     barrier()
     return final
 
@@ -175,6 +176,16 @@ def _plain_scheduler_state(scheduler) -> dict:
     """A scheduler's state without callables (LambdaLR keeps None for plain functions)."""
     state = scheduler.state_dict()
     return {k: v for k, v in state.items() if not callable(v)}
+
+
+def _discard(ckpt: Path) -> None:
+    """Delete a checkpoint folder so that a kill midway never leaves a half one that looks whole:
+    it is renamed to a hidden name (which ``list_checkpoints`` ignores) before it is removed."""
+    trash = ckpt.with_name(f".trash-{ckpt.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    rundir._replace(ckpt, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_checkpoint(path: Path, module, optimizers, schedulers, scaler, rank: int) -> dict:
