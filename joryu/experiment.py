@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate.state import PartialState
 from accelerate.utils import set_seed
 
@@ -15,10 +15,12 @@ from joryu import models as zoo
 from joryu.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
 from joryu.data import Augment, TensorData, load_data, split_any
 from joryu.engine import Engine, load_weights, save_weights
-from joryu.errors import ConfigError
+from joryu.errors import ConfigError, JoryuError, one_line, warn
 from joryu.methods import StageContext, get_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
+from joryu.preflight import dry_run
+from joryu.rundir import atomic_write_text, dump_config, plan_run_dir
 from joryu.teachers import FrozenTeacher
 
 
@@ -32,23 +34,10 @@ def is_main() -> bool:
 
 
 def new_run_dir(base: str | Path, name: str, overwrite: bool = False, resume: bool = False) -> Path:
-    """``base/name``; if it exists, ``base/name-2``, ``-3``... unless overwriting or resuming."""
-    base = Path(base)
-    path = base / name
-    if resume:
-        if not path.exists():
-            raise ConfigError(f"--resume: no run folder {path} to resume; start it without --resume")
-        return path
-    if overwrite or not path.exists():
-        if overwrite and path.exists() and is_main():
-            import shutil
+    """Where a run of ``name`` under ``base`` goes (see ``joryu.rundir.plan_run_dir``); creates nothing."""
+    from types import SimpleNamespace
 
-            shutil.rmtree(path)
-        return path
-    k = 2
-    while (base / f"{name}-{k}").exists():
-        k += 1
-    return base / f"{name}-{k}"
+    return plan_run_dir(SimpleNamespace(output_dir=str(base), name=name), None, overwrite, resume).path
 
 
 def _same_on_all_processes(fn):
@@ -63,24 +52,26 @@ def _same_on_all_processes(fn):
     return box[0]
 
 
-def build_model(cfg: ModelConfig, num_classes: int, input_shape) -> torch.nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, input_shape, role: str = "model") -> torch.nn.Module:
+    """A zoo model (``num_classes``/``input_shape`` filled in where the factory takes them) or an
+    import-path factory's model, with ``cfg.checkpoint`` loaded; bad input raises one line."""
     kwargs = dict(cfg.kwargs)
     if ":" not in cfg.name:
-        kwargs.setdefault("num_classes", num_classes)
-        kwargs.setdefault("input_shape", tuple(input_shape))
+        factory = zoo.registry.zoo_factory(cfg.name)
+        if zoo.registry.accepts(factory, "num_classes"):
+            kwargs.setdefault("num_classes", num_classes)
+        if zoo.registry.accepts(factory, "input_shape"):
+            kwargs.setdefault("input_shape", tuple(input_shape))
     model = zoo.create(cfg.name, **kwargs)
     if cfg.checkpoint:
-        path = Path(cfg.checkpoint)
-        if not path.is_file():
-            raise ConfigError(f"checkpoint {path} for model {cfg.name!r} not found")
-        try:
-            load_weights(model, path)
-        except RuntimeError as e:
-            raise ConfigError(f"checkpoint {path} does not fit model {cfg.name!r}: {str(e).splitlines()[0]}") from None
+        from joryu.engine.checkpoint import load_user_weights
+
+        load_user_weights(model, cfg.checkpoint, f"{role} {cfg.name!r}")
     return model
 
 
-def output_classes(model: torch.nn.Module, data, input_key: str = "input") -> int:
+def output_classes(model: torch.nn.Module, data, input_key: str = "input", name: str = "model",
+                   data_shape=None) -> int:
     if isinstance(data, TensorData):
         sample = data.tensors[input_key][:2]
     elif hasattr(data, "sample"):  # a streamed source: its training pipeline gives every view
@@ -91,9 +82,21 @@ def output_classes(model: torch.nn.Module, data, input_key: str = "input") -> in
         sample = data.prepare_input(sample)
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = forward(model, {input_key: sample}, input_key)
-    model.train(was)
+    try:
+        with torch.no_grad():
+            out = forward(model, {input_key: sample}, input_key)
+    except JoryuError:
+        raise
+    except Exception as e:
+        shape = f", the dataset's input shape is {tuple(data_shape)}" if data_shape is not None else ""
+        raise ConfigError(f"{name} cannot run on the data: given a batch of shape {tuple(sample.shape)}"
+                          f"{shape}: {type(e).__name__}: {one_line(e)}. Fix the model's kwargs "
+                          "(input_shape, in_channels...) or input_key") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        raise ConfigError(f"{name} returned {type(out).__name__} of shape "
+                          f"{tuple(getattr(out, 'shape', ()))}; expected class logits [batch, classes]")
     return int(out.shape[-1])
 
 
@@ -114,9 +117,12 @@ def input_shape_of(data, key: str, default) -> tuple:
 
 
 def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int,
-                  input_keys: dict[str, str] | None = None) -> None:
+                  input_keys: dict[str, str] | None = None, names: dict[str, str] | None = None,
+                  data_shape=None) -> None:
     keys = input_keys or {}
-    counts = {name: output_classes(m, data, keys.get(name, "input")) for name, m in models.items()}
+    names = names or {}
+    counts = {name: output_classes(m, data, keys.get(name, "input"), names.get(name, name), data_shape)
+              for name, m in models.items()}
     bad = {k: v for k, v in counts.items() if v != num_classes}
     if bad:
         desc = ", ".join(f"{k} predicts {v}" for k, v in counts.items())
@@ -169,7 +175,7 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
                       "samples_per_s": fit.samples_per_s}
             if sdir is not None and is_main():
                 save_weights(distiller, sdir / "final.safetensors")
-                done.write_text(json.dumps(result, indent=1))
+                atomic_write_text(done, json.dumps(result, indent=1))
         ctx.results[stage.name] = {"distiller": distiller, **result}
         if stage.after is not None:
             stage.after(ctx, distiller)
@@ -177,7 +183,11 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
 
 
 class Experiment:
-    """One experiment from a config: ``Experiment.from_yaml(path).run()``."""
+    """One experiment from a config: ``Experiment.from_yaml(path).run()``.
+
+    The run folder is planned here (``joryu.rundir.plan_run_dir``: refusals come at once) but
+    created only in ``run``, after the data, the models and a dry run of every stage have passed.
+    """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
                  resume: bool = False, overwrite: bool = False, write: bool = True):
@@ -185,12 +195,25 @@ class Experiment:
         self.progress = progress
         self.resume = resume
         self.write = write
-        if write:
-            self.run_dir = Path(run_dir) if run_dir else _same_on_all_processes(
-                lambda: new_run_dir(cfg.output_dir, cfg.name, overwrite, resume))
-        else:
-            self.run_dir = None
         self.method = get_method(cfg.method.name, cfg.method.params)
+        self.uses_teacher = bool(self.method.needs_teacher)
+        if self.uses_teacher and cfg.teacher is None:
+            raise ConfigError(f"method {cfg.method.name!r} distills from a teacher: add a teacher "
+                              "section (teacher: {name: ..., checkpoint: ...})")
+        if not self.uses_teacher and cfg.teacher is not None:
+            warn(f"the teacher section is ignored: method {cfg.method.name!r} trains without a teacher")
+        if cfg.method.name == "supervised" and "baseline" in cfg.model_fields_set and cfg.baseline:
+            warn("baseline is ignored: method 'supervised' is itself the student trained alone")
+        self.plan = None
+        self.run_dir = None
+        if write:
+            self.plan = _same_on_all_processes(lambda: plan_run_dir(cfg, run_dir, overwrite, resume))
+            self.run_dir = self.plan.path
+
+    @property
+    def finished(self) -> bool:
+        """True when resuming a run that already completed (nothing is left to train)."""
+        return self.plan is not None and self.plan.finished
 
     @classmethod
     def from_yaml(cls, path, overrides=(), **kw) -> Experiment:
@@ -200,15 +223,22 @@ class Experiment:
         if self.progress and is_main():
             print(msg, flush=True)
 
+    def _commit(self) -> None:
+        if self.plan is not None:
+            self.plan.commit(dump_config(self.cfg), is_main())
+            state = process_state()
+            if state.num_processes > 1:
+                state.wait_for_everyone()
+
     def run(self) -> dict:
         cfg = self.cfg
         rd = self.run_dir
-        if rd is not None and is_main():
-            rd.mkdir(parents=True, exist_ok=True)
-            (rd / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        if self.finished:
+            raise ConfigError(f"{rd} holds a finished run; nothing to resume (its report is "
+                              f"{rd / 'report.md'})")
         bundle = load_data(cfg.data)
         if cfg.data.augment is not None:
-            augment = Augment(**cfg.data.augment)
+            augment = Augment(**cfg.data.augment.model_dump())
         else:  # transforms from the config replace the dataset's default batch augmentation
             augment = Augment() if cfg.data.transform is not None else bundle.augment
         if bundle.val is not None:
@@ -218,27 +248,48 @@ class Experiment:
         self.log(f"data {bundle.name}: {len(train)} train / {len(val) if val is not None else 0} val / "
                  f"{len(bundle.test)} test, input {bundle.input_shape}, {bundle.num_classes} classes")
 
-        # --- teacher
+        # --- build every network and check them on the data before anything is written or trained
         set_seed(cfg.seed)
-        teacher_model = build_model(cfg.teacher, bundle.num_classes,
-                                    input_shape_of(train, cfg.teacher.input_key, bundle.input_shape))
-        student_proto = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
-        check_classes({"teacher": teacher_model, "student": student_proto}, train, bundle.num_classes,
-                      {"teacher": cfg.teacher.input_key, "student": cfg.student.input_key})
+        models, keys, names = {}, {}, {}
+        teacher_model = None
+        if self.uses_teacher:
+            teacher_shape = input_shape_of(train, cfg.teacher.input_key, bundle.input_shape)
+            teacher_model = build_model(cfg.teacher, bundle.num_classes, teacher_shape, "teacher")
+            models["teacher"], keys["teacher"] = teacher_model, cfg.teacher.input_key
+            names["teacher"] = f"teacher {cfg.teacher.name!r}"
+        student_proto = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
+        models["student"], keys["student"] = student_proto, cfg.student.input_key
+        names["student"] = f"student {cfg.student.name!r}"
+        check_classes(models, train, bundle.num_classes, keys, names, bundle.input_shape)
+        train_teacher = self.uses_teacher and not cfg.teacher.checkpoint
+        tcfg = (cfg.teacher.train or cfg.train) if self.uses_teacher else None
+        teacher_aug = augment if cfg.data.teacher_augment else None
+        sup_teacher = get_method("supervised", {"input_key": cfg.teacher.input_key}) if train_teacher else None
+        if train_teacher:
+            dry_run(sup_teacher, teacher_model, None, train, tcfg, cfg.seed, teacher_aug, label="teacher")
+        if cfg.baseline and cfg.method.name != "supervised":
+            dry_run(get_method("supervised"), student_proto, None, train, cfg.train, cfg.seed, augment,
+                    label="student alone")
+        dry_teacher = FrozenTeacher(copy.deepcopy(teacher_model), cfg.teacher.input_key) \
+            if teacher_model is not None else None
+        dry_run(self.method, student_proto, dry_teacher, train, cfg.train, cfg.seed, augment,
+                bundle.num_classes, label=f"student + {cfg.method.name}")
+        del dry_teacher
+        self._commit()
+
+        # --- teacher
         teacher_result = None
-        if not cfg.teacher.checkpoint and self.method.needs_teacher:
-            tcfg = cfg.teacher.train or cfg.train
-            sup = get_method("supervised", {"input_key": cfg.teacher.input_key})
+        if train_teacher:
             teacher_model, res = run_stages(
-                sup, teacher_model, None, train, val, tcfg, rd / "teacher" if rd else None, cfg.seed,
-                augment if cfg.data.teacher_augment else None, self.progress, self.resume, "teacher")
+                sup_teacher, teacher_model, None, train, val, tcfg, rd / "teacher" if rd else None, cfg.seed,
+                teacher_aug, self.progress, self.resume, "teacher")
             teacher_result = res["train"]
-        teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key)
+        teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
 
         rows = {}
         histories = {}
         engine = Engine(cfg.train, None, seed=cfg.seed, progress=False)
-        if self.method.needs_teacher:
+        if teacher is not None:
             t_eval = engine.evaluate(SupervisedDistiller(teacher_model, cfg.teacher.input_key), bundle.test, "test")
             rows["teacher"] = self._row(teacher_model, bundle, t_eval,
                                         input_shape_of(train, cfg.teacher.input_key, bundle.input_shape))
@@ -248,7 +299,7 @@ class Experiment:
         # --- student alone, same init and budget
         if cfg.baseline and cfg.method.name != "supervised":
             set_seed(cfg.seed)
-            base_student = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
+            base_student = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
             base_student, res = run_stages(
                 self.method.baseline(cfg.student.input_key), base_student, None, train, val, cfg.train,
                 rd / "baseline" if rd else None, cfg.seed, augment, self.progress, self.resume,
@@ -259,7 +310,7 @@ class Experiment:
 
         # --- the method
         set_seed(cfg.seed)
-        student = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
+        student = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
         label = f"student + {cfg.method.name}"
         student, res = run_stages(self.method, student, teacher, train, val, cfg.train,
                                   rd / cfg.method.name if rd else None, cfg.seed, augment,

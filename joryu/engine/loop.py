@@ -21,7 +21,8 @@ from joryu.data.core import Augment, TensorData, TensorLoader
 from joryu.data.sources import StreamLoader, as_source
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.rundir import append_line, atomic_write_text
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -180,7 +181,7 @@ def pick_device(cfg: TrainConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return cfg.device
 
 
@@ -228,9 +229,7 @@ class Engine:
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
 
     def _reduce_mean(self, sums: dict, count: int) -> dict:
         if not sums:
@@ -342,20 +341,20 @@ class Engine:
             raw = read_checkpoint(last, run.distiller, run.optimizers, run.schedulers, acc.scaler,
                                   acc.process_index)
             if raw.get("world_size", 1) != acc.num_processes:
-                raise RuntimeError(f"checkpoint {last} was written by {raw['world_size']} processes; "
+                raise ConfigError(f"checkpoint {last} was written by {raw['world_size']} processes; "
                                    f"resume with the same number (now {acc.num_processes})")
             state = TrainState.from_json(raw, self.device)
             saved = state.loader.get("batches_per_epoch")
             if saved is not None and saved != run.steps_per_epoch:
-                raise RuntimeError(f"checkpoint {last} was written with {saved} batches per epoch, the "
+                raise ConfigError(f"checkpoint {last} was written with {saved} batches per epoch, the "
                                    f"data now gives {run.steps_per_epoch}; resume on the same data and "
                                    "batch size, or start afresh without --resume")
             if state.updates < 0:  # a checkpoint from before updates were counted
                 state.updates = run.schedulers[0].last_epoch if run.schedulers else state.global_step
             state.loader = self._loader_state(run)
             if self.is_main and self.run_dir is not None:  # drop rows logged after the checkpoint
-                with open(self.run_dir / "metrics.jsonl", "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in state.history)
+                atomic_write_text(self.run_dir / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in state.history))
         elif run.ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
             import shutil
 
@@ -363,7 +362,8 @@ class Engine:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         run.elapsed_before = state.elapsed
         run.t_start = time.perf_counter()
-        run.val_metrics = state.history[-1] if state.history else {}
+        run.val_metrics = ({k: v for k, v in state.history[-1].items() if k.startswith("val/")}
+                           if state.history else {})
         return state
 
     # -- one epoch: its batches from state.step_in_epoch, then evaluation, log, checkpoint

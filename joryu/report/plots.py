@@ -22,6 +22,8 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from joryu.rundir import atomic_path
+
     out_dir = Path(out_dir)
     paths = []
     for key, ylabel, fname in (("val/acc", "validation accuracy (%)", "val_accuracy.png"),
@@ -39,7 +41,8 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / fname
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
         paths.append(path)
     return paths

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from joryu.rundir import atomic_write_text
+
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
@@ -43,7 +45,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> None:
     table = comparison_rows(rows)
     pngs = plot_curves(histories, run_dir)
     md = [f"# {cfg.name}", "",
-          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher `{cfg.teacher.name}`, "
+          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher "
+          f"`{cfg.teacher.name if cfg.teacher is not None else 'none'}`, "
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
           "training; the validation split (carved from the training data) is what the curves show.",
           "", markdown_table(table), ""]
@@ -51,5 +54,5 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> None:
         md += [f"![{p.stem}]({p.name})", ""]
     md += ["## Configuration", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip(),
            "```", ""]
-    (run_dir / "report.md").write_text("\n".join(md))
-    (run_dir / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
+    atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=1))  # written last
