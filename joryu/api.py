@@ -15,6 +15,11 @@ from joryu.errors import ConfigError
 def as_tensor_data(data, num_classes: int | None = None):
     """``data`` as a joryu source: a TensorData (tensors, kept on the device) or a StreamData
     (a Dataset, IterableDataset, DataLoader or Hugging Face dataset, streamed)."""
+    if isinstance(data, dict) and "target" in data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        y = data["target"].long()
+        known = y[y != -100]
+        k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
+        return TensorData({**data, "target": y}, k, "user")
     return as_source(data, num_classes)
 
 
@@ -71,11 +76,23 @@ def _teacher_modules(teacher) -> list[nn.Module]:
     return list(models()) if callable(models) else []
 
 
+def _check_same_classes(teacher, student, data) -> None:
+    from joryu.experiment import probe_logits
+    from joryu.losses.positions import num_classes
+
+    if not isinstance(teacher, nn.Module):
+        return
+    k_t, k_s = num_classes(probe_logits(teacher, data)), num_classes(probe_logits(student, data))
+    if k_t != k_s:
+        raise ConfigError(f"the teacher predicts {k_t} classes (vocabulary size) and the student {k_s}: "
+                          "build both with the same num_classes / vocab_size")
+
+
 def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: str = "kd", *,
             val_data=None, val_fraction: float = 0.1, seed: int = 0, run_dir: str | Path | None = None,
             augment: Augment | dict | None = None, progress: bool = True, resume: bool = False,
             num_classes: int | None = None, transform=None, eval_transform=None, views=None,
-            loader: dict | None = None, **overrides):
+            loader: dict | None = None, inputs=None, teacher_inputs=None, **overrides):
     """Train ``student`` from ``teacher`` with ``method``; returns ``(student, metrics)``.
 
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
@@ -94,8 +111,14 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     The caller's teacher is not changed: it is used frozen (eval mode, no gradients) during the
     call, and its ``requires_grad`` flags and train/eval modes are restored when ``distill``
     returns (or raises). Its weights are never updated.
+
+    ``inputs`` names the batch keys the student reads (a key, a list of keys for positional
+    arguments, or ``{forward_argument: batch_key}``, e.g. ``{"input_ids": "input_ids",
+    "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
+    the same as the student's). Integer tensors (token ids) are passed as they are.
     """
     from joryu.experiment import run_stages
+    from joryu.outputs import declare_inputs
     from joryu.preflight import dry_run
     from joryu.teachers import as_teacher
 
@@ -131,6 +154,11 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         from joryu.config import AugmentConfig, validate_params
 
         augment = Augment(**validate_params(AugmentConfig, augment, "augment").model_dump())
+    if inputs is not None:
+        declare_inputs(student, inputs)
+    t_inputs = teacher_inputs if teacher_inputs is not None else inputs
+    if t_inputs is not None and isinstance(teacher, nn.Module):
+        declare_inputs(teacher, t_inputs)
     if m.needs_teacher and teacher is None:
         raise ConfigError(f"method {method!r} needs a teacher")
     modules = _teacher_modules(teacher) if teacher is not None else []
@@ -138,10 +166,11 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
               [(p, p.requires_grad) for p in mod.parameters()]) for mod in modules]
     try:
         try:
-            t = as_teacher(teacher) if teacher is not None else None
+            t = as_teacher(teacher, t_inputs or "input") if teacher is not None else None
         except TypeError as e:
             raise ConfigError(str(e)) from None
         _check_shapes(teacher, student, train)
+        _check_same_classes(teacher, student, train)
         dry_run(m, student, t, train, train_cfg, seed, augment, data.num_classes)
         torch.manual_seed(seed)
         student, results = run_stages(m, student, t, train, val, train_cfg,

@@ -56,7 +56,22 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="safetensors (or torch) weights to load")
-    input_key: str = "input"
+    inputs: str | list[str] | dict[str, str] | None = Field(
+        None, description="batch keys the model reads: a key, a list (positional arguments) or a mapping "
+                          "{forward_argument: batch_key}, e.g. {input_ids: input_ids, attention_mask: "
+                          "attention_mask}; default 'input'")
+    input_key: str | list[str] | dict[str, str] = Field("input", description="older name of 'inputs'")
+
+    @model_validator(mode="after")
+    def _resolve_inputs(self):
+        """One resolved value: ``inputs`` and its alias ``input_key`` both hold it afterwards."""
+        if self.inputs is None:
+            self.inputs = self.input_key
+        elif "input_key" in self.model_fields_set and self.input_key != self.inputs:
+            raise ValueError(f"inputs {self.inputs!r} and its alias input_key {self.input_key!r} disagree; "
+                             "set only inputs")
+        self.input_key = self.inputs
+        return self
 
 
 class TeacherConfig(ModelConfig):

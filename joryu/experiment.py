@@ -16,9 +16,10 @@ from joryu.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
 from joryu.data import Augment, TensorData, load_data, split_any
 from joryu.engine import Engine, load_weights, save_weights
 from joryu.errors import ConfigError, JoryuError, one_line, warn
+from joryu.losses import positions
 from joryu.methods import StageContext, get_method
 from joryu.methods.supervised import SupervisedDistiller
-from joryu.outputs import forward
+from joryu.outputs import call, declare_inputs, example_batch, forward, input_keys, normalize_inputs
 from joryu.preflight import dry_run
 from joryu.rundir import atomic_write_text, dump_config, plan_run_dir
 from joryu.teachers import FrozenTeacher
@@ -63,6 +64,7 @@ def build_model(cfg: ModelConfig, num_classes: int, input_shape, role: str = "mo
         if zoo.registry.accepts(factory, "input_shape"):
             kwargs.setdefault("input_shape", tuple(input_shape))
     model = zoo.create(cfg.name, **kwargs)
+    declare_inputs(model, cfg.inputs)
     if cfg.checkpoint:
         from joryu.engine.checkpoint import load_user_weights
 
@@ -70,42 +72,57 @@ def build_model(cfg: ModelConfig, num_classes: int, input_shape, role: str = "mo
     return model
 
 
-def output_classes(model: torch.nn.Module, data, input_key: str = "input", name: str = "model",
-                   data_shape=None) -> int:
-    if isinstance(data, TensorData):
-        sample = data.tensors[input_key][:2]
-    elif hasattr(data, "sample"):  # a streamed source: its training pipeline gives every view
-        sample = data.sample(0, train=True)[input_key].unsqueeze(0)
-    else:
-        sample = data[0][input_key].unsqueeze(0)
-    if isinstance(data, TensorData):
-        sample = data.prepare_input(sample)
+def probe_logits(model: torch.nn.Module, data, inputs="input") -> torch.Tensor:
+    """The model's logits on the first two samples of ``data`` (eval mode, no gradients)."""
+    batch = example_batch(data, 2)
+    batch = {k: (v.to(_device_of(model)) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = forward(model, {input_key: sample}, input_key)
+            return forward(model, batch, inputs)
+    finally:
+        model.train(was)
+
+
+def _device_of(model: torch.nn.Module):
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def output_classes(model: torch.nn.Module, data, input_key="input", name: str = "model",
+                   data_shape=None) -> int:
+    """Classes (vocabulary size for token logits) that ``model`` predicts on ``data``; a model
+    that cannot run on the data is one ConfigError naming it and the shapes."""
+    try:
+        out = probe_logits(model, data, input_key)
     except JoryuError:
         raise
     except Exception as e:
+        try:
+            got = {k: tuple(v.shape) for k, v in example_batch(data, 2).items()
+                   if isinstance(v, torch.Tensor) and k in input_keys(normalize_inputs(input_key))}
+        except Exception:  # noqa: BLE001 - the description is best effort
+            got = {}
         shape = f", the dataset's input shape is {tuple(data_shape)}" if data_shape is not None else ""
-        raise ConfigError(f"{name} cannot run on the data: given a batch of shape {tuple(sample.shape)}"
+        raise ConfigError(f"{name} cannot run on the data: given batch shapes {got}"
                           f"{shape}: {type(e).__name__}: {one_line(e)}. Fix the model's kwargs "
-                          "(input_shape, in_channels...) or input_key") from None
-    finally:
-        model.train(was)
+                          "(input_shape, in_channels...) or its inputs") from None
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         raise ConfigError(f"{name} returned {type(out).__name__} of shape "
-                          f"{tuple(getattr(out, 'shape', ()))}; expected class logits [batch, classes]")
-    return int(out.shape[-1])
+                          f"{tuple(getattr(out, 'shape', ()))}; expected logits [batch, classes, ...]")
+    return positions.num_classes(out)
 
 
-def input_shape_of(data, key: str, default) -> tuple:
-    """Per-sample shape of ``data``'s ``key`` tensor (``default`` for ``input`` or streamed data)."""
+def input_shape_of(data, key, default) -> tuple:
+    """Per-sample shape of ``data``'s ``key`` tensor (``default`` for ``input`` or streamed data);
+    with several inputs, the shape of the first."""
+    key = input_keys(normalize_inputs(key))[0]
     if key != "input" and isinstance(data, TensorData):
         if key not in data.tensors:
             raise ConfigError(f"the data has no {key!r} tensor (it has {sorted(data.tensors)}); "
-                              "fix the model's input_key")
+                              "fix the model's inputs")
         return tuple(data.tensors[key].shape[1:])
     if key != "input" and isinstance(key, str) and hasattr(data, "sample"):
         sample = data.sample(0, train=True)
@@ -126,23 +143,51 @@ def check_classes(models: dict[str, torch.nn.Module], data, num_classes: int,
     bad = {k: v for k, v in counts.items() if v != num_classes}
     if bad:
         desc = ", ".join(f"{k} predicts {v}" for k, v in counts.items())
-        raise ConfigError(f"class counts differ: the data has {num_classes} classes, {desc}. "
-                          "Set num_classes in the model's kwargs (or fix the checkpoint) so all agree.")
+        raise ConfigError(f"class counts differ (vocabulary sizes, for language models): the data has {num_classes} classes, {desc}. "
+                          "Set num_classes (or vocab_size) in the model's kwargs (or fix the checkpoint) so all "
+                          "agree.")
+
+
+def check_method_fits(method, model: torch.nn.Module, data) -> None:
+    """A method that needs one label per sample refuses per-position (token, pixel) logits."""
+    if getattr(method, "per_position_ok", False) or data is None:
+        return
+    try:
+        logits = probe_logits(model, data)
+    except Exception:  # noqa: BLE001 - only a pre-check; training reports its own error
+        return
+    if positions.per_position(logits):
+        raise ConfigError(f"method {method.name!r} needs one label per sample, but the student predicts per "
+                          f"position (logits {tuple(logits.shape)}); use kd or supervised for token and "
+                          "pixel outputs")
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: torch.nn.Module, input_shape, repeats: int = 30) -> float:
-    """Median wall time of one single-sample forward pass on the CPU, in milliseconds."""
+def cpu_latency_ms(model: torch.nn.Module, input_shape=None, repeats: int = 30, batch=None,
+                   inputs="input") -> float:
+    """Median wall time of one single-sample forward pass on the CPU, in milliseconds.
+
+    ``batch``: a real one-sample batch (its dtypes and keys, e.g. token ids and an attention
+    mask); without it, a random float input of ``input_shape``."""
     import copy
 
     m = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(1, *input_shape)
+    if batch is not None:
+        b = {k: v[:1].cpu() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    else:
+        b = {"input": torch.randn(1, *input_shape)}
+        inputs = "input"
+        m.__dict__.pop("joryu_inputs", None)
+
+    def run():
+        call(m, b, inputs)
+
     for _ in range(3):
-        m(x)
+        run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        m(x)
+        run()
         times.append(time.perf_counter() - t)
     return 1000 * sorted(times)[len(times) // 2]
 
@@ -154,6 +199,7 @@ def run_stages(method, student, teacher, train, val, train_cfg: TrainConfig, run
     ctx = StageContext(student=student, teacher=teacher, train_data=train,
                        num_classes=num_classes or getattr(train, "num_classes", 0), train_cfg=train_cfg,
                        seed=seed, augment=augment)
+    check_method_fits(method, student, train)
     stages = method.stages()
     distiller = None
     for stage in stages:
@@ -333,7 +379,11 @@ class Experiment:
         return summary
 
     def _row(self, model, bundle, evals: dict, input_shape=None) -> dict:
+        try:
+            sample = example_batch(bundle.test, 1)
+        except Exception:  # noqa: BLE001 - an odd dataset: time a random input of the declared shape
+            sample = None
         return {"params": zoo.count_parameters(model),
-                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape),
+                "latency_ms": cpu_latency_ms(model, input_shape or bundle.input_shape, batch=sample),
                 "test_acc": evals["test/acc"],
                 **{k: v for k, v in evals.items() if k.startswith("test/") and k.count("/") == 2}}

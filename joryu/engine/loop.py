@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -243,41 +242,42 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
-        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``.
+        """The metric that fits each prediction's shape (``joryu.metrics``) for every prediction
+        in ``distiller.eval_logits``: ``{prefix}/{name}/acc`` and ``/loss`` always, ``/ppl`` for
+        token logits, ``/miou`` for segmentation; ``{prefix}/acc`` and ``/loss`` of the first.
 
-        Only rows with a known label are scored (``labeled`` True where the batch has it, and
-        target != -100); a split without any gives 0, not a division by zero."""
+        Only positions with a known label are scored (``labeled`` True where the batch has it,
+        and target != -100); a split without any gives 0, not a division by zero."""
+        from joryu import metrics
+
         distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
         was_training = distiller.training
         distiller.eval()
         loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
-        correct, losses, n = {}, {}, torch.zeros((), device=self.device)
+        sums, kinds = {}, {}
         for batch in loader.iterate(0):
-            target = batch["target"]
-            valid = target != -100
-            if "labeled" in batch:
-                valid = valid & batch["labeled"].bool()
             with self.accelerator.autocast():
                 preds = distiller.eval_logits(batch)
-            if not bool(valid.all()):
-                preds = {k: v[valid] for k, v in preds.items()}
-                target = target[valid]
             for name, logits in preds.items():
-                correct[name] = correct.get(name, 0) + (logits.argmax(-1) == target).sum()
-                losses[name] = losses.get(name, 0) + F.cross_entropy(logits.float(), target, reduction="sum")
-            n += len(target)
+                kinds[name] = metrics.kind(logits)
+                sums[name] = metrics.add(sums.get(name), metrics.batch_stats(logits, batch["target"],
+                                                                             batch.get("labeled")))
         distiller.train(was_training)
-        names = list(correct)
-        vec = torch.stack([torch.as_tensor(correct[k], device=self.device).float() for k in names]
-                          + [torch.as_tensor(losses[k], device=self.device).float() for k in names] + [n])
-        vec = self.accelerator.reduce(vec, reduction="sum")
-        total = max(1.0, float(vec[-1]))
+        names = list(sums)
+        layout = [(name, key, v.numel()) for name in names for key, v in sums[name].items()]
+        if layout:
+            vec = torch.cat([sums[name][key].reshape(-1).float().to(self.device) for name, key, _ in layout])
+            vec = self.accelerator.reduce(vec, reduction="sum")
+            pos = 0
+            for name, key, size in layout:
+                sums[name][key] = vec[pos:pos + size].reshape(sums[name][key].shape)
+                pos += size
         out = {}
-        for i, name in enumerate(names):
-            out[f"{prefix}/{name}/acc"] = 100.0 * float(vec[i]) / total
-            out[f"{prefix}/{name}/loss"] = float(vec[len(names) + i]) / total
+        for name in names:
+            for key, value in metrics.finalize(sums[name], kinds[name]).items():
+                out[f"{prefix}/{name}/{key}"] = value
         if names:
             out[f"{prefix}/acc"] = out[f"{prefix}/{names[0]}/acc"]
             out[f"{prefix}/loss"] = out[f"{prefix}/{names[0]}/loss"]

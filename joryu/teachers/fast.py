@@ -33,6 +33,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     trace is folded inside its ``nn.Sequential`` containers only, with a warning if none fold.
     ``model`` itself is left as it is (put it in eval mode first)."""
     model = shared_copy(model).eval()
+    if not any(isinstance(m, _BNS) for m in model.modules()):  # nothing to fold (e.g. transformers)
+        return model, 0
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure: fold inside nn.Sequential only
