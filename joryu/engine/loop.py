@@ -140,7 +140,10 @@ class Engine:
         if device == "cpu" and mp != "no":
             warnings.warn(f"mixed_precision={mp!r} is for GPUs; training in float32 on the CPU", stacklevel=2)
             mp = "no"
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
+        from joryu import tracking
+
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,
+                                       **tracking.accelerator_kwargs(cfg, self.run_dir))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.accelerator.device.type == "cpu":
@@ -168,6 +171,9 @@ class Engine:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            from joryu import tracking
+
+            tracking.log(self.accelerator, row, row.get("step", 0))
 
     def _reduce_mean(self, sums: dict, count: int) -> dict:
         if not sums:
@@ -266,6 +272,10 @@ class Engine:
 
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.is_main:
+            from joryu import tracking
+
+            tracking.start(acc, cfg, self.stage)
         history = state["history"]
         global_step = state["global_step"]
         elapsed_before = state["elapsed"]
@@ -360,6 +370,10 @@ class Engine:
                 tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
             save(epoch + 1, 0, {}, 0)
         distiller.ctx = None
+        if self.is_main:
+            from joryu import tracking
+
+            tracking.end(acc)
         train_time = elapsed_before + time.perf_counter() - t_start
         total_samples = sum(r.get("samples_per_s", 0) * 0 for r in history) or loader.num_samples * cfg.epochs
         return FitResult(history=history, val=val_metrics, steps=global_step, train_time_s=train_time,
