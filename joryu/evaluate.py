@@ -215,3 +215,171 @@ def write_results(results: dict[str, dict], out_dir: str | Path, meta: dict) -> 
     js = out_dir / "eval.json"
     atomic_write_text(js, json.dumps({**meta, "ece_bins": ECE_BINS, "results": results}, indent=1))
     return js, png
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _kv(items) -> dict:
+    from joryu.config import parse_value
+    from joryu.errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{item!r} must look like key=value (e.g. hidden=[64,64])")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def load_data(name: str, path: str | None = None, kwargs: dict | None = None):
+    from joryu.data import load
+
+    return load(name, path, **(kwargs or {}))
+
+
+def split_of(bundle, split: str, cfg=None):
+    """The ``test`` split, or ``train`` / ``val`` carved as the run carved them."""
+    from joryu.data import TensorData, split_validation
+    from joryu.errors import ConfigError
+
+    if split == "test":
+        return bundle.test
+    if split not in ("train", "val"):
+        raise ConfigError(f"--split must be test, val or train, not {split!r}")
+    if not isinstance(bundle.train, TensorData):
+        return bundle.train
+    fraction = cfg.data.val_fraction if cfg is not None else 0.1
+    seed = cfg.data.split_seed if cfg is not None else 0
+    train, val = split_validation(bundle.train, fraction, seed)
+    if split == "val" and val is None:
+        raise ConfigError("--split val: the run used no validation split (data.val_fraction = 0)")
+    return train if split == "train" else val
+
+
+def build_with_weights(name: str, weights, kwargs: dict, bundle, what: str, input_key: str = "input"):
+    """A zoo / import-path model with ``weights`` loaded (see joryu.weights for the layouts)."""
+    from joryu.config import ModelConfig
+    from joryu.errors import ConfigError
+    from joryu.experiment import build_model, input_shape_of, output_classes
+
+    cfg = ModelConfig(name=name, kwargs=kwargs or {}, checkpoint=str(weights) if weights else None)
+    model = build_model(cfg, bundle.num_classes, input_shape_of(bundle.test, input_key, bundle.input_shape))
+    classes = output_classes(model, bundle.test, input_key)
+    if classes != bundle.num_classes:
+        raise ConfigError(f"{what} predicts {classes} classes but the data has {bundle.num_classes}; "
+                          "evaluate it on data with its classes, or fix num_classes in its kwargs")
+    return model.eval()
+
+
+class RunFolder:
+    """The networks of a joryu run folder: ``models`` maps a row label to (network, input key)."""
+
+    def __init__(self, path, data: str | None = None, data_path: str | None = None,
+                 data_kwargs: dict | None = None):
+        from joryu.config import load_config
+        from joryu.errors import ConfigError
+
+        self.path = path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder; give a run folder written by joryu (e.g. runs/kd-mnist1d)"
+                              " or --model NAME --weights FILE")
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"{path} is not a joryu run folder (no config.yaml); give the folder a run wrote, "
+                              "or --model NAME --weights FILE")
+        student_file = path / "student.safetensors"
+        if not student_file.is_file():
+            raise ConfigError(f"run folder {path} has no student (student.safetensors is missing: the run did not "
+                              "finish); finish it with `joryu run CONFIG --out FOLDER --resume`, or pass --model "
+                              "and --weights")
+        self.cfg = cfg = load_config(path / "config.yaml")
+        if data is not None:
+            self.bundle = load_data(data, data_path, data_kwargs)
+        else:
+            self.bundle = load_data(cfg.data.name, cfg.data.path, cfg.data.kwargs)
+        self.models: dict[str, tuple] = {}
+        teacher_file = next((f for f in (path / "teacher.safetensors", cfg.teacher.checkpoint,
+                                         path / "teacher" / "final.safetensors") if f and Path(f).exists()), None)
+        if teacher_file is not None:
+            self.models["teacher"] = (build_with_weights(cfg.teacher.name, teacher_file, cfg.teacher.kwargs,
+                                                         self.bundle, "the teacher", cfg.teacher.input_key),
+                                      cfg.teacher.input_key)
+        alone = path / "baseline" / "final.safetensors"
+        if alone.is_file():
+            try:
+                self.models["student alone"] = (build_with_weights(
+                    cfg.student.name, alone, cfg.student.kwargs, self.bundle, "the student alone",
+                    cfg.student.input_key), cfg.student.input_key)
+            except ConfigError:
+                pass  # e.g. a baseline of another architecture: reported by the run, skipped here
+        try:
+            student = build_with_weights(cfg.student.name, student_file, cfg.student.kwargs, self.bundle,
+                                         f"the student ({cfg.student.name})", cfg.student.input_key)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (method {cfg.method.name!r} may deploy another network than the configured "
+                              "student; pass --model and --weights)") from None
+        self.label = f"student + {cfg.method.name}"
+        self.models[self.label] = (student, cfg.student.input_key)
+
+    @property
+    def student(self):
+        return self.models[self.label]
+
+
+def evaluate_cli(args) -> int:
+    """``joryu eval``: see ``add_parsers``."""
+    from joryu.errors import ConfigError
+
+    data_kwargs = _kv(args.data_kwarg)
+    if args.target is not None:
+        run = RunFolder(args.target, args.data, args.data_path, data_kwargs)
+        bundle, models, cfg = run.bundle, dict(run.models), run.cfg
+        out_dir = Path(args.out) if args.out else run.path / "eval"
+    else:
+        if not (args.model and args.weights and args.data):
+            raise ConfigError("joryu eval needs a run folder, or --model NAME --weights FILE --data DATASET "
+                              "(e.g. joryu eval --model mlp --model-kwarg hidden=[64,64] --weights "
+                              "student.safetensors --data mnist1d)")
+        bundle, cfg = load_data(args.data, args.data_path, data_kwargs), None
+        models = {"model": (build_with_weights(args.model, args.weights, _kv(args.model_kwarg), bundle,
+                                               f"model {args.model!r}", args.input_key), args.input_key)}
+        if args.teacher:
+            models = {"teacher": (build_with_weights(args.teacher, args.teacher_weights, _kv(args.teacher_kwarg),
+                                                     bundle, f"teacher {args.teacher!r}", args.teacher_key),
+                                  args.teacher_key), **models}
+        out_dir = Path(args.out) if args.out else Path("eval") / Path(args.weights).stem
+    data = split_of(bundle, args.split, cfg)
+    teacher = models.get("teacher")
+    results = {}
+    for name, (model, key) in models.items():
+        t = teacher if name != "teacher" else None
+        results[name] = evaluate_model(model, data, key, t[0] if t else None, t[1] if t else "input",
+                                       args.batch_size)
+    js, png = write_results(results, out_dir, {"data": bundle.name, "split": args.split,
+                                               "target": str(args.target or args.weights)})
+    print(f"{bundle.name} {args.split} split, {results[next(iter(results))]['n']} scored predictions"
+          + (" (agreement and KL against the teacher)" if teacher else ""))
+    print(format_results(results))
+    print(f"\nwrote {js} and {png}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a run folder's networks, or a model + weights, on any dataset",
+                       description="top-1, top-5, NLL, ECE (15 equal-width bins, reliability diagram PNG) and, "
+                                   "given a teacher, top-1 agreement and mean KL(teacher || model).")
+    e.add_argument("target", nargs="?", help="a run folder (e.g. runs/kd-mnist1d)")
+    e.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
+    e.add_argument("--model-kwarg", action="append", metavar="K=V", help="keyword argument of the model factory")
+    e.add_argument("--weights", help="weights of --model (safetensors, a torch state dict, see joryu.weights)")
+    e.add_argument("--input-key", default="input", help="batch key --model reads")
+    e.add_argument("--teacher", help="a teacher model for agreement and KL (zoo name or import path)")
+    e.add_argument("--teacher-kwarg", action="append", metavar="K=V")
+    e.add_argument("--teacher-weights")
+    e.add_argument("--teacher-key", default="input")
+    e.add_argument("--data", help="dataset name (default: the run's)")
+    e.add_argument("--data-path", help="dataset path (files on disk)")
+    e.add_argument("--data-kwarg", action="append", metavar="K=V", help="keyword argument of the dataset")
+    e.add_argument("--split", default="test", help="test (default), val or train")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--out", help="folder for eval.json and reliability.png (default: RUN/eval)")
+    e.set_defaults(func=evaluate_cli)

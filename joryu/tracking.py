@@ -115,8 +115,12 @@ def start(accelerator, cfg, stage: str, hparams: dict | None = None) -> bool:
     return True
 
 
+def _names(accelerator) -> list[str]:
+    return [str(getattr(t, "value", t)).lower() for t in accelerator.log_with]
+
+
 def _only_files(accelerator) -> bool:
-    return all(str(getattr(t, "name", t)) in ("tensorboard", "dvclive", "aim") for t in accelerator.log_with)
+    return all(n in ("tensorboard", "dvclive", "aim") for n in _names(accelerator))
 
 
 def log(accelerator, row: dict, step: int) -> None:
@@ -143,6 +147,6 @@ def log_report(cfg, run_dir: Path, rows: dict, report_text: str) -> None:
             if isinstance(v, int | float) and not isinstance(v, bool):
                 values[k] = float(v)
     acc.log(values, step=0)
-    if any(str(getattr(t, "name", t)) != "mlflow" for t in acc.log_with):
+    if any(n != "mlflow" for n in _names(acc)):
         acc.log({"report": report_text}, step=0)
     acc.end_training()
