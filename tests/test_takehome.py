@@ -388,3 +388,57 @@ def test_unknown_or_missing_tracker_is_one_line_exit_2(tmp_path, capsys, monkeyp
     monkeypatch.setitem(tracking._PACKAGES, "wandb", (("surely_not_installed_pkg",), "wandb"))
     code, _, err = run_cli(["--out", str(tmp_path / "b"), *FAST, "train.log_with=[wandb]"], capsys)
     one_line_exit_2(code, err, "pip install wandb")
+
+
+# ------------------------------------------------------------------ did it help?
+TINY = ["train.epochs=1", "teacher.train.epochs=1", "train.eval_every=1", "baseline=true"]
+COMPARISONS = {
+    "cross_modal_digits": (["method.params.transfer_epochs=1", "method.params.finetune_epochs=1"],
+                           ["student alone"]),
+    "data_distillation_mnist5k": (["data.name=digits", "data.augment.shift=0", "method.params.supervised_epochs=1",
+                                   "method.params.labeled_per_class=10"],
+                                  ["student alone (labelled part only)"]),
+    "dataset_distillation_digits": (["method.params.save_path=null"],
+                                    ["random real images (same count and steps)"]),
+    "dropout_distillation_mnist1d": (["data.kwargs.num_samples=600", "teacher.kwargs.hidden=[32,32]",
+                                      "student.kwargs.hidden=[32,32]"], ["teacher, MC dropout (50 masks)"]),
+    "posterior_distillation_digits": (["method.params.burn_in=2", "method.params.thin=1",
+                                       "method.params.sample_epochs=1", "method.params.gan_epochs=1",
+                                       "method.params.num_predictive=8"],
+                                      ["SGD (MAP, same iterations)", "SGLD samples' ensemble"]),
+    "progressive_blockwise_mnist1d": (["data.kwargs.num_samples=600", "method.params.step_epochs=1",
+                                       "method.params.finetune_epochs=1"],
+                                      ["student alone (same network, from scratch)"]),
+}
+
+
+SLOW = {"cross_modal_digits", "dropout_distillation_mnist1d", "posterior_distillation_digits",
+        "progressive_blockwise_mnist1d"}  # 10-30 s each on the shared machine: run with -m slow
+
+
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
+                                    for c in sorted(COMPARISONS)])
+def test_every_method_run_answers_did_it_help(config, tmp_path):
+    from pathlib import Path
+
+    from joryu.config import load_config
+    from joryu.experiment import Experiment
+
+    extra, labels = COMPARISONS[config]
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml", TINY + extra)
+    assert cfg.baseline  # the example configs compare too
+    summary = Experiment(cfg, run_dir=tmp_path / "run", progress=False).run()
+    rows = summary["rows"]
+    method_row = f"student + {cfg.method.name}"
+    for label in labels:
+        assert label in rows, list(rows)
+        assert list(rows).index(label) < list(rows).index(method_row)
+        assert 0 <= rows[label]["test_acc"] <= 100 and rows[label]["deploy"]["macs"] > 0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert all(label in md for label in labels)
+    if cfg.method.name == "posterior_distillation":  # the deployed predictor, not the generator alone
+        from joryu.models import count_parameters
+
+        dep = rows[method_row]["deploy"]
+        assert dep["params"] > count_parameters(create("mlp", hidden=[50], num_classes=10, input_shape=(1, 8, 8)))
+        assert dep["macs"] >= 8 * rows["SGD (MAP, same iterations)"]["deploy"]["macs"]  # 8 generated networks

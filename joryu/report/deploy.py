@@ -184,7 +184,7 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
     threads = threads or before
     out = {"params": sum(p.numel() for p in m.parameters()), "file_bytes": state_dict_bytes(m),
            "macs": count_macs(m, x1, key), "threads": threads,
-           "throughput_batch": throughput_batch, "repeats": repeats}
+           "throughput_batch": throughput_batch, "repeats": repeats, "batch_repeats": batch_repeats}
     torch.set_num_threads(threads)
     try:
         out["cpu_batch1"] = time_forward(m, x1, key, repeats)

@@ -133,7 +133,7 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
                f"The network each row deploys, in eval mode. File: its state dict as safetensors. MACs per "
                "sample: counted by torch.utils.flop_counter.FlopCounterMode at batch 1 (matrix products "
                "and convolutions; MACs = FLOPs / 2). CPU latency: wall time of a whole forward pass, "
-               f"median and 90th percentile of {d0['repeats']} runs at batch 1 and 10 at batch "
+               f"median and 90th percentile of {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at batch "
                f"{d0['throughput_batch']}, {d0['threads']} thread(s), on real test inputs. Peak forward "
                "memory: the most memory one batch-1 forward pass allocates beyond the weights and input "
                "(tensor storages created by the operators, counted until released; operator scratch space "
