@@ -48,6 +48,10 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
     compile: bool = Field(False, description="torch.compile the trained network (in place; off by default)")
+    log_with: list[str] = Field(default_factory=list, description="Accelerate trackers: tensorboard, wandb, "
+                                "mlflow, ... (the package must be installed; see joryu.tracking)")
+    project: str | None = Field(None, description="tracker project name (default 'joryu')")
+    run_name: str | None = Field(None, description="tracker run name (default: the experiment's name)")
 
 
 class ModelConfig(Strict):

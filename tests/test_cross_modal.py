@@ -145,10 +145,8 @@ def test_student_alone_baseline_trains_and_tests_on_the_students_modality(monkey
                                                      "finetune_labels_per_class": 3}},
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu"}, "baseline": True})
     exp = Experiment(cfg, write=False, progress=False)
-    m = exp.method
-    base = m.baseline("input_b")
-    (stage,) = base.stages()
-    assert stage.train == {"epochs": 2}
+    (base,) = exp.method.baselines()
+    assert base.input_key == "input_b"
     summary = exp.run()
     assert "student alone" in summary["rows"]
     # the baseline (30 labelled rows, batch 256: 1 step per epoch, 2 epochs) and the fine-tuning stage

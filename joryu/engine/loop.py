@@ -202,7 +202,10 @@ class Engine:
         if device == "cpu" and mp != "no":
             warnings.warn(f"mixed_precision={mp!r} is for GPUs; training in float32 on the CPU", stacklevel=2)
             mp = "no"
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
+        from joryu import tracking
+
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,
+                                       **tracking.accelerator_kwargs(cfg, self.run_dir))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.accelerator.device.type == "cpu":
@@ -229,6 +232,9 @@ class Engine:
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
             append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
+            from joryu import tracking
+
+            tracking.log(self.accelerator, row, row.get("step", 0))
 
     def _reduce_mean(self, sums: dict, count: int) -> dict:
         if not sums:
@@ -292,9 +298,15 @@ class Engine:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
         run = self._setup(distiller, train, val, augment)
         state = self._resume(run, resume)
+        from joryu import tracking
+
+        if self.is_main:
+            tracking.start(self.accelerator, self.cfg, self.stage)
         for epoch in range(state.epoch, self.cfg.epochs):
             self._epoch(run, state, epoch)
         distiller.ctx = None
+        if self.is_main:
+            tracking.end(self.accelerator)
         train_time = run.elapsed_before + time.perf_counter() - run.t_start
         total_samples = run.loader.num_samples * self.cfg.epochs
         return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,

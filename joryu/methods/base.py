@@ -48,6 +48,25 @@ class Stage:
 
 
 @dataclass
+class Baseline:
+    """A row that answers "did the method help?": a network trained (or taken) on the same data and
+    budget without the method's idea. ``run(b)`` gets the experiment's ``BaselineContext`` (see
+    ``joryu.experiment``: ``b.fresh_student()``, ``b.train(...)``, ``b.ctx`` with the method's
+    stage results, ``b.deployed``) and returns the network to evaluate and report. Baselines run
+    after the method, so they may reuse what it left (e.g. data distillation's stage-1 model)."""
+
+    label: str
+    run: Callable[[Any], Any]
+    folder: str | None = None  # sub-folder of the run for anything it trains (default: from label)
+    input_key: str | None = None  # batch key the network reads (default: the student's)
+
+
+def student_alone(b) -> Any:
+    """The default comparison: the configured student, same init, data and budget, labels only."""
+    return b.train(b.fresh_student())
+
+
+@dataclass
 class MethodInfo:
     name: str
     cls: type
@@ -137,8 +156,8 @@ class Method:
     def stages(self) -> list[Stage]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def baseline(self, student_key="input") -> Method:
-        """The "student alone" this method is compared with (``baseline: true``): cross-entropy on
-        the labels, reading the student's own input ``student_key``. A method whose student sees a
-        different modality or labelled subset overrides this."""
-        return get_method("supervised", {"input_key": student_key})
+    def baselines(self) -> list[Baseline]:
+        """The rows a run compares this method against (run when the config's ``baseline`` is on):
+        by default the student alone on the same data and budget. A method where "alone" has no
+        meaning overrides this with its natural comparison."""
+        return [Baseline("student alone", student_alone, folder="baseline")]

@@ -44,7 +44,7 @@ from joryu.methods._features import (
     sample_input,
     tapped_teacher,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.taps import Taps, resolve
 
@@ -137,32 +137,10 @@ class CrossModalParams(Params):
     finetune_epochs: int | None = Field(None, ge=1, description="fine-tuning epochs (default: the run's epochs)")
 
 
-class _StudentAlone(Method):
-    """The cross-modal baseline: the student from its own initialisation, trained on the student's
-    modality (``student_key``) with the fine-tuning stage's labelled samples and budget."""
-
-    needs_teacher = False
-    name = "cross_modal_baseline"
-
-    def __init__(self, params):
-        super().__init__(params)
-
-    def stages(self):
-        p = self.params
-        ft = {"epochs": p.finetune_epochs} if p.finetune_epochs is not None else {}
-        return [Stage("train", lambda ctx: SupervisedDistiller(ctx.student, input_key=p.student_key), ft,
-                      data=lambda ctx: few_labels(ctx.train_data, p.finetune_labels_per_class, p.finetune_seed))]
-
-
 @register_method("cross_modal",
                  paper="Gupta, Hoffman & Malik 2016, Cross Modal Distillation for Supervision Transfer, CVPR")
 class CrossModal(Method):
     Params = CrossModalParams
-
-    def baseline(self, student_key="input"):
-        """Random init, trained and tested on the student's modality (``student_key`` of the params),
-        on the labelled samples of the fine-tuning stage: the paper's "from scratch" comparison."""
-        return _StudentAlone(self.params)
 
     def stages(self):
         p = self.params
@@ -196,3 +174,14 @@ class CrossModal(Method):
             stages.append(Stage("finetune", build_finetune, ft, data=finetune_data))
         return stages
 
+    def baselines(self):
+        """The student alone: random init, trained on the same labelled samples of its own modality
+        (``student_key``) with the fine-tuning stage's budget (the paper's "random init" arm)."""
+        p = self.params
+
+        def alone(b):
+            data = few_labels(b.train_data, p.finetune_labels_per_class, p.finetune_seed)
+            ft = {"epochs": p.finetune_epochs} if p.finetune_epochs is not None else {}
+            return b.train(b.fresh_student(), data=data, train=ft, input_key=p.student_key)
+
+        return [Baseline("student alone", alone, folder="baseline", input_key=p.student_key)]

@@ -62,7 +62,7 @@ from joryu.losses.dataset_distillation import (
     softplus_inverse,
     unrolled_sgd_state,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 
 
 def reinit(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None) -> nn.Module:
@@ -222,3 +222,25 @@ class DatasetDistillation(Method):
                 save_image_grid(d, Path(path).with_suffix(".png"))
 
         return [Stage("distill", build, after=after)]
+
+    def baselines(self):
+        """Random real images instead of the distilled ones: as many per class and step as the
+        synthetic set, drawn from the training data with the run's seed, trained from the same
+        theta_0 with the same steps and the learned learning rates."""
+
+        def random_real(b):
+            d = b.ctx.extras["distilled"]
+            theta0 = b.ctx.results["distill"]["distiller"].student
+            data = b.train_data
+            per_class = d.images.shape[1] // d.num_classes
+            gen = torch.Generator().manual_seed(b.seed)
+            y = data.targets.cpu()
+            steps = []
+            for _ in range(d.steps):
+                idx = [torch.nonzero(y == c).flatten() for c in range(d.num_classes)]
+                pick = torch.cat([i[torch.randperm(len(i), generator=gen)[:per_class]] for i in idx])
+                steps.append(data.prepare_input(data.tensors["input"][pick.to(data.tensors["input"].device)]).cpu())
+            real = DistilledSet(torch.stack(steps), d.labels.clone(), d.lrs.clone(), d.epochs, d.num_classes)
+            return train_on_distilled(copy.deepcopy(theta0), real)
+
+        return [Baseline("random real images (same count and steps)", random_real)]

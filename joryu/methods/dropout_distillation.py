@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import dropout_distillation_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import MCDropoutTeacher, Teacher, strip_dropout
 
@@ -101,3 +102,29 @@ class DropoutDistillation(Method):
             return DropoutDistillationDistiller(ctx.student, teacher, p.samples_per_step, p.input_noise)
 
         return [Stage("distill", build)]
+
+    def baselines(self):
+        """The student alone would be the teacher retrained; the comparisons are the teacher with
+        weight scaling ("standard dropout", the run's teacher row: one pass, same cost as the
+        student) and the teacher's Monte-Carlo average over ``MC_MASKS`` masks (the target p-bar,
+        at MC_MASKS times the cost)."""
+
+        def mc(b):
+            return MCAverage(mc_teacher(b.teacher), MC_MASKS)
+
+        return [Baseline(f"teacher, MC dropout ({MC_MASKS} masks)", mc)]
+
+
+MC_MASKS = 50
+
+
+class MCAverage(nn.Module):
+    """log of the mask-averaged softmax of a dropout network (K forward passes)."""
+
+    def __init__(self, teacher: MCDropoutTeacher, samples: int):
+        super().__init__()
+        self.model = teacher.model
+        self.mc = MCDropoutTeacher(teacher.model, samples=samples, input_key=teacher.input_key)
+
+    def forward(self, x):
+        return self.mc({self.mc.input_key: x}).logits

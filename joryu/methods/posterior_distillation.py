@@ -56,7 +56,7 @@ from joryu.losses.posterior import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.outputs import forward
 
 
@@ -269,3 +269,21 @@ class PosteriorDistillation(Method):
                                            "weight_decay": 0.0, "scheduler": "constant", "warmup_epochs": 0,
                                            "batch_size": p.sample_batch_size}),
         ]
+
+    def baselines(self):
+        """The paper's comparisons: SGD (the MAP point estimate: the same sampler without noise, same
+        init, iterations and step) and the SGLD samples' own ensemble (what the generator distils,
+        at one forward pass per kept sample)."""
+        p = self.params
+
+        def sgd(b):
+            sample = {"epochs": p.sample_epochs, "batch_size": p.sample_batch_size, "scheduler": "constant",
+                      "warmup_epochs": 0, "clip_grad_norm": None}
+            return b.train(b.fresh_student(), train=sample, build=lambda ctx: SGLDDistiller(
+                ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, noise=False))
+
+        def sgld(b):
+            return ParameterEnsemble(b.ctx.results["sample"]["distiller"].student, b.ctx.extras["samples"])
+
+        return [Baseline("SGD (MAP, same iterations)", sgd, folder="baseline_sgd"),
+                Baseline("SGLD samples' ensemble", sgld)]

@@ -53,7 +53,7 @@ from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import feature_l2_loss, kd_loss
 from joryu.methods._features import count_macs, run_until, tapped_teacher
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
@@ -294,6 +294,21 @@ class ProgressiveBlockwise(Method):
             stages.append(Stage("finetune", build_finetune, ft))
         return stages
 
+    def baselines(self):
+        """The student alone: the network the method builds (derived from the teacher), every
+        parameter re-initialised, trained with cross-entropy under the run's train config."""
+
+        def alone(b):
+            net = copy.deepcopy(b.deployed)
+            for m in net.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            for q in net.parameters():
+                q.requires_grad_(True)
+            return b.train(net.train())
+
+        return [Baseline("student alone (same network, from scratch)", alone, folder="baseline")]
+
 
 def _student_module(ctx, teacher: nn.Module, path: str) -> nn.Module:
     """The configured student's module at ``path`` (a trainable copy), checked to give the teacher
@@ -330,7 +345,6 @@ def _student_module(ctx, teacher: nn.Module, path: str) -> nn.Module:
     for q in m.parameters():
         q.requires_grad_(True)
     return m.train()
-
 
 def _release(ctx, distiller):
     """End of a block step: take the taps off; the hybrid's parameters are trainable again for the user."""
