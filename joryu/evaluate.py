@@ -107,12 +107,9 @@ class Scores:
 
 
 def _loader(data, batch_size: int, device):
-    from joryu.data import TensorData
-    from joryu.data.core import StreamLoader, TensorLoader
+    from joryu.data.sources import make_loader
 
-    if isinstance(data, TensorData):
-        return TensorLoader(data, batch_size, shuffle=False, device=device)
-    return StreamLoader(data, batch_size, shuffle=False, device=device)
+    return make_loader(data, batch_size, shuffle=False, device=device)
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from joryu.config import TrainConfig
-from joryu.data.core import Augment, TensorData, TensorLoader
-from joryu.data.sources import StreamLoader, as_source
+from joryu.data.core import Augment
+from joryu.data.sources import make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError, NonFiniteLossError
@@ -224,10 +224,7 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
-        data = as_source(data)
-        if isinstance(data, TensorData):
-            return TensorLoader(data, **kw)
-        return StreamLoader(data, **kw)
+        return make_loader(data, **kw)
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
