@@ -134,7 +134,15 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             from joryu.data import LoaderOptions
 
             stream_opts["loader"] = LoaderOptions.of(loader)
-    data = as_source(train_data, num_classes, **stream_opts)
+    from joryu.errors import DataError, one_line
+    from joryu.outputs import example_batch
+
+    try:  # a bad sample is reported against the argument
+        data = as_source(train_data, num_classes, **stream_opts)
+        if not isinstance(data, TensorData):
+            example_batch(data, 1)
+    except DataError as e:
+        raise ConfigError(f"train_data: {one_line(e)}") from None
     if stream_opts and not hasattr(data, "views"):
         raise ConfigError("transform, views and loader apply to streamed data (a Dataset or DataLoader); "
                           "for tensors use augment=")

@@ -350,9 +350,10 @@ def check_options(cfg: ExperimentConfig) -> None:
     from joryu.data.registry import dataset_function
     from joryu.models.registry import zoo_factory
 
-    fn, needs_path = dataset_function(cfg.data.name)
-    check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",
-                           skip=("path",) if needs_path else ())
+    if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
+        fn, needs_path = dataset_function(cfg.data.name)
+        check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",
+                               skip=("path",) if needs_path else ())
     for where, m in (("teacher", cfg.teacher), ("student", cfg.student)):
         if m is None or ":" in m.name:
             continue

@@ -110,7 +110,8 @@ def output_classes(model: torch.nn.Module, data, input_key="input", name: str = 
         except Exception:  # noqa: BLE001 - the description is best effort
             got = {}
         shape = f", the dataset's input shape is {tuple(data_shape)}" if data_shape is not None else ""
-        raise ConfigError(f"{name} cannot run on the data: given batch shapes {got}"
+        got = f"a batch of shape {next(iter(got.values()))}" if len(got) == 1 else f"batch shapes {got}"
+        raise ConfigError(f"{name} cannot run on the data: given {got}"
                           f"{shape}: {type(e).__name__}: {one_line(e)}. Fix the model's kwargs "
                           "(input_shape, in_channels...) or its inputs") from None
     if not isinstance(out, torch.Tensor) or out.dim() < 2:

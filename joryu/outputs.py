@@ -183,12 +183,15 @@ def example_batch(data, n: int = 2) -> dict:
         n = max(1, min(n, len(data)))
         return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
     if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
-        samples = []
+        items = []
         for i in range(max(1, n)):
             try:
-                samples.append(data.sample(i, train=True))
+                items.append((i, data.sample(i, train=True)))
             except IndexError:
                 break
+        if hasattr(data, "collate_batch"):  # its own collation: one-line errors on mixed shapes
+            return data.collate_batch(items)
+        samples = [s for _, s in items]
     else:
         samples = [data[i] for i in range(max(1, min(n, len(data))))]
     return dict(torch.utils.data.default_collate(samples))
