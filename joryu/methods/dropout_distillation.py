@@ -41,8 +41,8 @@ from joryu.teachers import MCDropoutTeacher, Teacher, strip_dropout
 class DropoutDistillationDistiller(Distiller):
     """A deterministic student trained on one fresh-mask teacher prediction per sample."""
 
-    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int = 1, input_noise: float = 0.0,
-                 input_key: str = "input"):
+    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int,
+                 input_noise: float, input_key: str = "input"):
         super().__init__(strip_dropout(student), [teacher], input_key)
         self.teacher = teacher
         self.samples_per_step = int(samples_per_step)

@@ -77,8 +77,8 @@ from joryu.teachers import Teacher, prepare_for
 class GeneralizedDistiller(Distiller):
     """Student on ``input`` imitating a teacher that reads ``privileged`` (through ``teacher.input_key``)."""
 
-    def __init__(self, student, teacher: Teacher, imitation: float = 0.5, temperature: float = 1.0,
-                 unlabeled_weight: float = 1.0, input_key: str = "input"):
+    def __init__(self, student, teacher: Teacher, imitation: float, temperature: float,
+                 unlabeled_weight: float, input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.imitation = imitation

@@ -81,8 +81,8 @@ class VerticalCEDistiller(Distiller):
 
 
 class KnowledgeConcentrationDistiller(Distiller):
-    def __init__(self, student, teacher: SpecialistTeacher, temperature: float = 1.0, weight: float = 1.0,
-                 ce_weight: float = 1.0, pace: str = "easy_first", pace_start: float = 0.5, pace_ramp: float = 0.5,
+    def __init__(self, student, teacher: SpecialistTeacher, temperature: float, weight: float,
+                 ce_weight: float, pace: str, pace_start: float, pace_ramp: float,
                  input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher

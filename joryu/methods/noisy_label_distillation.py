@@ -65,8 +65,8 @@ from joryu.teachers import FrozenTeacher, Teacher, prepare_for
 class NoisyLabelDistiller(Distiller):
     """CE against y^lambda = lambda y + (1 - lambda) G-softmax(f_aux(x)/T); clean rows keep y."""
 
-    def __init__(self, student, auxiliary: Teacher, lam: float = 0.5, temperature: float = 1.0,
-                 graph: torch.Tensor | None = None, input_key: str = "input"):
+    def __init__(self, student, auxiliary: Teacher, lam: float, temperature: float,
+                 graph: torch.Tensor | None, input_key: str = "input"):
         super().__init__(student, [auxiliary], input_key)
         self.auxiliary = auxiliary
         self.lam = lam

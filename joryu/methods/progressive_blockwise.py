@@ -159,8 +159,8 @@ def blockwise_cost(teacher: nn.Module, student: nn.Module, x) -> dict:
 class BlockStepDistiller(Distiller):
     """Step i: train S_i (and S_<i unless frozen) inside the hybrid network."""
 
-    def __init__(self, hybrid, teacher, step: int, blocks: list[str], loss: str = "output_kd",
-                 freeze_earlier: bool = True, temperature: float = 4.0, alpha: float = 0.9, input_key: str = "input"):
+    def __init__(self, hybrid, teacher, step: int, blocks: list[str], loss: str,
+                 freeze_earlier: bool, temperature: float, alpha: float, input_key: str = "input"):
         super().__init__(hybrid, [teacher], input_key)
         self.teacher = teacher
         self.path = blocks[step]
@@ -209,7 +209,7 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
 class FinetuneDistiller(Distiller):
     """The whole student: KD (alpha * T^2 KL + (1 - alpha) CE) or plain CE."""
 
-    def __init__(self, student, teacher, loss: str = "kd", temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, student, teacher, loss: str, temperature: float, alpha: float):
         super().__init__(student, [teacher])
         for p in student.parameters():
             p.requires_grad_(True)
