@@ -12,7 +12,6 @@ from joryu.methods.meal import MEALDistiller
 from joryu.reproduce import run_reproduction
 from joryu.teachers import EnsembleTeacher, FrozenTeacher
 
-
 MEAL_DEFAULTS = {k: v for k, v in get_method("meal").params.model_dump().items() if k != "num_teachers"}
 
 

@@ -19,7 +19,7 @@ def _distillers():
     available()
     for name, info in sorted(_METHODS.items()):
         mod = importlib.import_module(info.cls.__module__)
-        for cname, cls in sorted(vars(mod).items()):
+        for _cname, cls in sorted(vars(mod).items()):
             if isinstance(cls, type) and issubclass(cls, Distiller) and cls.__module__ == mod.__name__:
                 yield name, info.cls.Params, cls
 
