@@ -1,4 +1,4 @@
-"""Deep Mutual Learning: the invariants of PAPERS.md section 3."""
+"""Deep Mutual Learning: the invariants of docs/methods/dml.md."""
 
 import copy
 

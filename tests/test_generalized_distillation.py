@@ -1,4 +1,4 @@
-"""Generalized distillation (Gong et al. 2018): invariants of PAPERS.md section 13."""
+"""Generalized distillation (Gong et al. 2018): invariants of docs/methods/generalized_distillation.md."""
 
 import pytest
 import torch

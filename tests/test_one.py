@@ -1,4 +1,4 @@
-"""ONE (On-the-Fly Native Ensemble): the invariants of PAPERS.md section 10."""
+"""ONE (On-the-Fly Native Ensemble): the invariants of docs/methods/one.md."""
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ estimate of CE(p̄, g): no MC average is ever computed during training. The stud
 the teacher's weights (i.e. from the weight-scaled network) and has no dropout of its own.
 
 Deviations and best guesses (no official code was found; the equations are reconstructed from
-the abstract and the ICML reviews, see PAPERS.md section 16):
+the abstract and the ICML reviews, see docs/methods/dropout_distillation.md):
 - ``samples_per_step`` (default 1, the unbiased one-mask estimate) may average S masks per sample.
 - ``input_noise``: the paper lets x include perturbed or unlabelled inputs; Gaussian input noise
   of this standard deviation is added to the distillation inputs (default 0: the plain training

@@ -16,12 +16,12 @@ Prediction averages the softmax over K generated parameter vectors:
 p(y|x) ≈ (1/K) Σ_k softmax(f(x; G(z_k))). ``deployable()`` is a ``GeneratorEnsemble`` (fixed z_k)
 whose forward returns log p(y|x); ``eval_logits`` also reports the SGLD samples' ensemble.
 
-Defaults follow the reference configs where PAPERS.md verified them (ε = 0.05, wd = 1e-3,
+Defaults follow the reference configs where the reference code was read (docs/methods/posterior_distillation.md) (ε = 0.05, wd = 1e-3,
 burn-in 500, thin 20, z dim 32, hidden 100, λ = 10, 5 critic steps, Adam 1e-4, batch 100, 200
 predictive samples). Deviations and best guesses:
 - Offline variant (Alg. 1) only: sample first, then train the GAN; the online variant (parallel
   chains feeding a buffer while the GAN trains) is not implemented.
-- ``standardize`` (default on, an addition from PAPERS.md's calibration): the GAN sees each
+- ``standardize`` (default on, an addition from the calibration in docs/methods/posterior_distillation.md): the GAN sees each
   coordinate standardised by the samples' mean and std; generated vectors are mapped back.
 - GAN optimiser: Adam(1e-4) with ``gan_betas`` = (0.5, 0.9), as the reference ``gan.py`` (the
   TensorFlow script the APD README runs for MNIST) uses for WGAN-GP; the reference's alternative

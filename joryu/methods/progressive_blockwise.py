@@ -15,7 +15,7 @@ Loss of step i (``loss``, the paper's exact choice is unverified; both are offer
   the hybrid and the teacher block's output on the same input image (batch mean); the hybrid's forward
   pass stops after S_i.
 
-Documented options for the unverified details (PAPERS.md section 9): ``freeze_earlier`` (S_1..S_{i-1}
+Documented options for the unverified details (docs/methods/progressive_blockwise.md): ``freeze_earlier`` (S_1..S_{i-1}
 frozen during step i, default True), a final fine-tune of the whole student (``finetune``,
 ``finetune_loss`` kd or ce), ``step_epochs``/``step_lr`` per block. Teacher-copied parts are always
 frozen during the block steps and kept in eval mode, so T_{i+1}..T_N stay bit-identical to the

@@ -29,8 +29,8 @@ def reproduce_noisy(seeds: list[int], quick: bool, progress: bool) -> Report:
 
     main = Table("Claim 1-2: 400 verified-clean samples, 3600 with pair-flip noise y -> y+1 (rate 0.4)",
                  ["test acc (%)"],
-                 note="Auxiliary (teacher) of the distillation rows = the fine-tuned model, as in PAPERS.md's "
-                      "calibration. Noisy+clean CE is also lambda = 1 of the method (identical loss).")
+                 note="Auxiliary (teacher) of the distillation rows = the fine-tuned model, as in the calibration "
+                      "(docs/methods/noisy_label_distillation.md). Noisy+clean CE is also lambda = 1 of the method (identical loss).")
     interior = Table("Claim 3: weaker auxiliary (100 clean samples, trained on them alone), pair-flip rate 0.2",
                      ["test acc (%)"],
                      note="The full method pipeline: auxiliary = a copy of the student's initialisation trained "
@@ -118,7 +118,7 @@ def reproduce_noisy(seeds: list[int], quick: bool, progress: bool) -> Report:
 Data: MNIST-1D (4000 train / 1000 test, the generator's split) through the built-in `mnist1d_noisy`
 dataset. A stratified set of samples is marked verified clean and keeps its labels; every other training
 label passes through a pair-flip noise matrix (y -> (y+1) mod 10 with the given rate), drawn with the
-seed. The test split is clean and was never used for any choice; the settings are PAPERS.md's.
+seed. The test split is clean and was never used for any choice; the settings are the calibration's (docs/methods/noisy_label_distillation.md).
 Every network is the cnn1d of width 32, and all networks of a seed start from the same initialisation.
 
 - Setting A (claims 1-2): 400 clean samples (40 per class), rate 0.4. Noisy+clean CE and the
@@ -131,13 +131,13 @@ Every network is the cnn1d of width 32, and all networks of a seed start from th
 """
     notes = ["Li et al.'s benchmarks (Sports, Species, Artifacts with real noise and a DBpedia label graph) "
              "are not available offline; this tests the mechanism at small scale with synthetic systematic "
-             "noise. The label-relation graph G is not part of the reproduction (PAPERS.md expects it to "
+             "noise. The label-relation graph G is not part of the reproduction (docs/methods/noisy_label_distillation.md expects it to "
              "add about 0 with an arbitrary super-class structure); it is covered by unit tests."]
     if 0.0 in lams_a:
         d0 = main.values("distillation, lambda = 0")
         g0 = [d - t for d, t in zip(d0, tuned_v)]
         notes.append(f"Not a verdict (lambda chosen after seeing the results): with lambda = 0 the paired gain "
-                     f"of distillation over fine-tuning is {fmt(g0)} points; as in PAPERS.md's calibration, a "
+                     f"of distillation over fine-tuning is {fmt(g0)} points; as in the calibration in docs/methods/noisy_label_distillation.md, a "
                      "strong auxiliary and heavy noise favour lambda = 0 in setting A.")
     if quick:
         notes.insert(0, "QUICK smoke run: one seed, epochs divided by 10, one lambda; not a reproduction.")

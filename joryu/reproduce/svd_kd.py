@@ -88,7 +88,7 @@ cosine schedule, batch 128 (the paper's optimiser). KD-SVD uses the paper's defa
 candidates, RBF between consecutive points, sqrt(k), the loss summed over the batch, and the authors' final
 gradient rule g = grad CE + clip_by_norm(grad L_svd, ||grad CE|| * sigmoid(epoch)) per variable.
 """
-    notes = ["PAPERS.md expects at most about 2 points here: the invariant tests (loss 0 under negation, scaling "
+    notes = ["docs/methods/svd_kd.md expects at most about 2 points here: the invariant tests (loss 0 under negation, scaling "
              "and spatial permutation; no teacher gradient) are the firm test of the implementation."]
     if quick:
         notes.insert(0, "QUICK smoke run: epochs divided by 10; the numbers are not a reproduction.")
