@@ -57,6 +57,7 @@ from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
+from joryu.teachers import prepare_for
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -198,7 +199,7 @@ class BlockStepDistiller(Distiller):
     def release(self) -> None:
         if self.taps is not None:
             self.taps.remove()
-        if self.teacher.taps is not None:
+        if getattr(self.teacher, "taps", None) is not None:
             self.teacher.taps.remove()
 
 
@@ -274,13 +275,14 @@ class ProgressiveBlockwise(Method):
             def build(ctx):
                 hybrid = setup(ctx)
                 replace_module(hybrid, p.blocks[i], ctx.extras["pbkd_new"][i])
-                teacher = tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local" else ctx.teacher
+                teacher = (tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local"
+                           else prepare_for(ctx))
                 return BlockStepDistiller(hybrid, teacher, i, p.blocks, p.loss, p.freeze_earlier, p.temperature,
                                           p.alpha)
             return build
 
         def build_finetune(ctx):
-            return FinetuneDistiller(setup(ctx), ctx.teacher, p.finetune_loss, p.temperature, p.alpha)
+            return FinetuneDistiller(setup(ctx), prepare_for(ctx), p.finetune_loss, p.temperature, p.alpha)
 
         step_train = {}
         if p.step_epochs is not None:
