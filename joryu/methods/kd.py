@@ -62,7 +62,7 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
 
 
 class KDDistiller(Distiller):
-    def __init__(self, student, teacher: Teacher, temperature: float = 4.0, alpha: float = 0.9,
+    def __init__(self, student, teacher: Teacher, temperature: float, alpha: float,
                  input_key: str = "input", divergence: str = "forward_kl", beta: float = 0.5):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
