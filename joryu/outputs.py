@@ -182,5 +182,16 @@ def example_batch(data, n: int = 2) -> dict:
     if isinstance(data, TensorData):
         n = max(1, min(n, len(data)))
         return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
-    samples = [data[i] for i in range(max(1, min(n, len(data))))]
+    if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
+        items = []
+        for i in range(max(1, n)):
+            try:
+                items.append((i, data.sample(i, train=True)))
+            except IndexError:
+                break
+        if hasattr(data, "collate_batch"):  # its own collation: one-line errors on mixed shapes
+            return data.collate_batch(items)
+        samples = [s for _, s in items]
+    else:
+        samples = [data[i] for i in range(max(1, min(n, len(data))))]
     return dict(torch.utils.data.default_collate(samples))

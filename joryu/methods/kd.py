@@ -12,15 +12,16 @@ Deviations and choices:
   the default alpha = 0.9 follows common practice. alpha = 1 trains on soft targets alone.
 - KL is used instead of the cross-entropy H(p^T, q^T); they differ by the teacher's entropy,
   a constant for the student, so gradients are identical.
-- ``teacher_cache``: teacher outputs are computed once per sample (per fixed augmentation draw,
-  with ``Augment(draws=K)``) and reused (see ``joryu.teachers.CachedTeacher``); the results are
-  identical. Batches under fresh random augmentation bypass the cache.
+- The teacher is prepared by the one policy every method uses (``joryu.teachers.prepare``):
+  ``teacher_cache`` stores its outputs per sample (per fixed augmentation draw, with
+  ``Augment(draws=K)``) and reuses them; batches under fresh random augmentation bypass the cache.
+  ``fast_teacher`` runs it with BatchNorm folded into its convolutions, under
+  ``torch.inference_mode``; outputs match to ~1e-6, and both follow in-place changes of the
+  teacher's weights.
 - Token and pixel logits (``[B, L, C]``, ``[B, C, H, W]``) are distilled position by position,
   skipping targets of -100 (padding, prompt tokens); for language models ``divergence`` selects
   forward KL (the paper's loss per token), reverse KL or the generalised JSD(beta) of GKD
   (``joryu.losses.lm``). These go beyond the paper, which distils one prediction per sample.
-- ``fast_teacher``: the teacher runs with BatchNorm folded into its convolutions, under
-  ``torch.inference_mode`` (``joryu.teachers.FastTeacher``); outputs match to ~1e-6.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from joryu.losses import kd_loss, masked_cross_entropy
 from joryu.losses.lm import token_divergence
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, FastTeacher, FrozenTeacher, Teacher
+from joryu.teachers import Teacher, prepare_for
 
 
 def kd_objective(logits, teacher_logits, target, temperature: float, alpha: float,
@@ -61,8 +62,8 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
 
 
 class KDDistiller(Distiller):
-    def __init__(self, student, teacher: Teacher, temperature: float = 4.0, alpha: float = 0.9,
-                 input_key: str = "input", divergence: str = "forward_kl", beta: float = 0.5):
+    def __init__(self, student, teacher: Teacher, temperature: float, alpha: float,
+                 input_key: str = "input", *, divergence: str, beta: float):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.temperature = temperature
@@ -98,12 +99,7 @@ class KD(Method):
         p = self.params
 
         def build(ctx):
-            teacher = ctx.teacher
-            if p.fast_teacher and isinstance(teacher, FrozenTeacher) and teacher.taps is None:
-                teacher = FastTeacher(teacher.model, teacher.input_key)
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__") and not getattr(teacher, "stochastic", False):
-                draws = ctx.augment.draws if ctx.augment is not None and ctx.augment.active else 1
-                teacher = CachedTeacher(teacher, len(ctx.train_data), draws=max(1, draws))
+            teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
             return KDDistiller(ctx.student, teacher, p.temperature, p.alpha, divergence=p.divergence,
                                beta=p.beta)
 
