@@ -60,7 +60,7 @@ def _check_shapes(teacher, student, train) -> None:
     """Each network runs on two training samples, or one ConfigError names it and the shapes."""
     from joryu.experiment import output_classes
 
-    shape = tuple(train.tensors["input"].shape[1:]) if isinstance(train, TensorData) else None
+    shape = train.input_shape if isinstance(train, TensorData) else None  # first input if no 'input' key
     nets = [("student", student)] + ([("teacher", teacher)] if isinstance(teacher, nn.Module) else [])
     for role, net in nets:
         output_classes(net, train, "input",

@@ -107,8 +107,10 @@ def dry_run(method, student, teacher, train_data, train_cfg, seed: int = 0, augm
     Raises ``ConfigError`` (one line, naming the stage) if any stage fails to build or to run
     one batch. The caller's ``student`` and ``teacher`` are not touched (copies are used)."""
     from joryu.engine.loop import pick_device
+    from joryu.experiment import check_method_fits
     from joryu.methods import StageContext
 
+    check_method_fits(method, student, train_data)  # a per-sample method on token/pixel logits: say so first
     label = label or method.name
     checked = []
     with preserved_rng():

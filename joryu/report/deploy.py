@@ -30,13 +30,34 @@ import torch
 from joryu.outputs import forward
 
 
-def example_batch(data, key: str, n: int) -> torch.Tensor:
+def _as_batch(x, key) -> dict:
+    return x if isinstance(x, dict) else {key: x}
+
+
+def _rows(x) -> int:
+    return len(next(v for v in x.values() if isinstance(v, torch.Tensor))) if isinstance(x, dict) else len(x)
+
+
+def _repeat_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    reps = -(-n // len(x))
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].cpu()
+
+
+def example_batch(data, key, n: int):
     """``n`` real samples of ``data[key]`` (repeated when the data has fewer), prepared as the
-    loaders prepare them; falls back to random normal inputs when ``data`` is a shape."""
+    loaders prepare them; falls back to random normal inputs when ``data`` is a shape. For a model
+    with several inputs (``key`` a list or mapping, or a key the data lacks because the model
+    declares its own inputs), a batch dict of every tensor the data has."""
     from joryu.data import TensorData
 
     if isinstance(data, (tuple, list)):
         return torch.randn(n, *data)
+    has_key = isinstance(key, str) and (key in data.tensors if isinstance(data, TensorData) else key in data[0])
+    if not has_key:
+        from joryu.outputs import example_batch as batch_of
+
+        b = batch_of(data, n)
+        return {k: _repeat_to(v, n) for k, v in b.items() if isinstance(v, torch.Tensor)}
     if isinstance(data, TensorData):
         x = data.tensors[key][:n]
         x = data.prepare_input(x) if key in ("input", "input_b", "privileged") else x
@@ -58,8 +79,8 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, key: str = "input") -> i
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        forward(model, {key: x}, key)
-    return int(counter.get_total_flops()) // (2 * len(x))
+        forward(model, _as_batch(x, key), key)
+    return int(counter.get_total_flops()) // (2 * _rows(x))
 
 
 def _quantiles(times: list[float]) -> dict:
@@ -69,7 +90,7 @@ def _quantiles(times: list[float]) -> dict:
 
 @torch.no_grad()
 def time_forward(model, x, key: str = "input", repeats: int = 30, warmup: int = 3, sync=None) -> dict:
-    batch = {key: x}
+    batch = _as_batch(x, key)
     for _ in range(warmup):
         forward(model, batch, key)
     if sync:
@@ -127,7 +148,8 @@ def peak_forward_bytes(model, x, key: str = "input") -> int:
     from torch.utils._pytree import tree_leaves
 
     counter = _StorageCounter()
-    known = {x.untyped_storage().data_ptr()} | {
+    known = {t.untyped_storage().data_ptr() for t in _as_batch(x, key).values()
+             if isinstance(t, torch.Tensor)} | {
         t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
 
     class Mode(TorchDispatchMode):
@@ -141,7 +163,7 @@ def peak_forward_bytes(model, x, key: str = "input") -> int:
 
     gc.collect()
     with Mode():
-        out = forward(model, {key: x}, key)
+        out = forward(model, _as_batch(x, key), key)
     del out
     return int(counter.peak)
 
@@ -153,17 +175,18 @@ def _cuda_stats(model, x, key, precision: str, repeats: int, big: torch.Tensor) 
 
     def run(t):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-            return time_forward(m, t.cuda(), key, repeats, sync=sync)
+            t = {k: v.cuda() for k, v in t.items()} if isinstance(t, dict) else t.cuda()
+            return time_forward(m, t, key, repeats, sync=sync)
 
     out = {"device": torch.cuda.get_device_name(), "precision": precision, "batch1": run(x)}
     out["batch"] = run(big)
-    out["batch"]["samples_per_s"] = len(big) / (out["batch"]["median_ms"] / 1000)
-    xc = x.cuda()
+    out["batch"]["samples_per_s"] = _rows(big) / (out["batch"]["median_ms"] / 1000)
+    xc = {k: v.cuda() for k, v in x.items()} if isinstance(x, dict) else x.cuda()
     sync()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-        forward(m, {key: xc}, key)
+        forward(m, _as_batch(xc, key), key)
     sync()
     out["peak_bytes"] = int(torch.cuda.max_memory_allocated() - before)
     torch.cuda.empty_cache()
