@@ -610,6 +610,11 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
             raise ConfigError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input")
         y = y.long()
         return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, name or "user")
+    if isinstance(data, dict) and "target" in data and all(isinstance(t, Tensor) for t in data.values()):
+        y = data["target"].long()  # a dict of tensors: input_ids, attention_mask, ... and target
+        known = y[y != -100]
+        k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
+        return TensorData({**data, "target": y}, k, name or "user")
     if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2 and not kw:
         return as_source(tuple(data.tensors), num_classes, name)
     name = name or type(data).__name__
@@ -619,7 +624,8 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
             hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str | bytes | dict)):
         return StreamData(data, num_classes=num_classes, name=name, **kw)
     raise ConfigError(f"cannot train on a {type(data).__name__}: give a torch Dataset, IterableDataset, "
-                      "DataLoader, Hugging Face dataset, (inputs, targets) tensors or a joryu TensorData")
+                      "DataLoader, Hugging Face dataset, (inputs, targets) tensors, a dict of tensors with 'target' "
+                      "or a joryu TensorData")
 
 
 def split_any(data, fraction: float, seed: int = 0):
