@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    from joryu.errors import one_line
+
+    if "Original Traceback" in str(e):  # re-raised from a DataLoader worker
+        return one_line(e)
     return " ".join(str(e).split()) or type(e).__name__
 
 
