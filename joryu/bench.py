@@ -121,7 +121,7 @@ def joryu_kd(w: Workload, fast: bool = False, cached: bool = False) -> Callable[
     teacher = FastTeacher(teacher_model) if fast else FrozenTeacher(teacher_model)
     if cached:
         teacher = CachedTeacher(teacher, len(w.data))
-    distiller = KDDistiller(student, teacher, T, ALPHA)
+    distiller = KDDistiller(student, teacher, T, ALPHA, divergence="forward_kl", beta=0.5)
     cfg = TrainConfig(epochs=1, batch_size=w.batch_size, optimizer="sgd", lr=LR, momentum=0.9,
                       scheduler="constant", log_every=10_000, threads=torch.get_num_threads())
     if cached:  # warm the cache: one untimed pass

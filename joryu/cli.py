@@ -23,6 +23,8 @@ COMMANDS = {
     "models": "list the model zoo (models NAME: a model's options)",
     "datasets": "list datasets",
     "reproduce": "run a paper's small-scale reproduction; writes results/NAME.md",
+    "eval": "evaluate a run folder's networks, or a model + weights, on any dataset",
+    "export": "export a run's student (or a model + weights) to ONNX, TorchScript or torch.export",
     "bench": "training-throughput benchmark (writes benchmarks/RESULTS.md); bench --help",
 }
 
@@ -279,6 +281,16 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         sp.add_argument("target", nargs="?", help="show: a config file; schema: a method name")
         sp.add_argument("overrides", nargs="*", help="show: key=value overrides")
         sp.set_defaults(func=cmd_config)
+    elif command in ("eval", "export"):
+        from joryu.evaluate import add_parser as add_eval
+        from joryu.export import add_parser as add_export
+
+        class _One:  # lets the command's own add_parser(sub) fill this parser
+            def add_parser(self, name, help=None, description=None, **kw):
+                sp.description = description or help
+                return sp
+
+        (add_eval if command == "eval" else add_export)(_One())
     elif command == "reproduce":
         sp.add_argument("name", nargs="?", help="reproduction name (omit to list)")
         sp.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the reproduction's)")

@@ -48,6 +48,10 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
     compile: bool = Field(False, description="torch.compile the trained network (in place; off by default)")
+    log_with: list[str] = Field(default_factory=list, description="Accelerate trackers: tensorboard, wandb, "
+                                "mlflow, ... (the package must be installed; see joryu.tracking)")
+    project: str | None = Field(None, description="tracker project name (default 'joryu')")
+    run_name: str | None = Field(None, description="tracker run name (default: the experiment's name)")
 
 
 class ModelConfig(Strict):
@@ -56,13 +60,36 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="safetensors (or torch) weights to load")
-    input_key: str = "input"
+    inputs: str | list[str] | dict[str, str] | None = Field(
+        None, description="batch keys the model reads: a key, a list (positional arguments) or a mapping "
+                          "{forward_argument: batch_key}, e.g. {input_ids: input_ids, attention_mask: "
+                          "attention_mask}; default 'input'")
+    input_key: str | list[str] | dict[str, str] = Field("input", description="older name of 'inputs'")
+
+    @model_validator(mode="after")
+    def _resolve_inputs(self):
+        """One resolved value: ``inputs`` and its alias ``input_key`` both hold it afterwards."""
+        if self.inputs is None:
+            self.inputs = self.input_key
+        elif "input_key" in self.model_fields_set and self.input_key != self.inputs:
+            raise ValueError(f"inputs {self.inputs!r} and its alias input_key {self.input_key!r} disagree; "
+                             "set only inputs")
+        self.input_key = self.inputs
+        return self
 
 
 class TeacherConfig(ModelConfig):
     train: TrainConfig | None = Field(None, description="how to train the teacher when no checkpoint is given")
 
 
+class LoaderConfig(Strict):
+    """How streamed data is loaded (ignored by in-memory tensor data)."""
+
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = Field(None, ge=1)
+    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
 class AugmentConfig(Strict):
     """Batch-wise augmentation; mirrors ``joryu.data.Augment`` (see its docstring)."""
 
@@ -80,9 +107,21 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: str = "mnist1d"
+    name: str = Field("mnist1d", description="a registered dataset, or package.module:factory")
     path: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    test: str | None = Field(None, description="package.module:factory for the test split")
+    val: str | None = Field(None, description="package.module:factory for an explicit validation split")
+    test_kwargs: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, str] | None = Field(None, description="batch key -> sample key (dict samples)")
+    transform: Any = Field(None, description="training transforms: a list of names / import paths")
+    eval_transform: Any = Field(None, description="evaluation transforms (default: the training "
+                                "transform without its random steps)")
+    views: dict[str, Any] = Field(default_factory=dict, description="extra batch keys, each its own "
+                                  "transform of the raw input (e.g. input_teacher for a teacher)")
+    fields: dict[str, Any] = Field(default_factory=dict, description="per-sample fields: clean, "
+                                   "labels_per_class, noise, privileged")
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     split_seed: int = 0
     augment: AugmentConfig | None = Field(None, description="override the dataset's augmentation")
@@ -311,9 +350,10 @@ def check_options(cfg: ExperimentConfig) -> None:
     from joryu.data.registry import dataset_function
     from joryu.models.registry import zoo_factory
 
-    fn, needs_path = dataset_function(cfg.data.name)
-    check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",
-                           skip=("path",) if needs_path else ())
+    if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
+        fn, needs_path = dataset_function(cfg.data.name)
+        check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",
+                               skip=("path",) if needs_path else ())
     for where, m in (("teacher", cfg.teacher), ("student", cfg.student)):
         if m is None or ":" in m.name:
             continue

@@ -16,11 +16,11 @@ class ConfigError(JoryuError):
     """An experiment configuration is malformed or names something unknown."""
 
 
-class DataError(JoryuError):
+class DataError(ConfigError):
     """A dataset file is missing, corrupt or of the wrong shape."""
 
 
-class TapError(JoryuError):
+class TapError(ConfigError):
     """A feature tap names a module path that does not exist."""
 
 
@@ -28,11 +28,11 @@ class NonFiniteLossError(JoryuError):
     """Training produced a NaN or infinite loss."""
 
 
-class CheckpointError(JoryuError):
+class CheckpointError(ConfigError):
     """A weights file or a training checkpoint is missing, corrupt, unsafe or does not fit."""
 
 
-class RunDirError(JoryuError):
+class RunDirError(ConfigError):
     """A run folder cannot be created, would overwrite a run, or does not match the config."""
 
 

@@ -58,11 +58,9 @@ class DryStepContext:
 
 
 def _first_batch(data, batch_size: int, seed: int, augment, device) -> dict:
-    from joryu.data.core import StreamLoader, TensorData, TensorLoader
+    from joryu.data.sources import make_loader
 
-    kw = dict(batch_size=batch_size, shuffle=True, seed=seed, augment=augment, drop_last=False,
-              device=device, rank=0, world_size=1)
-    loader = TensorLoader(data, **kw) if isinstance(data, TensorData) else StreamLoader(data, **kw)
+    loader = make_loader(data, batch_size, shuffle=True, seed=seed, augment=augment, device=device)
     for batch in loader.iterate(0):
         return batch
     raise ConfigError("the training data is empty")

@@ -491,14 +491,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         path, target = self.samples[i]
-        x = self._load(path)
-        if self.image_size is None and tuple(x.shape) != self.input_shape:
-            raise DataError(
-                f"Image {path} is {x.shape[2]}x{x.shape[1]} but {self.samples[0][0]} is "
-                f"{self.input_shape[2]}x{self.input_shape[1]}: images of mixed sizes cannot be "
-                "batched. Set data.kwargs.image_size (e.g. 32) to resize them all."
-            )
-        return {"input": x, "target": target, "index": i}
+        return {"input": self._load(path), "target": target, "index": i}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

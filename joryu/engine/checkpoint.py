@@ -116,20 +116,6 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict:
     return state
 
 
-def load_user_weights(module: torch.nn.Module, path: str | Path, name: str = "model") -> torch.nn.Module:
-    """Load a user's weights file into ``module``; any problem is one ``CheckpointError`` line."""
-    path = Path(path)
-    state = read_state_dict(path, f"checkpoint for {name}:")
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    try:
-        module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
-    except RuntimeError as e:
-        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        detail = " ".join(lines[1:3])[:400] if len(lines) > 1 else one_line(e)
-        raise CheckpointError(f"checkpoint {path} does not fit {name}: {detail}") from None
-    return module
-
-
 def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
