@@ -29,13 +29,10 @@ COMMANDS = {
 }
 
 
-# Commands that live in other modules: ``module.add_parser(subparsers)`` adds the command's
-# parser (with ``set_defaults(func=...)``). Listed here when the module exists.
-PLUGINS = {
-    "eval": ("joryu.evaluate", "evaluate a run folder's networks, or a model + weights, on a dataset"),
-    "export": ("joryu.export", "export a trained network (ONNX, TorchScript)"),
-    "report": ("joryu.report.tables", "a deployment report of a run folder"),
-}
+# More commands from other modules: name -> (module, help); ``module.add_parser(subparsers)`` adds
+# the command's parser (with ``set_defaults(func=...)``). Empty here: eval and export are in
+# COMMANDS; this is the hook for a command whose module is optional.
+PLUGINS: dict[str, tuple[str, str]] = {}
 
 
 def _plugins() -> dict[str, str]:
@@ -43,6 +40,8 @@ def _plugins() -> dict[str, str]:
 
     found = {}
     for name, (module, help_text) in PLUGINS.items():
+        if name in COMMANDS:
+            continue
         try:
             spec = importlib.util.find_spec(module)
         except ModuleNotFoundError:
