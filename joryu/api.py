@@ -9,7 +9,8 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import Augment, as_source, build_transform, split_any
-from joryu.errors import ConfigError
+from joryu.data.sources import DatasetError
+from joryu.errors import ConfigError, DataError
 
 
 def as_tensor_data(data, num_classes: int | None = None):
@@ -55,7 +56,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             from joryu.data import LoaderOptions
 
             stream_opts["loader"] = LoaderOptions.of(loader)
-    data = as_source(train_data, num_classes, **stream_opts)
+    try:
+        data = as_source(train_data, num_classes, **stream_opts)
+    except DataError as e:
+        raise DatasetError(f"train_data: {e}") from None
     if stream_opts and not hasattr(data, "views"):
         raise ConfigError("transform, views and loader apply to streamed data (a Dataset or DataLoader); "
                           "for tensors use augment=")
@@ -64,7 +68,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         val_opts = {k: v for k, v in stream_opts.items() if k == "loader"}
         if stream_opts:
             val_opts.update(transform=stream_opts["eval_transform"], eval_transform=stream_opts["eval_transform"])
-        val = as_source(val_data, data.num_classes, **val_opts)
+        try:
+            val = as_source(val_data, data.num_classes, **val_opts)
+        except DataError as e:
+            raise DatasetError(f"val_data: {e}") from None
         if hasattr(val, "for_eval"):
             val = val.for_eval()
     else:

@@ -36,8 +36,13 @@ from torch.utils.data._utils.collate import default_collate
 from joryu.data.core import Augment, TensorData, _hash, apply_augment, epoch_batches
 from joryu.errors import ConfigError, DataError
 
-__all__ = ["LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
+__all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
            "bundle_from"]
+
+class DatasetError(DataError, ConfigError):
+    """A dataset that does not fit (sample structure, shapes, splits): a DataError and, as the
+    API promises for bad input, a ConfigError (exit code 2 from the CLI)."""
+
 
 _INPUT_NAMES = ("input", "image", "img", "pixel_values", "x", "inputs", "features")
 _TARGET_NAMES = ("target", "label", "labels", "y", "class", "targets")
@@ -105,7 +110,7 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
         if columns:
             for key, src in columns.items():
                 if src not in raw:
-                    raise DataError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
+                    raise DatasetError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
                                     f"its keys are {sorted(raw)}")
                 out[key] = raw[src]
                 if src != key:
@@ -114,17 +119,17 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
             if key not in out:
                 src = next((n for n in names if n in out), None)
                 if src is None:
-                    raise DataError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
+                    raise DatasetError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
                                     f"the {key} column with data.columns: {{{key}: <key>}}")
                 out[key] = out.pop(src)
         out.pop("index", None)
         return out
     if isinstance(raw, tuple | list):
         if len(raw) != 2:
-            raise DataError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
+            raise DatasetError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
                             "(input, target) pairs or dicts of tensors")
         return {"input": raw[0], "target": raw[1]}
-    raise DataError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
+    raise DatasetError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
                     "dicts of tensors (return one of those from __getitem__)")
 
 
@@ -143,12 +148,15 @@ def _mix(*xs: int) -> int:
 
 def _unwrap_error(e: Exception) -> Exception:
     """A DataError raised in a DataLoader worker comes back wrapped: keep its one line."""
+    import re
+
     msg = str(e)
-    marker = "DataError: "
     if isinstance(e, DataError) and "\n" not in msg:
         return e
-    if marker in msg:
-        return DataError(msg.rsplit(marker, 1)[1].strip().splitlines()[0])
+    found = re.findall(r"\b(DatasetError|DataError): (.*)", msg)
+    if found:
+        kind, line = found[-1]
+        return (DatasetError if kind == "DatasetError" else DataError)(line.strip())
     return e
 
 
@@ -193,7 +201,7 @@ class StreamData:
         try:
             return len(self.dataset)
         except TypeError:
-            raise DataError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
+            raise DatasetError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
                             "per epoch) so the schedule knows the epoch length") from None
 
     def _kept(self) -> Tensor:
@@ -319,7 +327,7 @@ class StreamData:
     # ------------------------------------------------------------------ variants
     def subset(self, idx, name: str | None = None) -> StreamData:
         if self.iterable:
-            raise DataError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
+            raise DatasetError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
                             "with data.val_fraction (a seeded split by stream position)")
         idx = torch.as_tensor(idx, dtype=torch.long)
         base = self.positions[idx] if self.positions is not None else idx
@@ -333,7 +341,7 @@ class StreamData:
         """Per-sample tensors added to (or replacing keys of) every batch."""
         for k, v in tensors.items():
             if len(v) != len(self):
-                raise DataError(f"field {k!r} has {len(v)} rows, {self.name} has {len(self)} samples")
+                raise DatasetError(f"field {k!r} has {len(v)} rows, {self.name} has {len(self)} samples")
         out = replace(self, fields={**self.fields, **{k: torch.as_tensor(v) for k, v in tensors.items()}})
         if getattr(self, "_targets", None) is not None and "target" not in tensors:
             out._targets = self._targets
@@ -376,7 +384,7 @@ class StreamData:
             try:
                 batch = default_collate(samples)
             except RuntimeError as e:
-                raise DataError(self._shape_problem(items) or str(e).splitlines()[0]) from None
+                raise DatasetError(self._shape_problem(items) or str(e).splitlines()[0]) from None
         batch["index"] = index
         return batch
 
@@ -553,7 +561,7 @@ class StreamLoader:
                 raw = next(it)
             except StopIteration:
                 if self.data.iterable and self.world_size > 1:
-                    raise DataError(f"{self.data.name}: a process ran out of streamed samples; make the "
+                    raise DatasetError(f"{self.data.name}: a process ran out of streamed samples; make the "
                                     "stream's length divisible by processes x workers x batch size") from None
                 return
             except Exception as e:  # a DataError from a worker arrives wrapped in a traceback
@@ -626,7 +634,7 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
     if isinstance(data, Dataset | IterableDataset) or _is_hf(data) or (
             hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str | bytes | dict)):
         return StreamData(data, num_classes=num_classes, name=name, **kw)
-    raise ConfigError(f"cannot train on a {type(data).__name__}: give a torch Dataset, IterableDataset, "
+    raise ConfigError(f"train_data cannot be a {type(data).__name__}: give a torch Dataset, IterableDataset, "
                       "DataLoader, Hugging Face dataset, (inputs, targets) tensors or a joryu TensorData")
 
 
@@ -735,7 +743,7 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
         if other is None or getattr(src, "collate", None) is not None:
             continue
         if tuple(other.input_shape) != tuple(shape):
-            raise DataError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
+            raise DatasetError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
                             f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
                             "data.transform and data.eval_transform)")
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)

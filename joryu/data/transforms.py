@@ -196,9 +196,12 @@ class Normalize:
             raise ConfigError(f"normalize: std must be positive, got {std!r}")
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
-        if self.mean.numel() not in (1, x.shape[-3]):
-            raise ConfigError(f"normalize: {self.mean.numel()} means for an input with "
-                              f"{x.shape[-3]} channels; give one mean/std per channel")
+        k = self.mean.numel()
+        if k == 1:
+            return (x - self.mean.view(())) / self.std.view(())
+        if x.dim() < 3 or x.shape[-3] != k:
+            raise ConfigError(f"normalize: {k} means for an input of shape {tuple(x.shape)}; give "
+                              "one mean/std per channel (C x H x W), or a single value")
         return (x - self.mean) / self.std
 
 
