@@ -535,14 +535,22 @@ class StreamLoader:
     def __len__(self) -> int:
         if not self.data.iterable:
             return len(self.loader)
-        # each (process, worker) shard batches its own share of the stream
+        # each (process, worker) shard batches its own share of the stream; in training every
+        # process runs the same number of steps (the smallest share), as DDP needs
         n = len(self.data)
-        shards = max(1, self.num_workers) * self.world_size
-        total = 0
-        for s in range(self.rank * max(1, self.num_workers), (self.rank + 1) * max(1, self.num_workers)):
-            m = n // shards + (1 if s < n % shards else 0)
-            total += m // self.batch_size if self.drop_last else -(-m // self.batch_size)
-        return total
+        workers = max(1, self.num_workers)
+        shards = workers * self.world_size
+
+        def batches(rank: int) -> int:
+            total = 0
+            for s in range(rank * workers, (rank + 1) * workers):
+                m = n // shards + (1 if s < n % shards else 0)
+                total += m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+            return total
+
+        if self.train and self.world_size > 1:
+            return min(batches(r) for r in range(self.world_size))
+        return batches(self.rank)
 
     def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
         loader = self.loader

@@ -221,10 +221,17 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
-        data = as_source(data)
-        if isinstance(data, TensorData):
-            return TensorLoader(data, **kw)
-        return StreamLoader(data, **kw)
+        source = as_source(data)
+        if isinstance(source, TensorData):
+            return TensorLoader(source, **kw)
+        if shuffle:
+            return StreamLoader(source, **kw)
+        # evaluation loaders are kept per dataset, so their workers (persistent_workers) last
+        cache = self.__dict__.setdefault("_eval_loaders", {})
+        key = (id(data), batch_size)
+        if key not in cache or cache[key][0] is not data:
+            cache[key] = (data, StreamLoader(source, **kw))
+        return cache[key][1]
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
