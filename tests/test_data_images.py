@@ -152,4 +152,24 @@ def test_image_folder_mixed_sizes_without_resize_through_the_cli(tmp_path, capsy
     code = main(["run", image_config(tmp_path, root, "input", transform=["hflip"], eval_transform=None, views={}),
                  "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "add a resize" in err and ".png" in err and len(err.splitlines()) == 1
+    assert code == 2 and "add a resize" in err and ".png" in err and len(err.splitlines()) == 1
+
+
+def test_distill_api_on_an_image_folder_with_transforms_and_a_validation_folder(tmp_path):
+    import joryu
+    from joryu.models import create
+
+    train = ImageFolderDataset(write_images(tmp_path / "train"))
+    val = ImageFolderDataset(write_images(tmp_path / "val", per_class=3))
+    norm = {"normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    student, m = joryu.distill(
+        create("lenet5", num_classes=3, input_shape=(3, 12, 12)), create("mlp", num_classes=3,
+                                                                         input_shape=(3, 12, 12)),
+        train, "kd", val_data=val, epochs=2, batch_size=6, progress=False, device="cpu",
+        transform=[{"random_resized_crop": {"size": 12, "scale": [0.5, 1]}}, "hflip", norm],
+        eval_transform=[{"resize": [12, 12]}, norm])
+    assert 0 <= m["distill"]["val"]["val/acc"] <= 100
+    with pytest.raises(ConfigError, match="apply to streamed data"):
+        joryu.distill(create("mlp", num_classes=3, input_shape=(4,)), create("mlp", num_classes=3,
+                                                                             input_shape=(4,)),
+                      (torch.zeros(8, 4), torch.arange(8) % 3), "kd", transform=["hflip"], progress=False)
