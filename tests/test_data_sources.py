@@ -208,3 +208,20 @@ def test_bad_data_configs_are_one_line_config_errors(data, needle):
     with pytest.raises((ConfigError, DataError), match=needle) as e:
         _exp(data).run()
     assert "\n" not in str(e.value)
+
+
+def test_hf_image_dataset_with_classlabel_and_pil_images():
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from joryu.data import build_transform
+
+    imgs = [Image.fromarray(np.full((10 + i % 3, 12, 3), 40 * (i % 3), np.uint8)) for i in range(12)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 3 for i in range(12)]}, features=feats)
+    s = as_source(ds, transform=build_transform(["hflip", {"resize": [8, 8]}]))
+    assert s.num_classes == 3 and s.input_shape == (3, 8, 8)  # evaluation: the non-random steps
+    b = next(iter(StreamLoader(s, 12, shuffle=True).iterate(0)))
+    assert b["input"].shape == (12, 3, 8, 8) and b["input"].dtype == torch.float32
+    assert torch.equal(b["target"], b["index"] % 3)

@@ -189,6 +189,8 @@ class StreamData:
     def __post_init__(self):
         self.iterable = isinstance(self.dataset, IterableDataset)
         self.loader = LoaderOptions.of(self.loader)
+        if self.eval_transform is None and hasattr(self.transform, "deterministic"):
+            self.eval_transform = self.transform.deterministic()  # the non-random steps
         if self.num_classes is None:
             self.num_classes = self._infer_classes()
         if not self.iterable and self.collate is None and len(self) > 0:
