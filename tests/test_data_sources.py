@@ -119,13 +119,18 @@ def test_iterable_split_and_workers_cover_the_stream_once():
     assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(len(tr)))
 
 
-def test_map_split_is_stratified_and_seeded():
-    s = as_source(Dicts(90))
+def test_map_split_is_seeded_and_stratified_where_targets_are_known():
+    s = as_source(Dicts(90))  # no targets attribute: a seeded split without reading every sample
     tr, va = split_any(s, 0.2, seed=4)
     tr2, va2 = split_any(s, 0.2, seed=4)
-    assert torch.equal(va.positions, va2.positions)
+    assert torch.equal(va.positions, va2.positions) and len(va) == 18
     assert len(set(tr.positions.tolist()) & set(va.positions.tolist())) == 0
     assert len(tr) + len(va) == 90
+    d = Dicts(90)
+    d.targets = d.y
+    tr, va = split_any(as_source(d), 0.2, seed=4)
+    for c in range(3):
+        assert int((va.targets == c).sum()) == round(0.2 * int((d.y == c).sum()))
 
 
 class Bad(Dataset):

@@ -111,7 +111,7 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
             for key, src in columns.items():
                 if src not in raw:
                     raise DatasetError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
-                                    f"its keys are {sorted(raw)}")
+                                       f"its keys are {sorted(raw)}")
                 out[key] = raw[src]
                 if src != key:
                     out.pop(src, None)
@@ -120,17 +120,17 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
                 src = next((n for n in names if n in out), None)
                 if src is None:
                     raise DatasetError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
-                                    f"the {key} column with data.columns: {{{key}: <key>}}")
+                                       f"the {key} column with data.columns: {{{key}: <key>}}")
                 out[key] = out.pop(src)
         out.pop("index", None)
         return out
     if isinstance(raw, tuple | list):
         if len(raw) != 2:
             raise DatasetError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
-                            "(input, target) pairs or dicts of tensors")
+                               "(input, target) pairs or dicts of tensors")
         return {"input": raw[0], "target": raw[1]}
     raise DatasetError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
-                    "dicts of tensors (return one of those from __getitem__)")
+                       "dicts of tensors (return one of those from __getitem__)")
 
 
 _M64 = (1 << 64) - 1
@@ -204,7 +204,7 @@ class StreamData:
             return len(self.dataset)
         except TypeError:
             raise DatasetError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
-                            "per epoch) so the schedule knows the epoch length") from None
+                               "per epoch) so the schedule knows the epoch length") from None
 
     def _kept(self) -> Tensor:
         """Iterable split: which stream positions belong here (a pure function of the seed)."""
@@ -233,7 +233,8 @@ class StreamData:
     @property
     def targets(self) -> Tensor:
         """The target of every sample (read from ``dataset.targets``, a Hugging Face column,
-        the ``target`` field, or a scan of the samples without transforms)."""
+        the ``target`` field, or a pass over the samples: give the dataset a ``targets`` attribute
+        to avoid it)."""
         if "target" in self.fields:
             return self.fields["target"]
         t = getattr(self, "_targets", None)
@@ -258,6 +259,18 @@ class StreamData:
             full = torch.as_tensor(ds.targets)
         if full is not None:
             return full[self.positions] if self.positions is not None else full
+        return self._scan_targets()
+
+    def cheap_targets(self) -> Tensor | None:
+        """The targets if known without reading every sample (else None)."""
+        if "target" in self.fields or getattr(self, "_targets", None) is not None:
+            return self.targets
+        ds = self.dataset
+        if self.iterable or not (_is_hf(ds) or getattr(ds, "targets", None) is not None):
+            return None
+        return self.targets
+
+    def _scan_targets(self) -> Tensor:
         return torch.as_tensor([int(_as_value(to_sample(self._raw(i), self.columns)["target"], "target"))
                                 for i in range(len(self))])
 
@@ -330,7 +343,7 @@ class StreamData:
     def subset(self, idx, name: str | None = None) -> StreamData:
         if self.iterable:
             raise DatasetError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
-                            "with data.val_fraction (a seeded split by stream position)")
+                               "with data.val_fraction (a seeded split by stream position)")
         idx = torch.as_tensor(idx, dtype=torch.long)
         base = self.positions[idx] if self.positions is not None else idx
         out = replace(self, positions=base, name=name or self.name,
@@ -572,7 +585,7 @@ class StreamLoader:
             except StopIteration:
                 if self.data.iterable and self.world_size > 1:
                     raise DatasetError(f"{self.data.name}: a process ran out of streamed samples; make the "
-                                    "stream's length divisible by processes x workers x batch size") from None
+                                       "stream's length divisible by processes x workers x batch size") from None
                 return
             except Exception as e:  # a DataError from a worker arrives wrapped in a traceback
                 err = _unwrap_error(e)
@@ -661,10 +674,7 @@ def split_any(data, fraction: float, seed: int = 0):
     if data.iterable:
         return (replace(data, keep=(seed, fraction, False), name=data.name + "/train"),
                 replace(data, keep=(seed, fraction, True), name=data.name + "/val").for_eval())
-    try:
-        targets = data.targets
-    except Exception:  # targets unknown: a plain seeded split
-        targets = None
+    targets = data.cheap_targets()  # None: a plain seeded split (no pass over the samples)
     gen = torch.Generator().manual_seed(seed)
     if targets is not None and len(targets) == len(data):
         val = []
@@ -754,8 +764,8 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
             continue
         if tuple(other.input_shape) != tuple(shape):
             raise DatasetError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
-                            f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
-                            "data.transform and data.eval_transform)")
+                               f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
+                               "data.transform and data.eval_transform)")
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 
