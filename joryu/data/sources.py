@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import random as _pyrandom
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -92,7 +93,11 @@ def _as_value(v, key: str):
 
             return to_tensor(np.asarray(v))
         return t.float() if t.dtype == torch.float64 else t
-    if isinstance(v, bool | int | float) or (isinstance(v, list | tuple) and v and
+    if isinstance(v, bool | int):
+        return v  # the collate makes one tensor of a batch of them (cheaper than one per sample)
+    if isinstance(v, float):
+        return torch.tensor(v, dtype=torch.float32)
+    if (isinstance(v, list | tuple) and v and
                                             not isinstance(v[0], str)):
         t = torch.as_tensor(v)
         return t.float() if t.dtype == torch.float64 else t
@@ -137,13 +142,12 @@ _M64 = (1 << 64) - 1
 
 
 def _mix(*xs: int) -> int:
-    """A 62-bit seed from integers (splitmix64-style mixing; a pure function, ~1 us)."""
-    h = 0x9E3779B97F4A7C15
+    """One integer seed from (seed, epoch, position): injective for the ranges used here;
+    ``random.Random`` hashes it into its state."""
+    h = 0
     for x in xs:
-        h = ((h ^ (int(x) & _M64)) * 0xBF58476D1CE4E5B9) & _M64
-        h = ((h ^ (h >> 31)) * 0x94D049BB133111EB) & _M64
-        h ^= h >> 29
-    return h & ((1 << 62) - 1)
+        h = h * 1_000_000_007 + (int(x) & _M64)
+    return h
 
 
 def _unwrap_error(e: Exception) -> Exception:
@@ -303,7 +307,7 @@ class StreamData:
         tf = self.transform if train else (self.eval_transform or None)
         random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
                             or (tf is not None and getattr(tf, "random", True)))
-        gen = torch.Generator().manual_seed(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
+        gen = _pyrandom.Random(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
         views = self.views if train else self._eval_views()
         for key, view in views.items():
             s[key] = _as_value(x if view is None else view(x, gen), key)
