@@ -175,3 +175,18 @@ def test_distill_api_on_an_image_folder_with_transforms_and_a_validation_folder(
         joryu.distill(create("mlp", num_classes=3, input_shape=(4,)), create("mlp", num_classes=3,
                                                                              input_shape=(4,)),
                       (torch.zeros(8, 4), torch.arange(8) % 3), "kd", transform=["hflip"], progress=False)
+
+
+def test_counter_based_draws_are_deterministic_and_uniform():
+    from joryu.data.transforms import Draws
+
+    a, b = Draws(7), Draws(7)
+    xs = [a.random() for _ in range(20000)]
+    assert xs[:5] == [b.random() for _ in range(5)]
+    assert abs(sum(xs) / len(xs) - 0.5) < 0.01 and 0 <= min(xs) and max(xs) < 1
+    counts = [0] * 4
+    for _ in range(4000):
+        counts[a.randint(0, 3)] += 1
+    assert min(counts) > 850  # each of 4 values about 1000 times
+    assert sorted(Draws(3).sample(range(5), 5)) == list(range(5))
+    assert Draws(1).random() != Draws(2).random()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import random as _pyrandom
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import default_collate
 
 from joryu.data.core import Augment, TensorData, _hash, apply_augment, epoch_batches
+from joryu.data.transforms import Draws
 from joryu.errors import ConfigError, DataError
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
@@ -142,11 +142,11 @@ _M64 = (1 << 64) - 1
 
 
 def _mix(*xs: int) -> int:
-    """One integer seed from (seed, epoch, position): injective for the ranges used here;
-    ``random.Random`` hashes it into its state."""
-    h = 0
+    """A 64-bit seed from (seed, epoch, position), splitmix64-mixed after each part."""
+    h = 0x243F6A8885A308D3
     for x in xs:
-        h = h * 1_000_000_007 + (int(x) & _M64)
+        h = (h ^ (int(x) & _M64)) * 0xBF58476D1CE4E5B9 & _M64
+        h ^= h >> 31
     return h
 
 
@@ -307,7 +307,7 @@ class StreamData:
         tf = self.transform if train else (self.eval_transform or None)
         random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
                             or (tf is not None and getattr(tf, "random", True)))
-        gen = _pyrandom.Random(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
+        gen = Draws(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
         views = self.views if train else self._eval_views()
         for key, view in views.items():
             s[key] = _as_value(x if view is None else view(x, gen), key)

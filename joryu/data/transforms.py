@@ -14,7 +14,8 @@ Our transforms work on float tensors ``C x H x W`` in [0, 1] (PIL images and uin
 converted first). Random ones draw from a ``torch.Generator`` the loader seeds from
 (seed, epoch, sample), so the same sample in the same epoch is transformed the same way with any
 number of workers and after a resume. The random source passed to a transform call is a
-``random.Random`` (cheap per sample; a ``torch.Generator`` is also accepted). A callable by import
+``Draws`` (a counter-based generator, free to create per sample; a ``random.Random`` or a
+``torch.Generator`` is also accepted). A callable by import
 path runs under a forked global torch RNG seeded from it (torchvision draws from the global RNG).
 """
 
@@ -32,11 +33,48 @@ from torch import Tensor
 
 from joryu.errors import ConfigError
 
-__all__ = ["Pipeline", "build_transform", "to_tensor", "available_transforms"]
+__all__ = ["Draws", "Pipeline", "build_transform", "to_tensor", "available_transforms"]
+
+
+_M64 = (1 << 64) - 1
+
+
+class Draws:
+    """A counter-based random source: the k-th draw is splitmix64(seed + k). Creating one costs
+    nothing (a ``random.Random`` seeds a 624-word state, ~20 us), so every sample can have its own;
+    it offers the ``random.Random`` methods the transforms use."""
+
+    __slots__ = ("seed", "k")
+
+    def __init__(self, seed: int):
+        self.seed, self.k = int(seed) & _M64, 0
+
+    def getrandbits(self, bits: int) -> int:
+        self.k += 1
+        z = (self.seed + self.k * 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return (z ^ (z >> 31)) >> (64 - bits)
+
+    def random(self) -> float:
+        return self.getrandbits(53) / 9007199254740992.0
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+    def randint(self, a: int, b: int) -> int:
+        return a + int(self.random() * (b - a + 1))
+
+    def sample(self, population, k: int) -> list:
+        pool = list(population)
+        for i in range(len(pool) - 1, 0, -1):  # Fisher-Yates
+            j = int(self.random() * (i + 1))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
 
 
 def _rng(gen):
-    """The random source of a transform call: ``gen`` (a ``random.Random``, or a
+    """The random source of a transform call: ``gen`` (``Draws``, a ``random.Random``, or a
     ``torch.Generator`` to draw a seed from), or Python's global one when None."""
     if gen is None:
         return random  # the module's functions: Python's global generator
