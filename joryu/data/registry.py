@@ -45,13 +45,23 @@ def describe() -> dict[str, str]:
     return {k: ("[needs data.path] " if v[1] else "[built-in] ") + v[2] for k, v in sorted(_DATASETS.items())}
 
 
-def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
-    """Load a dataset by registry name. File formats need ``path``."""
+def dataset_function(name: str) -> tuple[Callable[..., DataBundle], bool]:
+    """The loader function registered as ``name`` and whether it reads files from a path."""
     if name not in _DATASETS:
         close = difflib.get_close_matches(name, available(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(available())}")
     fn, needs_path, _ = _DATASETS[name]
+    return fn, needs_path
+
+
+def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
+    """Load a dataset by registry name. File formats need ``path``."""
+    from joryu.config import check_function_options
+
+    fn, needs_path = dataset_function(name)
+    check_function_options(fn, kwargs, "data.kwargs", f"dataset {name!r}",
+                           skip=("path",) if needs_path else ())
     if needs_path:
         if not path:
             raise ConfigError(f"dataset {name!r} reads files: set data.path to the folder that holds them")

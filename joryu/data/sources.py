@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from joryu.data.core import Augment, TensorData, _hash, apply_augment, epoch_batches
+from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
 from joryu.data.transforms import Draws
 from joryu.errors import ConfigError, DataError
 
@@ -815,3 +815,16 @@ def load_data(cfg):
     if cfg.fields:
         bundle.train = apply_fields(bundle.train, cfg.fields, bundle.num_classes)
     return bundle
+
+
+def make_loader(data, batch_size: int, shuffle: bool = False, seed: int = 0, augment: Augment | None = None,
+                drop_last: bool = False, device="cpu", rank: int = 0, world_size: int = 1):
+    """The loader for any data joryu takes: a ``TensorLoader`` for tensors on the device, a
+    ``StreamLoader`` for everything streamed. The one place that makes this choice (the engine, the
+    pre-flight check and ``joryu eval`` all call it)."""
+    data = as_source(data)
+    kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
+              device=device, rank=rank, world_size=world_size)
+    if isinstance(data, TensorData):
+        return TensorLoader(data, **kw)
+    return StreamLoader(data, **kw)

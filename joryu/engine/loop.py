@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from joryu.config import TrainConfig
-from joryu.data.core import Augment, TensorData, TensorLoader
-from joryu.data.sources import StreamLoader, as_source
+from joryu.data.core import Augment, TensorData
+from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.rundir import append_line, atomic_write_text
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -180,7 +180,7 @@ def pick_device(cfg: TrainConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return cfg.device
 
 
@@ -202,7 +202,10 @@ class Engine:
         if device == "cpu" and mp != "no":
             warnings.warn(f"mixed_precision={mp!r} is for GPUs; training in float32 on the CPU", stacklevel=2)
             mp = "no"
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
+        from joryu import tracking
+
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,
+                                       **tracking.accelerator_kwargs(cfg, self.run_dir))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.accelerator.device.type == "cpu":
@@ -221,23 +224,24 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
+        if shuffle:
+            return make_loader(data, **kw)
         source = as_source(data)
         if isinstance(source, TensorData):
-            return TensorLoader(source, **kw)
-        if shuffle:
-            return StreamLoader(source, **kw)
-        # evaluation loaders are kept per dataset, so their workers (persistent_workers) last
+            return make_loader(source, **kw)
+        # evaluation stream loaders are kept per dataset, so their workers (persistent_workers) last
         cache = self.__dict__.setdefault("_eval_loaders", {})
         key = (id(data), batch_size)
         if key not in cache or cache[key][0] is not data:
-            cache[key] = (data, StreamLoader(source, **kw))
+            cache[key] = (data, make_loader(source, **kw))
         return cache[key][1]
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
+            from joryu import tracking
+
+            tracking.log(self.accelerator, row, row.get("step", 0))
 
     def _reduce_mean(self, sums: dict, count: int) -> dict:
         if not sums:
@@ -251,41 +255,42 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
-        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``.
+        """The metric that fits each prediction's shape (``joryu.metrics``) for every prediction
+        in ``distiller.eval_logits``: ``{prefix}/{name}/acc`` and ``/loss`` always, ``/ppl`` for
+        token logits, ``/miou`` for segmentation; ``{prefix}/acc`` and ``/loss`` of the first.
 
-        Only rows with a known label are scored (``labeled`` True where the batch has it, and
-        target != -100); a split without any gives 0, not a division by zero."""
+        Only positions with a known label are scored (``labeled`` True where the batch has it,
+        and target != -100); a split without any gives 0, not a division by zero."""
+        from joryu import metrics
+
         distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
         was_training = distiller.training
         distiller.eval()
         loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
-        correct, losses, n = {}, {}, torch.zeros((), device=self.device)
+        sums, kinds = {}, {}
         for batch in loader.iterate(0):
-            target = batch["target"]
-            valid = target != -100
-            if "labeled" in batch:
-                valid = valid & batch["labeled"].bool()
             with self.accelerator.autocast():
                 preds = distiller.eval_logits(batch)
-            if not bool(valid.all()):
-                preds = {k: v[valid] for k, v in preds.items()}
-                target = target[valid]
             for name, logits in preds.items():
-                correct[name] = correct.get(name, 0) + (logits.argmax(-1) == target).sum()
-                losses[name] = losses.get(name, 0) + F.cross_entropy(logits.float(), target, reduction="sum")
-            n += len(target)
+                kinds[name] = metrics.kind(logits)
+                sums[name] = metrics.add(sums.get(name), metrics.batch_stats(logits, batch["target"],
+                                                                             batch.get("labeled")))
         distiller.train(was_training)
-        names = list(correct)
-        vec = torch.stack([torch.as_tensor(correct[k], device=self.device).float() for k in names]
-                          + [torch.as_tensor(losses[k], device=self.device).float() for k in names] + [n])
-        vec = self.accelerator.reduce(vec, reduction="sum")
-        total = max(1.0, float(vec[-1]))
+        names = list(sums)
+        layout = [(name, key, v.numel()) for name in names for key, v in sums[name].items()]
+        if layout:
+            vec = torch.cat([sums[name][key].reshape(-1).float().to(self.device) for name, key, _ in layout])
+            vec = self.accelerator.reduce(vec, reduction="sum")
+            pos = 0
+            for name, key, size in layout:
+                sums[name][key] = vec[pos:pos + size].reshape(sums[name][key].shape)
+                pos += size
         out = {}
-        for i, name in enumerate(names):
-            out[f"{prefix}/{name}/acc"] = 100.0 * float(vec[i]) / total
-            out[f"{prefix}/{name}/loss"] = float(vec[len(names) + i]) / total
+        for name in names:
+            for key, value in metrics.finalize(sums[name], kinds[name]).items():
+                out[f"{prefix}/{name}/{key}"] = value
         if names:
             out[f"{prefix}/acc"] = out[f"{prefix}/{names[0]}/acc"]
             out[f"{prefix}/loss"] = out[f"{prefix}/{names[0]}/loss"]
@@ -300,9 +305,15 @@ class Engine:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
         run = self._setup(distiller, train, val, augment)
         state = self._resume(run, resume)
+        from joryu import tracking
+
+        if self.is_main:
+            tracking.start(self.accelerator, self.cfg, self.stage)
         for epoch in range(state.epoch, self.cfg.epochs):
             self._epoch(run, state, epoch)
         distiller.ctx = None
+        if self.is_main:
+            tracking.end(self.accelerator)
         train_time = run.elapsed_before + time.perf_counter() - run.t_start
         total_samples = run.loader.num_samples * self.cfg.epochs
         return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,
@@ -349,20 +360,20 @@ class Engine:
             raw = read_checkpoint(last, run.distiller, run.optimizers, run.schedulers, acc.scaler,
                                   acc.process_index)
             if raw.get("world_size", 1) != acc.num_processes:
-                raise RuntimeError(f"checkpoint {last} was written by {raw['world_size']} processes; "
+                raise ConfigError(f"checkpoint {last} was written by {raw['world_size']} processes; "
                                    f"resume with the same number (now {acc.num_processes})")
             state = TrainState.from_json(raw, self.device)
             saved = state.loader.get("batches_per_epoch")
             if saved is not None and saved != run.steps_per_epoch:
-                raise RuntimeError(f"checkpoint {last} was written with {saved} batches per epoch, the "
+                raise ConfigError(f"checkpoint {last} was written with {saved} batches per epoch, the "
                                    f"data now gives {run.steps_per_epoch}; resume on the same data and "
                                    "batch size, or start afresh without --resume")
             if state.updates < 0:  # a checkpoint from before updates were counted
                 state.updates = run.schedulers[0].last_epoch if run.schedulers else state.global_step
             state.loader = self._loader_state(run)
             if self.is_main and self.run_dir is not None:  # drop rows logged after the checkpoint
-                with open(self.run_dir / "metrics.jsonl", "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in state.history)
+                atomic_write_text(self.run_dir / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in state.history))
         elif run.ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
             import shutil
 
@@ -370,7 +381,8 @@ class Engine:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         run.elapsed_before = state.elapsed
         run.t_start = time.perf_counter()
-        run.val_metrics = state.history[-1] if state.history else {}
+        run.val_metrics = ({k: v for k, v in state.history[-1].items() if k.startswith("val/")}
+                           if state.history else {})
         return state
 
     # -- one epoch: its batches from state.step_in_epoch, then evaluation, log, checkpoint

@@ -1,6 +1,7 @@
 """Distillation methods, one file per paper, registered by name."""
 
 from joryu.methods.base import (
+    Baseline,
     Method,
     Params,
     Stage,
@@ -11,4 +12,4 @@ from joryu.methods.base import (
     register_method,
 )
 
-__all__ = ["Method", "Params", "Stage", "StageContext", "available", "get_method", "listing", "register_method"]
+__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "available", "get_method", "listing", "register_method"]

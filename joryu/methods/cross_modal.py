@@ -44,7 +44,7 @@ from joryu.methods._features import (
     sample_input,
     tapped_teacher,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.taps import Taps, resolve
 
@@ -86,7 +86,7 @@ def make_adapter(kind: str, student_shape, teacher_shape) -> nn.Module:
 class SupervisionTransferDistiller(Distiller):
     """Stage 1: || f_t(input) - phi(g_d(input_b)) ||^2 at a mid-level layer, no labels."""
 
-    def __init__(self, student, teacher, student_layer: str, sample_a, sample_b, adapter: str = "identity",
+    def __init__(self, student, teacher, student_layer: str, sample_a, sample_b, adapter: str,
                  input_key: str = "input_b"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
@@ -174,3 +174,14 @@ class CrossModal(Method):
             stages.append(Stage("finetune", build_finetune, ft, data=finetune_data))
         return stages
 
+    def baselines(self):
+        """The student alone: random init, trained on the same labelled samples of its own modality
+        (``student_key``) with the fine-tuning stage's budget (the paper's "random init" arm)."""
+        p = self.params
+
+        def alone(b):
+            data = few_labels(b.train_data, p.finetune_labels_per_class, p.finetune_seed)
+            ft = {"epochs": p.finetune_epochs} if p.finetune_epochs is not None else {}
+            return b.train(b.fresh_student(), data=data, train=ft, input_key=p.student_key)
+
+        return [Baseline("student alone", alone, folder="baseline", input_key=p.student_key)]

@@ -44,7 +44,7 @@ from joryu.data import TensorData, TensorLoader
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import confident_pseudo_labels, mix_counts
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.teachers import (
@@ -148,7 +148,10 @@ class DataDistillationParams(Params):
                  paper="Radosavovic et al. 2018, Data Distillation: Towards Omni-Supervised Learning (arXiv:1712.04440)")
 class DataDistillation(Method):
     Params = DataDistillationParams
-    needs_teacher = False
+
+    @property
+    def needs_teacher(self) -> bool:  # teacher: given pseudo-labels with the run's teacher
+        return self.params.teacher == "given"
 
     def stages(self):
         p = self.params
@@ -217,3 +220,19 @@ class DataDistillation(Method):
                                 data=lambda ctx: split(ctx)[0], after=after_supervised))
         stages.append(Stage("retrain", build_retrain, train=retrain_train, data=retrain_data))
         return stages
+
+    def baselines(self):
+        """The student alone on the labelled part A only (same init): stage 1's model when the method
+        trained one, else trained here with stage 1's budget. Training on every label would be an
+        oracle, not the comparison."""
+        p = self.params
+
+        def labelled_only(b):
+            if "supervised_model" in b.ctx.extras:
+                return b.ctx.extras["supervised_model"]
+            labeled, _ = b.ctx.extras["split"]
+            t = {k: v for k, v in (("epochs", p.supervised_epochs), ("batch_size", p.supervised_batch_size))
+                 if v is not None}
+            return b.train(b.fresh_student(), data=labeled, train=t)
+
+        return [Baseline("student alone (labelled part only)", labelled_only, folder="baseline")]

@@ -27,8 +27,10 @@ Deviations and best guesses:
   grows as O(T·activations); ``checkpoint=True`` recomputes each inner step in the backward pass.
 - ``init="xavier"`` (xavier-normal weights, zero biases, as the reference code's default
   ``init``) re-initialises the student before θ_0 is read; ``"default"`` keeps PyTorch's init.
-- BatchNorm networks: running statistics updated by the inner steps are local to one unroll;
-  the final loss uses eval mode (``final_eval``), as the reference code does.
+- BatchNorm networks: running statistics updated by each inner step are carried to the next one
+  and used by the final loss, which runs in eval mode (``final_eval``), as the reference code
+  does; evaluation and ``train_on_distilled`` use them too. They start from θ_0's buffers at every
+  outer step.
 - Evaluation (``eval_logits`` / ``deployable``) trains the student from its stored θ_0 with
   exactly the learned steps and rates; with ``random_init`` that θ_0 is one fresh draw. The
   reproduction evaluates over many fresh initialisations.
@@ -58,9 +60,9 @@ from joryu.losses.dataset_distillation import (
     functional_logits,
     model_state,
     softplus_inverse,
-    unrolled_sgd,
+    unrolled_sgd_state,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 
 
 def reinit(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None) -> nn.Module:
@@ -91,12 +93,14 @@ def train_on_distilled(model: nn.Module, d: DistilledSet, inplace: bool = True) 
     params, buffers = model_state(model)
     was = model.training
     model.train()
-    final = unrolled_sgd(model, params, d.images.to(device), d.labels.to(device), d.lrs.to(device),
-                         d.epochs, buffers, create_graph=False)
+    final, final_buffers = unrolled_sgd_state(model, params, d.images.to(device), d.labels.to(device),
+                                              d.lrs.to(device), d.epochs, buffers, create_graph=False)
     model.train(was)
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(final[k])
+        for k, b in model.named_buffers():
+            b.copy_(final_buffers[k])
     return model
 
 
@@ -105,10 +109,9 @@ class DatasetDistiller(Distiller):
 
     automatic_optimization = False
 
-    def __init__(self, student: nn.Module, num_classes: int, input_shape, images_per_class: int = 1,
-                 steps: int = 10, epochs: int = 3, init_lr: float = 0.02, random_init: bool = False,
-                 init: str = "xavier", checkpoint: bool = False, final_eval: bool = True,
-                 beta1: float = 0.5, input_key: str = "input"):
+    def __init__(self, student: nn.Module, num_classes: int, input_shape, images_per_class: int,
+                 steps: int, epochs: int, init_lr: float, random_init: bool, init: str,
+                 checkpoint: bool, final_eval: bool, beta1: float, input_key: str = "input"):
         super().__init__(student, (), input_key)
         reinit(student, init)
         for p in student.parameters():
@@ -157,8 +160,8 @@ class DatasetDistiller(Distiller):
             params, buffers = model_state(self.student)
             was = self.student.training
             self.student.train()
-            final = unrolled_sgd(self.student, params, self.images, self.labels, self.lrs(), self.epochs,
-                                 buffers, create_graph=False)
+            final, buffers = unrolled_sgd_state(self.student, params, self.images, self.labels, self.lrs(),
+                                                self.epochs, buffers, create_graph=False)
             self.student.train(was)
             self._cache = (key, final, buffers)
         return self._cache[1], self._cache[2]
@@ -218,3 +221,25 @@ class DatasetDistillation(Method):
                 save_image_grid(d, Path(path).with_suffix(".png"))
 
         return [Stage("distill", build, after=after)]
+
+    def baselines(self):
+        """Random real images instead of the distilled ones: as many per class and step as the
+        synthetic set, drawn from the training data with the run's seed, trained from the same
+        theta_0 with the same steps and the learned learning rates."""
+
+        def random_real(b):
+            d = b.ctx.extras["distilled"]
+            theta0 = b.ctx.results["distill"]["distiller"].student
+            data = b.train_data
+            per_class = d.images.shape[1] // d.num_classes
+            gen = torch.Generator().manual_seed(b.seed)
+            y = data.targets.cpu()
+            steps = []
+            for _ in range(d.steps):
+                idx = [torch.nonzero(y == c).flatten() for c in range(d.num_classes)]
+                pick = torch.cat([i[torch.randperm(len(i), generator=gen)[:per_class]] for i in idx])
+                steps.append(data.prepare_input(data.tensors["input"][pick.to(data.tensors["input"].device)]).cpu())
+            real = DistilledSet(torch.stack(steps), d.labels.clone(), d.lrs.clone(), d.epochs, d.num_classes)
+            return train_on_distilled(copy.deepcopy(theta0), real)
+
+        return [Baseline("random real images (same count and steps)", random_real)]

@@ -15,7 +15,7 @@ estimate of CE(p̄, g): no MC average is ever computed during training. The stud
 the teacher's weights (i.e. from the weight-scaled network) and has no dropout of its own.
 
 Deviations and best guesses (no official code was found; the equations are reconstructed from
-the abstract and the ICML reviews, see PAPERS.md section 16):
+the abstract and the ICML reviews, see docs/methods/dropout_distillation.md):
 - ``samples_per_step`` (default 1, the unbiased one-mask estimate) may average S masks per sample.
 - ``input_noise``: the paper lets x include perturbed or unlabelled inputs; Gaussian input noise
   of this standard deviation is added to the distillation inputs (default 0: the plain training
@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import dropout_distillation_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import MCDropoutTeacher, Teacher, strip_dropout
 
@@ -41,8 +42,8 @@ from joryu.teachers import MCDropoutTeacher, Teacher, strip_dropout
 class DropoutDistillationDistiller(Distiller):
     """A deterministic student trained on one fresh-mask teacher prediction per sample."""
 
-    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int = 1, input_noise: float = 0.0,
-                 input_key: str = "input"):
+    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int,
+                 input_noise: float, input_key: str = "input"):
         super().__init__(strip_dropout(student), [teacher], input_key)
         self.teacher = teacher
         self.samples_per_step = int(samples_per_step)
@@ -101,3 +102,29 @@ class DropoutDistillation(Method):
             return DropoutDistillationDistiller(ctx.student, teacher, p.samples_per_step, p.input_noise)
 
         return [Stage("distill", build)]
+
+    def baselines(self):
+        """The student alone would be the teacher retrained; the comparisons are the teacher with
+        weight scaling ("standard dropout", the run's teacher row: one pass, same cost as the
+        student) and the teacher's Monte-Carlo average over ``MC_MASKS`` masks (the target p-bar,
+        at MC_MASKS times the cost)."""
+
+        def mc(b):
+            return MCAverage(mc_teacher(b.teacher), MC_MASKS)
+
+        return [Baseline(f"teacher, MC dropout ({MC_MASKS} masks)", mc)]
+
+
+MC_MASKS = 50
+
+
+class MCAverage(nn.Module):
+    """log of the mask-averaged softmax of a dropout network (K forward passes)."""
+
+    def __init__(self, teacher: MCDropoutTeacher, samples: int):
+        super().__init__()
+        self.model = teacher.model
+        self.mc = MCDropoutTeacher(teacher.model, samples=samples, input_key=teacher.input_key)
+
+    def forward(self, x):
+        return self.mc({self.mc.input_key: x}).logits

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from joryu.rundir import atomic_write_text
+
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
@@ -36,20 +38,128 @@ def markdown_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> None:
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f}"
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def quality_rows(rows: dict) -> list[list[str]] | None:
+    """Accuracy, calibration and fidelity to the teacher (from joryu.evaluate), one row per model."""
+    if not any("eval" in r for r in rows.values()):
+        return None
+    out = [["model", "top-1 (%)", "top-5 (%)", "NLL", "ECE (%)", "agreement with teacher (%)",
+            "KL(teacher ‖ model)"]]
+    for name, r in rows.items():
+        e = r.get("eval")
+        if e is None:
+            continue
+        out.append([name, f"{e['top1']:.2f}", f"{e['top5']:.2f}", f"{e['nll']:.4f}", f"{e['ece']:.2f}",
+                    f"{e['agreement']:.2f}" if "agreement" in e else "-",
+                    f"{e['kl_teacher']:.4f}" if "kl_teacher" in e else "-"])
+    return out
+
+
+def deployment_rows(rows: dict) -> list[list[str]] | None:
+    """Size, compute, CPU latency and memory of the network each row deploys."""
+    if not any("deploy" in r for r in rows.values()):
+        return None
+    first = next(r["deploy"] for r in rows.values() if "deploy" in r)
+    nb = first["throughput_batch"]
+    out = [["model", "params", "file (KiB)", "MACs/sample", "CPU b=1 median / p90 (ms)",
+            f"CPU b={nb} median / p90 (ms)", f"CPU b={nb} (samples/s)", "peak fwd memory b=1 (KiB)"]]
+    for name, r in rows.items():
+        d = r.get("deploy")
+        if d is None:
+            continue
+        out.append([name, _fmt_params(d["params"]), _kib(d["file_bytes"]), _fmt_count(d["macs"]),
+                    f"{d['cpu_batch1']['median_ms']:.3f} / {d['cpu_batch1']['p90_ms']:.3f}",
+                    f"{d['cpu_batch']['median_ms']:.2f} / {d['cpu_batch']['p90_ms']:.2f}",
+                    f"{d['cpu_batch']['samples_per_s']:.0f}", _kib(d["peak_bytes"])])
+    return out
+
+
+def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only with a GPU
+    if not any("cuda" in r.get("deploy", {}) for r in rows.values()):
+        return None
+    first = next(r["deploy"] for r in rows.values() if "cuda" in r.get("deploy", {}))
+    nb = first["throughput_batch"]
+    out = [["model", "CUDA b=1 median / p90 (ms)", f"CUDA b={nb} median / p90 (ms)",
+            f"CUDA b={nb} (samples/s)", "peak CUDA memory b=1 (KiB)"]]
+    for name, r in rows.items():
+        c = r.get("deploy", {}).get("cuda")
+        if c is None:
+            continue
+        out.append([name, f"{c['batch1']['median_ms']:.3f} / {c['batch1']['p90_ms']:.3f}",
+                    f"{c['batch']['median_ms']:.3f} / {c['batch']['p90_ms']:.3f}",
+                    f"{c['batch']['samples_per_s']:.0f}", _kib(c["peak_bytes"])])
+    return out
+
+
+def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
+    """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
+    markdown text."""
+    from joryu.evaluate import ECE_BINS, reliability_diagram
+    from joryu.report.deploy import plot_tradeoff
     from joryu.report.plots import plot_curves
 
     run_dir = Path(run_dir)
     table = comparison_rows(rows)
     pngs = plot_curves(histories, run_dir)
     md = [f"# {cfg.name}", "",
-          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher `{cfg.teacher.name}`, "
+          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher "
+          f"`{cfg.teacher.name if cfg.teacher is not None else 'none'}`, "
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
           "training; the validation split (carved from the training data) is what the curves show.",
           "", markdown_table(table), ""]
+    quality = quality_rows(rows)
+    if quality:
+        md += ["## Accuracy, calibration, agreement with the teacher", "",
+               f"On the test split, of the network each row deploys. ECE: expected calibration error over "
+               f"{ECE_BINS} equal-width confidence bins (confidence = max softmax). Agreement: share of test "
+               "samples where the model's top-1 class is the teacher's; KL(teacher ‖ model): mean "
+               "KL divergence of the model's softmax from the teacher's at temperature 1, in nats "
+               "(the fidelity measures of Stanton et al. 2021). NLL: mean cross-entropy with the labels.",
+               "", markdown_table(quality), ""]
+        evals = {k: r["eval"] for k, r in rows.items() if "eval" in r}
+        rel = reliability_diagram(evals, run_dir / "reliability.png")
+        md += [f"![reliability]({rel.name})", ""]
+    deploy = deployment_rows(rows)
+    if deploy:
+        d0 = next(r["deploy"] for r in rows.values() if "deploy" in r)
+        md += ["## Deployment", "",
+               f"The network each row deploys, in eval mode. File: its state dict as safetensors. MACs per "
+               "sample: counted by torch.utils.flop_counter.FlopCounterMode at batch 1 (matrix products "
+               "and convolutions; MACs = FLOPs / 2). CPU latency: wall time of a whole forward pass, "
+               f"median and 90th percentile of {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at batch "
+               f"{d0['throughput_batch']}, {d0['threads']} thread(s), on real test inputs. Peak forward "
+               "memory: the most memory one batch-1 forward pass allocates beyond the weights and input "
+               "(tensor storages created by the operators, counted until released; operator scratch space "
+               "not seen).", "", markdown_table(deploy), ""]
+        cuda = cuda_rows(rows)
+        if cuda:  # pragma: no cover
+            md += [f"On CUDA ({d0['cuda']['device']}, precision {d0['cuda']['precision']}):", "",
+                   markdown_table(cuda), ""]
+        else:
+            md += ["No CUDA device was visible, so there are no GPU numbers.", ""]
+        trade = plot_tradeoff(rows, run_dir / "deployment.png")
+        if trade is not None:
+            md += [f"![accuracy against latency]({trade.name})", ""]
+    if pngs:
+        md += ["## Learning curves", "",
+               "Per epoch, on the validation split, for every model: top-1 accuracy, and the label "
+               "cross-entropy of the network being trained (the engine's val/loss): the same quantity for "
+               "every method, unlike each method's training objective.", ""]
     for p in pngs:
         md += [f"![{p.stem}]({p.name})", ""]
     md += ["## Configuration", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip(),
            "```", ""]
-    (run_dir / "report.md").write_text("\n".join(md))
-    (run_dir / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
+    text = "\n".join(md)
+    atomic_write_text(run_dir / "report.md", text)
+    atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=1))
+    return text
