@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from joryu.evaluate import add_parser as add_eval
     from joryu.export import add_parser as add_export
+    from joryu.report.tables import add_parser as add_report
 
     add_eval(sub)
     add_export(sub)
+    add_report(sub)
     sub.add_parser("bench", help="training-throughput benchmark (writes benchmarks/RESULTS.md); bench --help")
     return p
 
@@ -142,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    commands = {"distill", "run", "methods", "models", "datasets", "reproduce", "bench", "eval", "export"}
+    commands = {"distill", "run", "methods", "models", "datasets", "reproduce", "bench", "eval", "export",
+                "report"}
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["distill", *argv]
     if argv[0] == "bench":  # its own options: see joryu/bench.py

@@ -442,3 +442,11 @@ def test_every_method_run_answers_did_it_help(config, tmp_path):
         dep = rows[method_row]["deploy"]
         assert dep["params"] > count_parameters(create("mlp", hidden=[50], num_classes=10, input_shape=(1, 8, 8)))
         assert dep["macs"] >= 8 * rows["SGD (MAP, same iterations)"]["deploy"]["macs"]  # 8 generated networks
+
+
+def test_joryu_report_prints_the_run_tables(main_run, tmp_path, capsys):
+    code, out, err = run_cli(["report", str(main_run)], capsys)
+    assert code == 0, err
+    assert "MACs/sample" in out and "ECE (%)" in out and "student + kd" in out and "1 thread(s)" in out
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    one_line_exit_2(code, err, "has no results.json")

@@ -133,8 +133,9 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
                f"The network each row deploys, in eval mode. File: its state dict as safetensors. MACs per "
                "sample: counted by torch.utils.flop_counter.FlopCounterMode at batch 1 (matrix products "
                "and convolutions; MACs = FLOPs / 2). CPU latency: wall time of a whole forward pass, "
-               f"median and 90th percentile of {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at batch "
-               f"{d0['throughput_batch']}, {d0['threads']} thread(s), on real test inputs. Peak forward "
+               f"median and 90th percentile of up to {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at "
+               f"batch {d0['throughput_batch']} (fewer for a network slower than 5 s a measurement; results.json "
+               f"has the count), {d0['threads']} thread(s), on real test inputs. Peak forward "
                "memory: the most memory one batch-1 forward pass allocates beyond the weights and input "
                "(tensor storages created by the operators, counted until released; operator scratch space "
                "not seen).", "", markdown_table(deploy), ""]
@@ -160,3 +161,33 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
     atomic_write_text(run_dir / "report.md", text)
     atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=1))
     return text
+
+
+def report_cli(args) -> int:
+    """``joryu report RUN``: the run's tables (results, accuracy/calibration/agreement, deployment)
+    on the console, from its ``results.json``; ``report.md`` has the same with the plots."""
+    from joryu.errors import ConfigError
+
+    path = Path(args.run) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{args.run} has no results.json (not a finished joryu run folder); finish the run "
+                          "with --resume, or give the folder a run wrote (e.g. runs/kd-mnist1d)")
+    rows = json.loads(path.read_text())["rows"]
+    print(format_table(comparison_rows(rows)))
+    for title, table in (("accuracy, calibration (ECE, 15 bins) and agreement with the teacher, test split",
+                          quality_rows(rows)),
+                         ("deployment (CPU; MACs = FLOPs / 2 from FlopCounterMode)", deployment_rows(rows))):
+        if table:
+            print(f"\n{title}:\n{format_table(table)}")
+    d0 = next((r["deploy"] for r in rows.values() if "deploy" in r), None)
+    if d0:
+        print(f"\nlatency: median / p90 of up to {d0['repeats']} runs at batch 1 and {d0.get('batch_repeats', 10)} "
+              f"at batch {d0['throughput_batch']}, {d0['threads']} thread(s); peak memory: one batch-1 forward pass")
+    print(f"\nreport: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("report", help="print a run folder's results, calibration and deployment tables")
+    r.add_argument("run", help="a run folder (e.g. runs/kd-mnist1d)")
+    r.set_defaults(func=report_cli)
