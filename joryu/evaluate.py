@@ -264,7 +264,12 @@ def build_with_weights(name: str, weights, kwargs: dict, bundle, what: str, inpu
 
     cfg = ModelConfig(name=name, kwargs=kwargs or {}, checkpoint=str(weights) if weights else None)
     model = build_model(cfg, bundle.num_classes, input_shape_of(bundle.test, input_key, bundle.input_shape))
-    classes = output_classes(model, bundle.test, input_key)
+    try:
+        classes = output_classes(model, bundle.test, input_key)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ConfigError(f"{what} cannot read {bundle.name}'s inputs of shape {tuple(bundle.input_shape)} "
+                          f"({str(e).strip().splitlines()[0]}); evaluate it on data shaped like its training "
+                          "data") from None
     if classes != bundle.num_classes:
         raise ConfigError(f"{what} predicts {classes} classes but the data has {bundle.num_classes}; "
                           "evaluate it on data with its classes, or fix num_classes in its kwargs")

@@ -258,6 +258,8 @@ def test_joryu_eval_bad_input_is_one_line_exit_2(main_run, tmp_path, capsys):
     code, _, err = run_cli(["eval", "--model", "mlp", "--weights", str(main_run / "teacher.safetensors"),
                             "--data", "mnist1d", "--data-kwarg", "num_samples=600"], capsys)
     one_line_exit_2(code, err, "do not fit model 'mlp'")
+    code, _, err = run_cli(["eval", str(main_run), "--data", "digits"], capsys)  # 8x8 images, not 1x40 signals
+    one_line_exit_2(code, err, "cannot read digits's inputs")
 
 
 # ------------------------------------------------------------------ joryu export
