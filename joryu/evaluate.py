@@ -4,7 +4,9 @@ Per prediction (a row of flattened ``[N, C]`` logits with a validity mask, so ``
 ``[B, L, C]`` and ``[B, C, H, W]`` outputs all reduce to it; targets of -100 and rows with
 ``labeled`` False are not scored):
 
-- top-1 and top-5 accuracy (%); top-k with k = min(5, C);
+- top-1 and top-5 accuracy (%); top-k with k = min(5, C) (per position: token or pixel accuracy);
+- the metric of the output shape: perplexity exp(NLL) for ``[B, L, C]``; mean IoU (%) over the
+  classes present in the targets or predictions for ``[B, C, H, W]``;
 - NLL: mean cross-entropy with the labels (nats);
 - ECE, expected calibration error (%): confidence c = max softmax, 15 equal-width bins on
   [0, 1], ECE = sum_b (n_b / N) |acc_b - conf_b| (Guo et al. 2017); with the per-bin
@@ -17,6 +19,7 @@ Per prediction (a row of flattened ``[N, C]`` logits with a validity mask, so ``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -57,10 +60,14 @@ class Scores:
         self.t_n = 0
         self.agree = 0.0
         self.kl = 0.0
+        self.kind = None  # "classification" [B, C], "sequence" [B, L, C] or "dense" [B, C, H, W]
+        self.confusion = None  # dense outputs: [C, C] counts (target, prediction) for the mIoU
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
                valid: torch.Tensor | None = None) -> None:
+        if self.kind is None:
+            self.kind = {2: "classification", 3: "sequence", 4: "dense"}.get(logits.dim(), "classification")
         logits, target, ok = flatten_positions(logits, target, valid)
         if teacher_logits is not None:
             teacher_logits = flatten_positions(teacher_logits, torch.zeros_like(target))[0]
@@ -81,6 +88,11 @@ class Scores:
         self.bin_count += torch.bincount(b, minlength=self.num_bins).double()
         self.bin_conf += torch.bincount(b, weights=conf.cpu(), minlength=self.num_bins)
         self.bin_correct += torch.bincount(b, weights=correct.cpu(), minlength=self.num_bins)
+        if self.kind == "dense":
+            c = logits.shape[-1]
+            if self.confusion is None:
+                self.confusion = torch.zeros(c, c, dtype=torch.float64)
+            self.confusion += torch.bincount((target * c + pred).cpu(), minlength=c * c).double().view(c, c)
         if teacher_logits is not None:
             logq = F.log_softmax(teacher_logits, -1)
             self.t_n += len(target)
@@ -100,6 +112,14 @@ class Scores:
         out["ece"] = 100.0 * float(((cnt / n) * (acc - conf).abs()).sum())
         out["ece_bins"] = self.num_bins
         out["reliability"] = {"count": cnt.long().tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()}
+        out["kind"] = self.kind or "classification"
+        if self.kind == "sequence":
+            out["perplexity"] = math.exp(min(out["nll"], 700.0))
+        if self.confusion is not None:  # mean IoU over the classes that occur (in target or prediction)
+            inter = self.confusion.diag()
+            union = self.confusion.sum(0) + self.confusion.sum(1) - inter
+            seen = union > 0
+            out["miou"] = 100.0 * float((inter[seen] / union[seen]).mean()) if bool(seen.any()) else 0.0
         if self.t_n:
             out["agreement"] = 100.0 * self.agree / self.t_n
             out["kl_teacher"] = self.kl / self.t_n
@@ -195,12 +215,15 @@ def format_results(results: dict[str, dict]) -> str:
     from joryu.report.tables import format_table
 
     has_t = any("agreement" in r for r in results.values())
+    extra = [k for k in ("perplexity", "miou") if any(k in r for r in results.values())]
     head = ["model", "n", "top-1 (%)", "top-5 (%)", "NLL", f"ECE (%, {ECE_BINS} bins)"]
+    head += [{"perplexity": "perplexity", "miou": "mIoU (%)"}[k] for k in extra]
     if has_t:
         head += ["agreement (%)", "KL(teacher ‖ model)"]
     table = [head]
     for name, r in results.items():
         row = [name, str(r["n"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['nll']:.4f}", f"{r['ece']:.2f}"]
+        row += [f"{r[k]:.2f}" if k in r else "-" for k in extra]
         if has_t:
             row += [f"{r['agreement']:.2f}" if "agreement" in r else "-",
                     f"{r['kl_teacher']:.4f}" if "kl_teacher" in r else "-"]

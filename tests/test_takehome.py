@@ -204,7 +204,12 @@ def test_per_position_outputs_flatten_with_the_ignore_mask():
     assert lf.shape == (32, 3) and torch.equal(lf[5], seg[0, :, 1, 1])
     s = Scores()
     s.update(logits, target)
-    assert s.compute()["n"] == 8
+    r = s.compute()
+    assert r["n"] == 8 and r["kind"] == "sequence" and r["perplexity"] == pytest.approx(math.exp(r["nll"]))
+    # a 2-class 1x2 "image": prediction [0, 0], target [0, 1] -> IoU(0) = 1/2, IoU(1) = 0/1 -> mIoU 25%
+    d = Scores()
+    d.update(torch.tensor([[[[2.0, 1.0]], [[0.0, 0.0]]]]), torch.tensor([[[0, 1]]]))
+    assert d.compute()["miou"] == pytest.approx(25.0) and d.compute()["top1"] == pytest.approx(50.0)
 
 
 def test_evaluate_model_matches_the_engine(tiny_data):
