@@ -354,7 +354,8 @@ def test_every_run_report_has_quality_and_deployment_numbers(main_run):
     for r in rows.values():
         assert r["deploy"]["macs"] > 0 and r["deploy"]["file_bytes"] > 0 and math.isfinite(r["eval"]["ece"])
     assert rows["teacher"]["deploy"]["macs"] > rows["student + kd"]["deploy"]["macs"]
-    for png in ("deployment.png", "reliability.png", "val_accuracy.png", "val_cross_entropy.png"):
+    for png in ("deployment.png", "reliability.png", "val_accuracy.png", "val_cross_entropy.png",
+                "train_cross_entropy.png"):
         assert (main_run / png).stat().st_size > 1000, png
     assert not (main_run / "train_loss.png").exists()  # the incomparable objective plot is gone
 
@@ -457,3 +458,14 @@ def test_joryu_report_prints_the_run_tables(main_run, tmp_path, capsys):
     assert "MACs/sample" in out and "ECE (%)" in out and "student + kd" in out and "1 thread(s)" in out
     code, _, err = run_cli(["report", str(tmp_path)], capsys)
     one_line_exit_2(code, err, "has no results.json")
+
+
+def test_training_curves_plot_the_label_cross_entropy_of_every_run():
+    from joryu.report.plots import train_ce_series
+
+    hist = {"teacher": [{"epoch": 1, "train/loss": 2.0}],
+            "student alone": [{"epoch": 1, "train/loss": 1.5}],
+            "student + kd": [{"epoch": 1, "train/loss": 9.0, "train/kd": 10.0, "train/ce": 1.2}],
+            "student + fsp": [{"epoch": 1, "train/loss": 0.3}]}
+    series = train_ce_series(hist, {"teacher", "student alone"})
+    assert series == {"teacher": [(1, 2.0)], "student alone": [(1, 1.5)], "student + kd": [(1, 1.2)]}

@@ -99,7 +99,7 @@ def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only 
     return out
 
 
-def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
+def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()) -> str:
     """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
     markdown text."""
     from joryu.evaluate import ECE_BINS, atomic_write_text, reliability_diagram
@@ -108,7 +108,7 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
 
     run_dir = Path(run_dir)
     table = comparison_rows(rows)
-    pngs = plot_curves(histories, run_dir)
+    pngs = plot_curves(histories, run_dir, ce_runs)
     md = [f"# {cfg.name}", "",
           f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher `{cfg.teacher.name}`, "
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
@@ -150,9 +150,11 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
             md += [f"![accuracy against latency]({trade.name})", ""]
     if pngs:
         md += ["## Learning curves", "",
-               "Per epoch, on the validation split, for every model: top-1 accuracy, and the label "
-               "cross-entropy of the network being trained (the engine's val/loss): the same quantity for "
-               "every method, unlike each method's training objective.", ""]
+               "Per epoch, for every model: top-1 accuracy and cross-entropy with the labels on the "
+               "validation split (the engine's val/acc and val/loss), and the cross-entropy with the labels "
+               "on the training batches (a method's logged label term, train/ce, or the loss of a run trained "
+               "on the labels alone; a run with neither is not drawn). The same quantities for every "
+               "method, unlike each method's training objective (in metrics.jsonl).", ""]
     for p in pngs:
         md += [f"![{p.stem}]({p.name})", ""]
     md += ["## Configuration", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip(),
