@@ -282,11 +282,18 @@ def split_of(bundle, split: str, cfg=None):
 def build_with_weights(name: str, weights, kwargs: dict, bundle, what: str, input_key: str = "input"):
     """A zoo / import-path model with ``weights`` loaded (see joryu.weights for the layouts)."""
     from joryu.config import ModelConfig
-    from joryu.errors import ConfigError
-    from joryu.experiment import build_model, input_shape_of, output_classes
+    from joryu.experiment import build_model, input_shape_of
 
     cfg = ModelConfig(name=name, kwargs=kwargs or {}, checkpoint=str(weights) if weights else None)
     model = build_model(cfg, bundle.num_classes, input_shape_of(bundle.test, input_key, bundle.input_shape))
+    return check_fits(model, bundle, what, input_key)
+
+
+def check_fits(model, bundle, what: str, input_key: str = "input"):
+    """``model`` reads the data's inputs and predicts its number of classes, else one ConfigError line."""
+    from joryu.errors import ConfigError
+    from joryu.experiment import output_classes
+
     try:
         classes = output_classes(model, bundle.test, input_key)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -339,14 +346,30 @@ class RunFolder:
                     cfg.student.input_key), cfg.student.input_key)
             except ConfigError:
                 pass  # e.g. a baseline of another architecture: reported by the run, skipped here
-        try:
-            student = build_with_weights(cfg.student.name, student_file, cfg.student.kwargs, self.bundle,
-                                         f"the student ({cfg.student.name})", cfg.student.input_key)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (method {cfg.method.name!r} may deploy another network than the configured "
-                              "student; pass --model and --weights)") from None
+        student = self._deployed(cfg, student_file)
         self.label = f"student + {cfg.method.name}"
         self.models[self.label] = (student, cfg.student.input_key)
+
+    def _deployed(self, cfg, weights):
+        """The network the run deployed (``Method.deployed_network``) with its weights loaded."""
+        from joryu.errors import ConfigError
+        from joryu.experiment import build_model, input_shape_of
+        from joryu.methods import get_method
+        from joryu.weights import load_into
+
+        b = self.bundle
+        plain = cfg.student.model_copy(update={"checkpoint": None})
+        student = build_model(plain, b.num_classes, input_shape_of(b.test, cfg.student.input_key, b.input_shape))
+        teacher = self.models.get("teacher", (None,))[0]
+        if teacher is None:
+            teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": None}), b.num_classes,
+                                  input_shape_of(b.test, cfg.teacher.input_key, b.input_shape))
+        net = get_method(cfg.method.name, cfg.method.params).deployed_network(student, teacher)
+        try:
+            load_into(net, weights, f"the network method {cfg.method.name!r} deploys ({type(net).__name__})")
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or pass --model and --weights") from None
+        return check_fits(net, b, f"the student ({cfg.student.name})", cfg.student.input_key)
 
     @property
     def student(self):

@@ -444,6 +444,13 @@ def test_every_method_run_answers_did_it_help(config, tmp_path):
         assert 0 <= rows[label]["test_acc"] <= 100 and rows[label]["deploy"]["macs"] > 0
     md = (tmp_path / "run" / "report.md").read_text()
     assert all(label in md for label in labels)
+    # the run folder's deployed network loads back (Method.deployed_network) and scores the same
+    from joryu.evaluate import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    net, key = run.student
+    again = evaluate_model(net, run.bundle.test, key)
+    assert again["top1"] == pytest.approx(rows[method_row]["eval"]["top1"], abs=1e-9)
     if cfg.method.name == "posterior_distillation":  # the deployed predictor, not the generator alone
         from joryu.models import count_parameters
 

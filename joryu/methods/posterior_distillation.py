@@ -257,6 +257,13 @@ class PosteriorDistillation(Method):
                                            "batch_size": p.sample_batch_size}),
         ]
 
+    def deployed_network(self, student, teacher):
+        """A ``GeneratorEnsemble`` shaped like the one the gan stage builds (weights to be loaded)."""
+        p = self.params
+        d = flatten_params(student).numel()
+        gen = mlp_net([p.z_dim] + [p.hidden] * p.layers + [d])
+        return GeneratorEnsemble(student, gen, torch.zeros(d), torch.ones(d), p.num_predictive, p.z_dim)
+
     def baselines(self):
         """The paper's comparisons: SGD (the MAP point estimate: the same sampler without noise, same
         init, iterations and step) and the SGLD samples' own ensemble (what the generator distils,
