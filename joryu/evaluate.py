@@ -158,12 +158,11 @@ def evaluate_model(model: torch.nn.Module, data, input_key="input", teacher: tor
 
 
 def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
-    """One panel per model: accuracy against confidence per bin, the gap shaded, ECE in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One panel per model: accuracy against confidence per bin, the gap shaded, ECE in the title
+    (None, with a one-line notice, when matplotlib is not installed)."""
+    plt = pyplot("the reliability diagram")
+    if plt is None:
+        return None
     path = Path(path)
     k = len(results)
     fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.6), dpi=100, squeeze=False)
@@ -188,6 +187,22 @@ def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
     _save_fig(fig, path)
     plt.close(fig)
     return path
+
+
+def pyplot(purpose: str):
+    """matplotlib.pyplot (Agg backend), or None with one line on stderr when it is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        import sys
+
+        print(f"joryu: {purpose} skipped: it needs matplotlib, which is not installed; "
+              "pip install 'joryu[plot]' (or pip install matplotlib)", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save_fig(fig, path: Path) -> None:
@@ -237,7 +252,7 @@ def write_results(results: dict[str, dict], out_dir: str | Path, meta: dict) -> 
     png = reliability_diagram(results, out_dir / "reliability.png")
     js = out_dir / "eval.json"
     atomic_write_text(js, json.dumps({**meta, "ece_bins": ECE_BINS, "results": results}, indent=1))
-    return js, png
+    return js, png  # png is None without matplotlib
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -332,8 +347,10 @@ class RunFolder:
         else:
             self.bundle = load_data(cfg.data.name, cfg.data.path, cfg.data.kwargs)
         self.models: dict[str, tuple] = {}
-        teacher_file = next((f for f in (path / "teacher.safetensors", cfg.teacher.checkpoint,
-                                         path / "teacher" / "final.safetensors") if f and Path(f).exists()), None)
+        t_cfg = getattr(cfg, "teacher", None)
+        teacher_file = None if t_cfg is None else next(
+            (f for f in (path / "teacher.safetensors", t_cfg.checkpoint, path / "teacher" / "final.safetensors")
+             if f and Path(f).exists()), None)
         if teacher_file is not None:
             self.models["teacher"] = (build_with_weights(cfg.teacher.name, teacher_file, cfg.teacher.kwargs,
                                                          self.bundle, "the teacher", cfg.teacher.input_key),
@@ -361,7 +378,7 @@ class RunFolder:
         plain = cfg.student.model_copy(update={"checkpoint": None})
         student = build_model(plain, b.num_classes, input_shape_of(b.test, cfg.student.input_key, b.input_shape))
         teacher = self.models.get("teacher", (None,))[0]
-        if teacher is None:
+        if teacher is None and getattr(cfg, "teacher", None) is not None:
             teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": None}), b.num_classes,
                                   input_shape_of(b.test, cfg.teacher.input_key, b.input_shape))
         net = get_method(cfg.method.name, cfg.method.params).deployed_network(student, teacher)
@@ -410,7 +427,7 @@ def evaluate_cli(args) -> int:
     print(f"{bundle.name} {args.split} split, {results[next(iter(results))]['n']} scored predictions"
           + (" (agreement and KL against the teacher)" if teacher else ""))
     print(format_results(results))
-    print(f"\nwrote {js} and {png}")
+    print(f"\nwrote {js}" + (f" and {png}" if png is not None else ""))
     return 0
 
 

@@ -476,3 +476,17 @@ def test_training_curves_plot_the_label_cross_entropy_of_every_run():
             "student + fsp": [{"epoch": 1, "train/loss": 0.3}]}
     series = train_ce_series(hist, {"teacher", "student alone"})
     assert series == {"teacher": [(1, 2.0)], "student alone": [(1, 1.5)], "student + kd": [(1, 1.2)]}
+
+
+def test_without_onnxruntime_or_matplotlib_one_line_says_what_to_install(main_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    out = tmp_path / "s.onnx"
+    code, _, err = run_cli(["export", str(main_run), "--out", str(out)], capsys)
+    one_line_exit_2(code, err, "pip install 'joryu[onnx]'")
+    assert not out.exists()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, text, err = run_cli(["eval", str(main_run), "--out", str(tmp_path / "e")], capsys)
+    assert code == 0 and (tmp_path / "e" / "eval.json").is_file() and not (tmp_path / "e" / "reliability.png").exists()
+    assert "pip install 'joryu[plot]'" in err and len(err.strip().splitlines()) == 1

@@ -209,16 +209,15 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
 
 
 def plot_tradeoff(rows: dict[str, dict], path) -> object:
-    """Test top-1 against CPU batch-1 latency, one labelled point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from joryu.evaluate import _save_fig
+    """Test top-1 against CPU batch-1 latency, one labelled point per model (None without
+    matplotlib)."""
+    from joryu.evaluate import _save_fig, pyplot
 
     pts = {k: r for k, r in rows.items() if "deploy" in r and "test_acc" in r}
     if not pts:
+        return None
+    plt = pyplot("the accuracy-latency plot")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, r in pts.items():

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def train_ce_series(histories: dict[str, list[dict]], ce_runs=()) -> dict[str, list]:
     """Per run, the training cross-entropy with the labels per epoch: the ``train/ce`` term a method
@@ -34,8 +29,11 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path, ce_runs=()) -> 
     the label cross-entropy on the training batches (see ``train_ce_series``). Each method's own
     training objective (e.g. the T^2-scaled KD loss) is not comparable across methods and stays
     in ``metrics.jsonl``."""
-    from joryu.evaluate import _save_fig
+    from joryu.evaluate import _save_fig, pyplot
 
+    plt = pyplot("the learning curves")
+    if plt is None:
+        return []
     out_dir = Path(out_dir)
     paths = []
     plots = []

@@ -125,7 +125,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
                "", markdown_table(quality), ""]
         evals = {k: r["eval"] for k, r in rows.items() if "eval" in r}
         rel = reliability_diagram(evals, run_dir / "reliability.png")
-        md += [f"![reliability]({rel.name})", ""]
+        if rel is not None:
+            md += [f"![reliability]({rel.name})", ""]
     deploy = deployment_rows(rows)
     if deploy:
         d0 = next(r["deploy"] for r in rows.values() if "deploy" in r)
