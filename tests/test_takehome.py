@@ -1,6 +1,7 @@
 """What a user takes home: weights in and out, joryu eval, joryu export, the deployment report,
 trackers."""
 
+import importlib.util
 import json
 import math
 import textwrap
@@ -20,6 +21,8 @@ from joryu.models import create
 from joryu.report.deploy import count_macs, deployment_stats, peak_forward_bytes, state_dict_bytes
 from joryu.weights import load_into, read_state_dict
 
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx and onnxruntime (pip install 'joryu[onnx]')")
 FAST = ["--quiet", "train.epochs=1", "teacher.train.epochs=1", "data.kwargs.num_samples=600"]
 
 
@@ -268,7 +271,8 @@ def test_joryu_eval_bad_input_is_one_line_exit_2(main_run, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ joryu export
-@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("torch-export", ".pt2")])
+@pytest.mark.parametrize("fmt,suffix", [pytest.param("onnx", ".onnx", marks=needs_onnx), ("torchscript", ".pt"),
+                                        ("torch-export", ".pt2")])
 def test_joryu_export_checks_the_file_against_pytorch(main_run, tmp_path, capsys, fmt, suffix):
     out = tmp_path / f"s{suffix}"
     code, text, err = run_cli(["export", str(main_run), "--format", fmt, "--out", str(out)], capsys)
@@ -291,6 +295,7 @@ def test_joryu_export_checks_the_file_against_pytorch(main_run, tmp_path, capsys
     assert torch.allclose(got, want, atol=1e-4)
 
 
+@needs_onnx
 def test_export_keeps_an_existing_file_unless_overwrite(main_run, tmp_path, capsys):
     out = tmp_path / "s.onnx"
     out.write_bytes(b"keep me")
@@ -301,6 +306,7 @@ def test_export_keeps_an_existing_file_unless_overwrite(main_run, tmp_path, caps
     assert code == 0 and out.read_bytes() != b"keep me"
 
 
+@needs_onnx
 def test_a_model_that_cannot_be_exported_names_the_operator(tmp_path, monkeypatch, capsys):
     (tmp_path / "odd_models.py").write_text(textwrap.dedent("""
         import torch
