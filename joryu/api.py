@@ -8,57 +8,187 @@ import torch
 from torch import nn
 
 from joryu.config import TrainConfig
-from joryu.data import Augment, DataBundle, TensorData, split_validation
+from joryu.data import Augment, TensorData, as_source, build_transform, split_any
 from joryu.errors import ConfigError
 
 
-def as_tensor_data(data, num_classes: int | None = None) -> TensorData:
-    if isinstance(data, TensorData):
-        return data
-    if isinstance(data, DataBundle):
-        return data.train
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        y = y.long()
-        return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, "user")
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
-        return as_tensor_data(tuple(data.tensors), num_classes)
-    raise ConfigError("train_data must be a joryu TensorData, a DataBundle, a (inputs, targets) tuple of "
-                      f"tensors or a 2-tensor TensorDataset, not {type(data).__name__}")
+def as_tensor_data(data, num_classes: int | None = None):
+    """``data`` as a joryu source: a TensorData (tensors, kept on the device) or a StreamData
+    (a Dataset, IterableDataset, DataLoader or Hugging Face dataset, streamed)."""
+    if isinstance(data, dict) and "target" in data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        y = data["target"].long()
+        known = y[y != -100]
+        k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
+        return TensorData({**data, "target": y}, k, "user")
+    return as_source(data, num_classes)
+
+
+def _split_overrides(method: str, overrides: dict):
+    """Training settings and method parameters from ``distill``'s keyword arguments; an unknown
+    key is one ConfigError naming both sets and the closest spelling."""
+    import difflib
+
+    from joryu.config import validate_params
+    from joryu.methods import get_method
+    from joryu.methods.base import _METHODS
+
+    get_method(method)  # unknown method: one line with suggestions
+    params_cls = _METHODS[method].cls.Params
+    train_keys, method_keys = set(TrainConfig.model_fields), set(params_cls.model_fields)
+    unknown = [k for k in overrides if k not in train_keys | method_keys]
+    if unknown:
+        parts = []
+        for k in unknown:
+            close_t = difflib.get_close_matches(k, sorted(train_keys), n=1)
+            close_m = difflib.get_close_matches(k, sorted(method_keys), n=1)
+            if close_t and (not close_m or difflib.SequenceMatcher(None, k, close_t[0]).ratio()
+                            >= difflib.SequenceMatcher(None, k, close_m[0]).ratio()):
+                parts.append(f"unknown training setting {k!r}; did you mean {close_t[0]!r}?")
+            elif close_m:
+                parts.append(f"unknown parameter {k!r} of method {method!r}; did you mean {close_m[0]!r}?")
+            else:
+                parts.append(f"{k!r} is neither a training setting (see joryu.config.TrainConfig: "
+                             f"epochs, lr, batch_size, ...) nor a parameter of method {method!r} "
+                             f"({', '.join(sorted(method_keys)) or 'none'})")
+        raise ConfigError("; ".join(parts))
+    train_cfg = validate_params(TrainConfig, {k: v for k, v in overrides.items() if k in train_keys}, "train")
+    method_params = {k: v for k, v in overrides.items() if k in method_keys}
+    return train_cfg, get_method(method, method_params)
+
+
+def _check_shapes(teacher, student, train) -> None:
+    """Each network runs on two training samples, or one ConfigError names it and the shapes."""
+    from joryu.experiment import output_classes
+
+    shape = tuple(train.tensors["input"].shape[1:]) if isinstance(train, TensorData) else None
+    nets = [("student", student)] + ([("teacher", teacher)] if isinstance(teacher, nn.Module) else [])
+    for role, net in nets:
+        output_classes(net, train, "input",
+                       f"{role} {type(net).__name__}", shape)
+
+
+def _teacher_modules(teacher) -> list[nn.Module]:
+    if isinstance(teacher, nn.Module):
+        return [teacher]
+    if isinstance(teacher, (list, tuple)):
+        return [m for t in teacher for m in _teacher_modules(t)]
+    models = getattr(teacher, "models", None)
+    return list(models()) if callable(models) else []
+
+
+def _check_same_classes(teacher, student, data) -> None:
+    from joryu.experiment import probe_logits
+    from joryu.losses.positions import num_classes
+
+    if not isinstance(teacher, nn.Module):
+        return
+    k_t, k_s = num_classes(probe_logits(teacher, data)), num_classes(probe_logits(student, data))
+    if k_t != k_s:
+        raise ConfigError(f"the teacher predicts {k_t} classes (vocabulary size) and the student {k_s}: "
+                          "build both with the same num_classes / vocab_size")
 
 
 def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: str = "kd", *,
             val_data=None, val_fraction: float = 0.1, seed: int = 0, run_dir: str | Path | None = None,
             augment: Augment | dict | None = None, progress: bool = True, resume: bool = False,
-            **overrides):
+            num_classes: int | None = None, transform=None, eval_transform=None, views=None,
+            loader: dict | None = None, inputs=None, teacher_inputs=None, **overrides):
     """Train ``student`` from ``teacher`` with ``method``; returns ``(student, metrics)``.
 
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
-    see ``joryu.config.TrainConfig``) or the method's parameters (``temperature``, ``alpha``...).
+    see ``joryu.config.TrainConfig``) or the method's parameters (``temperature``, ``alpha``...);
+    a misspelled one is a ``ConfigError`` that says which kind it looks like. Before training,
+    every stage is dry-run on one batch (``joryu.preflight``), so a mistake is a one-line
+    ``ConfigError`` before any time is spent.
     ``metrics`` holds the per-epoch history and the final validation metrics of every stage.
-    The teacher is frozen (eval mode, no gradients) and is not changed.
+
+    ``train_data`` (and ``val_data``) may be ``(inputs, targets)`` tensors, a joryu TensorData,
+    a map-style or iterable torch Dataset, a DataLoader or a Hugging Face dataset (see
+    ``joryu.data.sources``). For streamed data: ``transform`` / ``eval_transform`` (a transform
+    list as in a config, or a callable), ``views`` (``{batch key: transform}``, e.g. a teacher's own
+    preprocessing) and ``loader`` (``{num_workers, pin_memory, persistent_workers, ...}``).
+
+    The caller's teacher is not changed: it is used frozen (eval mode, no gradients) during the
+    call, and its ``requires_grad`` flags and train/eval modes are restored when ``distill``
+    returns (or raises). Its weights are never updated.
+
+    ``inputs`` names the batch keys the student reads (a key, a list of keys for positional
+    arguments, or ``{forward_argument: batch_key}``, e.g. ``{"input_ids": "input_ids",
+    "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
+    the same as the student's). Integer tensors (token ids) are passed as they are.
     """
     from joryu.experiment import run_stages
-    from joryu.methods import get_method
+    from joryu.outputs import declare_inputs
+    from joryu.preflight import dry_run
     from joryu.teachers import as_teacher
 
-    train_keys = set(TrainConfig.model_fields)
-    train_cfg = TrainConfig(**{k: v for k, v in overrides.items() if k in train_keys})
-    method_params = {k: v for k, v in overrides.items() if k not in train_keys}
-    m = get_method(method, method_params)
-    data = as_tensor_data(train_data)
+    train_cfg, m = _split_overrides(method, overrides)
+    stream_opts = {}
+    if transform is not None or eval_transform is not None or views or loader:
+        tf = build_transform(transform)
+        etf = build_transform(eval_transform) if eval_transform is not None else (
+            tf.deterministic() if tf is not None else None)
+        stream_opts = dict(transform=tf, eval_transform=etf,
+                           views={k: build_transform(v) for k, v in (views or {}).items()})
+        if loader:
+            from joryu.data import LoaderOptions
+
+            stream_opts["loader"] = LoaderOptions.of(loader)
+    from joryu.errors import DataError, one_line
+    from joryu.outputs import example_batch
+
+    try:  # a bad sample is reported against the argument
+        data = as_source(train_data, num_classes, **stream_opts)
+        if not isinstance(data, TensorData):
+            example_batch(data, 1)
+    except DataError as e:
+        raise ConfigError(f"train_data: {one_line(e)}") from None
+    if stream_opts and not hasattr(data, "views"):
+        raise ConfigError("transform, views and loader apply to streamed data (a Dataset or DataLoader); "
+                          "for tensors use augment=")
     if val_data is not None:
-        train, val = data, as_tensor_data(val_data, data.num_classes)
+        train = data
+        val_opts = {k: v for k, v in stream_opts.items() if k == "loader"}
+        if stream_opts:
+            val_opts.update(transform=stream_opts["eval_transform"], eval_transform=stream_opts["eval_transform"])
+        val = as_source(val_data, data.num_classes, **val_opts)
+        if hasattr(val, "for_eval"):
+            val = val.for_eval()
     else:
-        train, val = split_validation(data, val_fraction, seed)
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        train, val = split_any(data, val_fraction, seed)
     if isinstance(augment, dict):
-        augment = Augment(**augment)
-    t = as_teacher(teacher) if teacher is not None else None
-    if m.needs_teacher and t is None:
+        from joryu.config import AugmentConfig, validate_params
+
+        augment = Augment(**validate_params(AugmentConfig, augment, "augment").model_dump())
+    if inputs is not None:
+        declare_inputs(student, inputs)
+    t_inputs = teacher_inputs if teacher_inputs is not None else inputs
+    if t_inputs is not None and isinstance(teacher, nn.Module):
+        declare_inputs(teacher, t_inputs)
+    if m.needs_teacher and teacher is None:
         raise ConfigError(f"method {method!r} needs a teacher")
-    torch.manual_seed(seed)
-    student, results = run_stages(m, student, t, train, val, train_cfg,
-                                  Path(run_dir) if run_dir else None, seed, augment, progress, resume,
-                                  num_classes=data.num_classes)
+    modules = _teacher_modules(teacher) if teacher is not None else []
+    saved = [(mod, [(mm, mm.training) for mm in mod.modules()],
+              [(p, p.requires_grad) for p in mod.parameters()]) for mod in modules]
+    try:
+        try:
+            t = as_teacher(teacher, t_inputs or "input") if teacher is not None else None
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+        _check_shapes(teacher, student, train)
+        _check_same_classes(teacher, student, train)
+        dry_run(m, student, t, train, train_cfg, seed, augment, data.num_classes)
+        torch.manual_seed(seed)
+        student, results = run_stages(m, student, t, train, val, train_cfg,
+                                      Path(run_dir) if run_dir else None, seed, augment, progress, resume,
+                                      num_classes=data.num_classes)
+    finally:
+        for _, modes, grads in saved:
+            for mm, was in modes:
+                mm.train(was)
+            for p, rg in grads:
+                p.requires_grad_(rg)
     metrics = {name: {k: v for k, v in r.items() if k != "distiller"} for name, r in results.items()}
     return student, metrics

@@ -244,7 +244,7 @@ def measure(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="joryu bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps and rounds; print only")
     ap.add_argument("--steps", type=int, default=None, help="steps per round and contender")
     ap.add_argument("--rounds", type=int, default=None)
@@ -324,7 +324,9 @@ def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td) 
     out += ["", "Data path on MNIST-1D (MLP 256-256 student, CE, batch 128, random shift 3):", "",
             "| on-device, batch-wise augmentation | DataLoader, per-sample augmentation | ratio [>= 2] |",
             "|---|---|---|", f"| {on:.0f} | {off:.0f} | {on / off:.2f} |", ""]
-    path.write_text("\n".join(out) + "\n" + NOTES)
+    from joryu.rundir import atomic_write_text
+
+    atomic_write_text(path, "\n".join(out) + "\n" + NOTES)
 
 
 NOTES = """

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from joryu.errors import ConfigError
 
@@ -52,20 +60,71 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="safetensors (or torch) weights to load")
-    input_key: str = "input"
+    inputs: str | list[str] | dict[str, str] | None = Field(
+        None, description="batch keys the model reads: a key, a list (positional arguments) or a mapping "
+                          "{forward_argument: batch_key}, e.g. {input_ids: input_ids, attention_mask: "
+                          "attention_mask}; default 'input'")
+    input_key: str | list[str] | dict[str, str] = Field("input", description="older name of 'inputs'")
+
+    @model_validator(mode="after")
+    def _resolve_inputs(self):
+        """One resolved value: ``inputs`` and its alias ``input_key`` both hold it afterwards."""
+        if self.inputs is None:
+            self.inputs = self.input_key
+        elif "input_key" in self.model_fields_set and self.input_key != self.inputs:
+            raise ValueError(f"inputs {self.inputs!r} and its alias input_key {self.input_key!r} disagree; "
+                             "set only inputs")
+        self.input_key = self.inputs
+        return self
 
 
 class TeacherConfig(ModelConfig):
     train: TrainConfig | None = Field(None, description="how to train the teacher when no checkpoint is given")
 
 
+class LoaderConfig(Strict):
+    """How streamed data is loaded (ignored by in-memory tensor data)."""
+
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = Field(None, ge=1)
+    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
+class AugmentConfig(Strict):
+    """Batch-wise augmentation; mirrors ``joryu.data.Augment`` (see its docstring)."""
+
+    shift: int = Field(0, ge=0, description="maximum random translation along each spatial axis")
+    flip: bool = Field(False, description="random horizontal flip (last axis)")
+    noise: float = Field(0.0, ge=0, description="standard deviation of added Gaussian noise")
+    draws: int = Field(0, ge=0, description="0: fresh draws; K > 0: one of K fixed draws per sample")
+
+    @model_validator(mode="after")
+    def _draws_without_noise(self):
+        if self.draws > 0 and self.noise > 0:
+            raise ValueError("fixed draws (draws > 0) cannot be combined with noise; use shift/flip, "
+                             "or draws: 0")
+        return self
+
+
 class DataConfig(Strict):
-    name: str = "mnist1d"
+    name: str = Field("mnist1d", description="a registered dataset, or package.module:factory")
     path: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    test: str | None = Field(None, description="package.module:factory for the test split")
+    val: str | None = Field(None, description="package.module:factory for an explicit validation split")
+    test_kwargs: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, str] | None = Field(None, description="batch key -> sample key (dict samples)")
+    transform: Any = Field(None, description="training transforms: a list of names / import paths")
+    eval_transform: Any = Field(None, description="evaluation transforms (default: the training "
+                                "transform without its random steps)")
+    views: dict[str, Any] = Field(default_factory=dict, description="extra batch keys, each its own "
+                                  "transform of the raw input (e.g. input_teacher for a teacher)")
+    fields: dict[str, Any] = Field(default_factory=dict, description="per-sample fields: clean, "
+                                   "labels_per_class, noise, privileged")
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     split_seed: int = 0
-    augment: dict[str, Any] | None = Field(None, description="override: {shift: int, flip: bool, noise: float}")
+    augment: AugmentConfig | None = Field(None, description="override the dataset's augmentation")
     teacher_augment: bool = Field(True, description="train the teacher with the dataset's augmentation")
 
 
@@ -78,7 +137,7 @@ class ExperimentConfig(Strict):
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig
+    teacher: TeacherConfig | None = Field(None, description="needed by methods that distill from a teacher")
     student: ModelConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -125,12 +184,37 @@ def _model_at(title: str, loc) -> type[BaseModel] | None:
     return model
 
 
-def parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML (numbers, bools, lists) with a string fallback."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A command-line override value, read as YAML (numbers, bools, lists) with a string fallback.
+
+    A value that starts like a YAML flow mapping or list must parse as one: ``{width:16}`` (no
+    space after the colon, which YAML reads as the key ``'width:16'``) and ``{width: 16`` are
+    errors, not strings or silently ignored keys."""
+    stripped = text.strip()
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        if stripped[:1] in "{[":
+            example = "{width: 16} (a space after each colon)" if stripped[0] == "{" else "[64, 64]"
+            raise ConfigError(f"override {key}={text}: malformed inline "
+                              f"{'mapping' if stripped[0] == '{' else 'list'} "
+                              f"({getattr(e, 'problem', None) or 'YAML error'}); write e.g. "
+                              f"{key}={example}") from None
         return text
+    _check_flow(value, key, text)
+    return value
+
+
+def _check_flow(value: Any, key: str, text: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None and isinstance(k, str) and ":" in k:
+                raise ConfigError(f"override {key}={text}: {k!r} reads as one key without a value; "
+                                  "put a space after the colon, e.g. {width: 16}")
+            _check_flow(v, key, text)
+    elif isinstance(value, list):
+        for v in value:
+            _check_flow(v, key, text)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -139,22 +223,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=5)")
         key, value = item.split("=", 1)
-        node = raw
         parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                raise ConfigError(f"override {key!r}: {p!r} is not a section")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = parse_value(value)
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"override {item!r}: {key!r} is not a dotted key such as train.epochs")
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is not a section "
+                                  f"(it holds {nxt!r})")
+            node = nxt
+        node[parts[-1]] = parse_value(value, key.strip())
     return raw
 
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {path} {what}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -168,10 +265,15 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def build_config(raw: dict) -> ExperimentConfig:
+    """Validate a raw config: the schema, then the options of the named dataset and zoo models."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of keys, not a {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError("config error: " + format_validation_error(e)) from None
+    check_options(cfg)
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -183,3 +285,94 @@ def validate_params(model: type[BaseModel], params: dict, where: str) -> BaseMod
         return model.model_validate(params)
     except ValidationError as e:
         raise ConfigError("config error: " + format_validation_error(e, prefix=f"{where}.")) from None
+
+
+# --------------------------------------------------------------------------- options of functions
+
+def signature_model(fn, skip: tuple[str, ...] = ()) -> type[BaseModel] | None:
+    """A strict pydantic model of ``fn``'s keyword parameters (None if it takes ``**kwargs``)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn, eval_str=True)
+    except Exception:  # an annotation that does not evaluate: names only
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+    fields = {}
+    for name, p in sig.parameters.items():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind is p.VAR_POSITIONAL or name in skip:
+            continue
+        ann = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+        fields[name] = (ann, ... if p.default is p.empty else p.default)
+    try:
+        return create_model(f"{getattr(fn, '__name__', 'fn')}_options", __config__=ConfigDict(
+            extra="forbid", arbitrary_types_allowed=True, protected_namespaces=()), **fields)
+    except Exception:  # an annotation pydantic cannot express: check names only
+        return create_model(f"{getattr(fn, '__name__', 'fn')}_options", __config__=ConfigDict(
+            extra="forbid", protected_namespaces=()), **{k: (Any, d) for k, (_, d) in fields.items()})
+
+
+def check_function_options(fn, options: dict, where: str, what: str, skip: tuple[str, ...] = (),
+                           partial: bool = True) -> None:
+    """Raise a one-line ConfigError when ``options`` do not fit ``fn``'s signature.
+
+    ``partial``: missing required parameters are not errors (the caller supplies them)."""
+    model = signature_model(fn, skip)
+    if model is None:
+        return
+    try:
+        model.model_validate(options)
+    except ValidationError as e:
+        errs = [err for err in e.errors() if not (partial and err["type"] == "missing")]
+        if not errs:
+            return
+        parts = []
+        for err in errs:
+            loc = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                import difflib
+
+                close = difflib.get_close_matches(str(err["loc"][0]), list(model.model_fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                parts.append(f"{where}.{loc}: unknown option of {what}{hint} "
+                             f"(options: {', '.join(model.model_fields) or 'none'})")
+            else:
+                parts.append(f"{where}.{loc}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("config error: " + "; ".join(parts)) from None
+
+
+def check_options(cfg: ExperimentConfig) -> None:
+    """Dataset kwargs against the dataset function; zoo model kwargs against the factory."""
+    from joryu.data.registry import dataset_function
+    from joryu.models.registry import zoo_factory
+
+    if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
+        fn, needs_path = dataset_function(cfg.data.name)
+        check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",
+                               skip=("path",) if needs_path else ())
+    for where, m in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if m is None or ":" in m.name:
+            continue
+        factory = zoo_factory(m.name)
+        check_function_options(factory, m.kwargs, f"{where}.kwargs", f"model {m.name!r}")
+
+
+def describe_fields(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of every field of a pydantic model."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        tname = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+        tname = tname or str(ann).replace("typing.", "")
+        if f.is_required():
+            default = "(required)"
+        elif f.default_factory is not None:
+            default = repr(f.default_factory())
+        else:
+            default = repr(f.default)
+        rows.append((name, tname, default, f.description or ""))
+    return rows

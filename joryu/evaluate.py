@@ -127,12 +127,9 @@ class Scores:
 
 
 def _loader(data, batch_size: int, device):
-    from joryu.data import TensorData
-    from joryu.data.core import StreamLoader, TensorLoader
+    from joryu.data.sources import make_loader
 
-    if isinstance(data, TensorData):
-        return TensorLoader(data, batch_size, shuffle=False, device=device)
-    return StreamLoader(data, batch_size, shuffle=False, device=device)
+    return make_loader(data, batch_size, shuffle=False, device=device)
 
 
 @torch.no_grad()
@@ -207,22 +204,10 @@ def pyplot(purpose: str):
 
 def _save_fig(fig, path: Path) -> None:
     """Write a figure atomically (a temporary file, then rename)."""
-    import os
+    from joryu.rundir import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
 
 
 def format_results(results: dict[str, dict]) -> str:
@@ -251,6 +236,8 @@ def write_results(results: dict[str, dict], out_dir: str | Path, meta: dict) -> 
     out_dir = Path(out_dir)
     png = reliability_diagram(results, out_dir / "reliability.png")
     js = out_dir / "eval.json"
+    from joryu.rundir import atomic_write_text
+
     atomic_write_text(js, json.dumps({**meta, "ece_bins": ECE_BINS, "results": results}, indent=1))
     return js, png  # png is None without matplotlib
 

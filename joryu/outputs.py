@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from joryu.errors import ConfigError
 
 
 @dataclass
@@ -58,8 +60,138 @@ def unwrap_feature(value) -> Tensor:
     raise TypeError(f"cannot use a module output of type {type(value).__name__} as a feature")
 
 
-def forward(model: torch.nn.Module, batch: Mapping, input_key: str = "input") -> Tensor:
-    """Run ``model`` on ``batch[input_key]`` and return its logits."""
-    if input_key not in batch:
-        raise KeyError(f"batch has no {input_key!r} key (keys: {sorted(batch)}); set the model's input key")
-    return unwrap(model(batch[input_key]))
+# --------------------------------------------------------------------------- model inputs
+# A model's inputs say which batch tensors fill which forward arguments:
+#   "input"                                        model(batch["input"])            (the default)
+#   ["input_ids", "attention_mask"]                model(batch["input_ids"], batch["attention_mask"])
+#   {"input_ids": "ids", "attention_mask": "am"}   model(input_ids=batch["ids"], attention_mask=batch["am"])
+# Tensors are passed as they are: integer token ids stay integers.
+
+Inputs = str | Sequence[str] | Mapping[str, str]
+DEFAULT_INPUTS = "input"
+_ATTR = "joryu_inputs"
+
+
+def normalize_inputs(inputs) -> str | tuple[str, ...] | dict[str, str]:
+    """``inputs`` validated: a str, a tuple of str (positional) or a dict str -> str (keyword)."""
+    if isinstance(inputs, str):
+        if not inputs:
+            raise ConfigError("a model's inputs must name a batch key, got ''")
+        return inputs
+    if isinstance(inputs, Mapping):
+        if not inputs or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                 for k, v in inputs.items()):
+            raise ConfigError(f"a model's inputs mapping must be {{forward_argument: batch_key}} with "
+                              f"non-empty string names, got {dict(inputs)!r}")
+        return dict(inputs)
+    if isinstance(inputs, (list, tuple)):
+        if not inputs or not all(isinstance(k, str) and k for k in inputs):
+            raise ConfigError(f"a model's inputs list must hold batch key names, got {list(inputs)!r}")
+        return tuple(inputs)
+    raise ConfigError(f"a model's inputs must be a batch key, a list of keys or a mapping "
+                      f"{{forward_argument: batch_key}}, not {type(inputs).__name__}")
+
+
+def declare_inputs(model: torch.nn.Module, inputs) -> torch.nn.Module:
+    """Record on ``model`` the batch keys it reads; ``forward(model, batch)`` then uses them
+    wherever a caller passes the default ``"input"``. Returns the model."""
+    spec = normalize_inputs(inputs)
+    if spec == DEFAULT_INPUTS:
+        model.__dict__.pop(_ATTR, None)
+    else:
+        model.__dict__[_ATTR] = spec  # a plain attribute: copied by deepcopy, ignored by state_dict
+    return model
+
+
+def inputs_of(model, inputs=DEFAULT_INPUTS):
+    """The inputs a call uses: ``inputs`` unless it is the default and ``model`` declares its own."""
+    if inputs is None or (isinstance(inputs, str) and inputs == DEFAULT_INPUTS):
+        declared = getattr(model, "__dict__", {}).get(_ATTR)
+        if declared is not None:
+            return declared
+        return DEFAULT_INPUTS
+    return inputs if isinstance(inputs, (str, tuple, dict)) else normalize_inputs(inputs)
+
+
+def input_keys(inputs) -> list[str]:
+    """The batch keys ``inputs`` reads, in order."""
+    if isinstance(inputs, str):
+        return [inputs]
+    if isinstance(inputs, Mapping):
+        return list(inputs.values())
+    return list(inputs)
+
+
+def _missing(model, batch: Mapping, key: str, inputs) -> ConfigError:
+    have = sorted(k for k, v in batch.items() if isinstance(v, Tensor))
+    return ConfigError(f"{type(model).__name__} reads batch key {key!r} (its inputs: {inputs!r}) but the "
+                       f"batch has {have}; set the model's inputs to keys the data has")
+
+
+def model_args(model, batch: Mapping, inputs=DEFAULT_INPUTS) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for ``model`` from ``batch`` following ``inputs``."""
+    spec = inputs_of(model, inputs)
+    try:
+        if isinstance(spec, str):
+            return (batch[spec],), {}
+        if isinstance(spec, Mapping):
+            return (), {arg: batch[key] for arg, key in spec.items()}
+        return tuple(batch[k] for k in spec), {}
+    except KeyError as e:
+        raise _missing(model, batch, e.args[0], spec) from None
+
+
+def _dtype_error(model, err: RuntimeError, args, kwargs) -> ConfigError | None:
+    msg = str(err)
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)]
+    ints = [t for t in tensors if not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool]
+    first = msg.strip().splitlines()[0] if msg.strip() else type(err).__name__
+    if ("indices" in msg or "Embedding" in msg) and any(t.is_floating_point() for t in tensors):
+        return ConfigError(f"{type(model).__name__} wants integer token ids but got float inputs ({first}); "
+                           "keep the ids as an integer tensor (int64) in the data")
+    if ints and any(w in msg for w in ("dtype", "scalar type", "Long", "Int", "type (long", "type (int")):
+        kinds = ", ".join(sorted({str(t.dtype).replace("torch.", "") for t in ints}))
+        return ConfigError(f"{type(model).__name__} computes in floats but got integer inputs ({kinds}): "
+                           f"{first}; store the input as a float tensor or point the model's inputs at "
+                           "the right key")
+    return None
+
+
+def call(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS):
+    """Run ``model`` on the batch tensors that ``inputs`` names; return its raw output."""
+    args, kwargs = model_args(model, batch, inputs)
+    try:
+        return model(*args, **kwargs)
+    except RuntimeError as e:
+        err = _dtype_error(model, e, args, kwargs)
+        if err is not None:
+            raise err from e
+        raise
+
+
+def forward(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS) -> Tensor:
+    """Run ``model`` on ``batch`` following ``inputs`` (see ``model_args``); return its logits."""
+    return unwrap(call(model, batch, inputs))
+
+
+def example_batch(data, n: int = 2) -> dict:
+    """The first ``n`` samples of ``data`` as a batch, prepared as the loaders prepare it
+    (real dtypes and shapes: for sizing adapters, counting classes, timing a forward pass)."""
+    from joryu.data import TensorData, TensorLoader
+
+    if isinstance(data, TensorData):
+        n = max(1, min(n, len(data)))
+        return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
+    if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
+        items = []
+        for i in range(max(1, n)):
+            try:
+                items.append((i, data.sample(i, train=True)))
+            except IndexError:
+                break
+        if hasattr(data, "collate_batch"):  # its own collation: one-line errors on mixed shapes
+            return data.collate_batch(items)
+        samples = [s for _, s in items]
+    else:
+        samples = [data[i] for i in range(max(1, min(n, len(data))))]
+    return dict(torch.utils.data.default_collate(samples))

@@ -14,7 +14,7 @@ into a plain ``nn.Module`` after matching a common key prefix. Understood layout
   ``name: "transformers:AutoModelForImageClassification.from_pretrained"`` with
   ``kwargs: {pretrained_model_name_or_path: path/to/folder}``.
 
-A pickled module (``torch.save(model)``) is refused with a one-line ConfigError that says how
+A pickled module (``torch.save(model)``) is refused with a one-line CheckpointError (a ConfigError) that says how
 to save a state dict instead.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from joryu.errors import ConfigError
+from joryu.errors import CheckpointError, one_line
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "student")
 PREFIXES = ("module.", "model.", "student.", "_orig_mod.", "net.")
@@ -49,10 +49,10 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if isinstance(obj, torch.nn.Module):
-        raise ConfigError(f"{path} holds a whole pickled module, not weights; {HOW_TO_SAVE}")
+        raise CheckpointError(f"{path} holds a whole pickled module, not weights; {HOW_TO_SAVE}")
     keys = sorted(obj)[:6] if isinstance(obj, dict) else []
     what = f"a dict with keys {keys}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
-    raise ConfigError(f"{path} holds {what}, not a state dict of tensors (expected a bare state dict or "
+    raise CheckpointError(f"{path} holds {what}, not a state dict of tensors (expected a bare state dict or "
                       f"one under {'/'.join(CONTAINER_KEYS[:3])}); {HOW_TO_SAVE}")
 
 
@@ -63,11 +63,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         for name in ("model.safetensors", "pytorch_model.bin", "final.safetensors", "student.safetensors"):
             if (path / name).is_file():
                 return read_state_dict(path / name)
-        raise ConfigError(f"{path} is a folder without model.safetensors or pytorch_model.bin; give the "
+        raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin; give the "
                           "weights file itself (a Hugging Face folder loads with the model name "
                           "'transformers:AutoModel...from_pretrained', see joryu.weights)")
     if not path.is_file():
-        raise ConfigError(f"weights file {path} not found; check the path")
+        raise CheckpointError(f"weights file {path} not found; check the path")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -75,18 +75,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ConfigError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+            raise CheckpointError(f"{path} is not a readable safetensors file ({one_line(e)}); "
                               "re-save it with safetensors.torch.save_file") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "GLOBAL" in msg or "weights_only" in msg.lower() or "Unsupported" in msg:
-            raise ConfigError(f"{path} holds pickled Python objects (e.g. a whole module saved with "
+            raise CheckpointError(f"{path} holds pickled Python objects (e.g. a whole module saved with "
                               f"torch.save(model)), which joryu never unpickles; {HOW_TO_SAVE}") from None
-        raise ConfigError(f"{path} is not a torch weights file ({msg.splitlines()[0]}); {HOW_TO_SAVE}") from None
+        raise CheckpointError(f"{path} is not a torch weights file ({one_line(e)}); {HOW_TO_SAVE}") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise ConfigError(f"{path} is not a readable torch file ({str(e).splitlines()[0]}); "
+        raise CheckpointError(f"{path} is not a readable torch file ({one_line(e)}); "
                           f"{HOW_TO_SAVE}") from None
     return _unwrap(obj, path)
 
@@ -134,7 +134,7 @@ def load_into(model: torch.nn.Module, path: str | Path, what: str = "model") -> 
             k = shapes[0]
             parts.append(f"{len(shapes)} of another shape (e.g. {k!r}: file {tuple(state[k].shape)}, "
                          f"model {tuple(own[k].shape)})")
-        raise ConfigError(f"weights {path} do not fit {what}: {', '.join(parts)}; give the model name and "
+        raise CheckpointError(f"weights {path} do not fit {what}: {', '.join(parts)}; give the model name and "
                           "kwargs the weights were trained with")
     model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return model

@@ -120,3 +120,37 @@ def test_cross_modal_on_zoo_lenets_with_default_layers():
     net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1, batch_size=32),
                           None, 0, None, progress=False)
     assert net is student and len(res["finetune"]["history"]) == 1
+
+
+def test_student_alone_baseline_trains_and_tests_on_the_students_modality(monkeypatch):
+    # with baseline: true the "student alone" trained on `input` and was tested on `input_b`
+    import joryu.methods.supervised as sup
+    from joryu.config import build_config
+    from joryu.experiment import Experiment
+
+    read = []
+    real_step = sup.SupervisedDistiller.training_step
+
+    def spy(self, batch):
+        read.append(self.input_key)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(sup.SupervisedDistiller, "training_step", spy)
+    cfg = build_config({
+        "name": "cm", "data": {"name": "digits_edges", "val_fraction": 0.0},
+        "teacher": {"name": "lenet5", "input_key": "input", "train": {"epochs": 1, "batch_size": 256}},
+        "student": {"name": "lenet5", "input_key": "input_b"},
+        "method": {"name": "cross_modal", "params": {"teacher_layer": "layer2", "student_layer": "layer2",
+                                                     "transfer_epochs": 1, "finetune_epochs": 2,
+                                                     "finetune_labels_per_class": 3}},
+        "train": {"epochs": 1, "batch_size": 256, "device": "cpu"}, "baseline": True})
+    exp = Experiment(cfg, write=False, progress=False)
+    (base,) = exp.method.baselines()
+    assert base.input_key == "input_b"
+    summary = exp.run()
+    assert "student alone" in summary["rows"]
+    # the baseline (30 labelled rows, batch 256: 1 step per epoch, 2 epochs) and the fine-tuning stage
+    # (the same) read the student's input_b; only the teacher's training reads input
+    # plus the one-batch checks before training (joryu.preflight) of the baseline and the fine-tuning
+    assert read.count("input_b") == 4 + 2
+    assert summary["rows"]["student alone"]["params"] == summary["rows"]["student + cross_modal"]["params"]

@@ -113,7 +113,7 @@ def test_checkpointing_gives_the_same_gradient_with_less_saved_memory():
         mem.append(nbytes)
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-12) and torch.allclose(grads[0][1], grads[1][1], atol=1e-12)
     assert mem[1] < mem[0]
-    assert torch.equal(buffers["2.running_mean"], torch.zeros(5, dtype=torch.float64))  # stats stay local
+    assert torch.equal(buffers["2.running_mean"], torch.zeros(5, dtype=torch.float64))  # caller's copy untouched
 
 
 def test_unrolled_sgd_without_graph_equals_manual_sgd():
@@ -188,3 +188,40 @@ def test_dataset_distillation_reproduction_quick(tmp_path):
     data = json.loads(md.with_suffix(".json").read_text())
     assert len(data["claims"]) == 3 and data["meta"]["quick"]
     assert (tmp_path / "quick" / "dataset_distillation_fixed.png").is_file()
+
+
+def _manual_unroll(net, images, labels, lrs, epochs):
+    """The inner loop by hand on a real module in train mode: BatchNorm updates its statistics."""
+    import copy
+
+    m = copy.deepcopy(net).train()
+    steps = images.shape[0]
+    for t in range(steps * epochs):
+        s = t % steps
+        loss = F.cross_entropy(m(images[s].detach()), labels[s])
+        grads = torch.autograd.grad(loss, list(m.parameters()))
+        with torch.no_grad():
+            for p, g in zip(m.parameters(), grads):
+                p.sub_(lrs[t].detach() * g)
+    return m
+
+
+@pytest.mark.parametrize("ck", [False, True])
+def test_batchnorm_statistics_are_carried_through_the_unrolled_loop(ck):
+    net = small_net(bn=True)
+    images, labels, rho, x, y = problem(steps=3, epochs=2)
+    lrs = F.softplus(rho)
+    ref = _manual_unroll(net, images, labels, lrs, 2)
+    params, buffers = model_state(net)
+    start = {k: v.clone() for k, v in buffers.items()}
+    # the final (eval-mode) loss uses the statistics the inner steps left
+    loss = dataset_distillation_loss(net, params, images, labels, lrs, x, y, 2, buffers, ck)
+    want = F.cross_entropy(ref.eval()(x), y)
+    torch.testing.assert_close(loss, want)
+    assert all(torch.equal(buffers[k], start[k]) for k in start)  # the caller's buffers are not modified
+    # train_on_distilled leaves the same statistics in the model
+    d = DistilledSet(images.detach(), labels, lrs.detach(), 2, 3)
+    trained = train_on_distilled(small_net(bn=True), d, inplace=False)
+    for (k, a), (_, b) in zip(trained.named_buffers(), ref.named_buffers()):
+        torch.testing.assert_close(a, b, msg=k)
+    assert not torch.equal(trained.get_buffer("2.running_mean"), start["2.running_mean"])

@@ -198,3 +198,52 @@ def test_two_process_cpu_run_ends_with_identical_weights(tmp_path):
     assert r0["hash"] == r1["hash"]
     assert r0["val"] == r1["val"]
     assert (out / "metrics.jsonl").read_text().count("\n") == 2  # only the main process wrote
+
+
+class ManualSupervised(Distiller):
+    """The supervised objective through the manual-optimisation path, counting optimizer steps."""
+
+    automatic_optimization = False
+
+    def __init__(self, seed=1):
+        super().__init__(net(seed))
+        self.updates = 0
+
+    def training_step(self, batch):
+        loss = F.cross_entropy(self.student(batch["input"]), batch["target"])
+        self.ctx.backward(loss)
+        before = self.student[0].weight.detach().clone()
+        self.ctx.step(self.ctx.optimizers[0])
+        self.updates += int(not torch.equal(before, self.student[0].weight))
+        return {"loss": loss.detach()}
+
+
+def test_manual_optimization_follows_grad_accum_and_the_schedule(tiny_data, tmp_path):
+    """Manual optimisation with grad_accum=2: one update and one scheduler step per 2 batches, so
+    after epoch 1 of 2 a cosine schedule is half way (the old loop stepped the schedule every
+    batch and reached its end after the first epoch), and the result equals the big batch."""
+    c = cfg(epochs=2, batch_size=20, grad_accum=2, lr=0.1)
+    d = ManualSupervised()
+    res = Engine(c, tmp_path, progress=False).fit(d, tiny_data)
+    assert res.history[0]["lr"] == pytest.approx(0.1 * 0.5, rel=1e-6)  # cosine half way
+    assert res.history[1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    batches = 240 // 20
+    assert d.updates == 2 * batches // 2  # optimizer updates
+    state = json.loads((latest_checkpoint(tmp_path / "checkpoints") / "state.json").read_text())
+    assert state["updates"] == d.updates and state["global_step"] == 2 * batches
+    # accumulated manual steps equal the big batch, as in automatic optimisation
+    a, b = ManualSupervised(), ManualSupervised()
+    Engine(cfg(epochs=2, batch_size=40, scheduler="constant"), progress=False).fit(a, tiny_data)
+    Engine(cfg(epochs=2, batch_size=20, grad_accum=2, scheduler="constant"), progress=False).fit(b, tiny_data)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_automatic_and_manual_paths_share_one_schedule(tiny_data):
+    """The same objective, automatic or manual, with grad_accum=3: same lr curve, same weights."""
+    a, b = SupervisedDistiller(net(1)), ManualSupervised(1)
+    ra = Engine(cfg(epochs=3, batch_size=16, grad_accum=3), progress=False).fit(a, tiny_data)
+    rb = Engine(cfg(epochs=3, batch_size=16, grad_accum=3), progress=False).fit(b, tiny_data)
+    assert [r["lr"] for r in ra.history] == pytest.approx([r["lr"] for r in rb.history])
+    for p, q in zip(a.student.parameters(), b.student.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

@@ -7,7 +7,7 @@ from joryu.data import TensorData
 from joryu.errors import ConfigError
 from joryu.experiment import run_stages
 from joryu.losses import hint_loss
-from joryu.methods import get_method
+from joryu.methods import StageContext, get_method
 from joryu.methods.fitnets import FitNetsKDDistiller, HintDistiller, HintRegressor
 from joryu.models import create
 from joryu.teachers import FrozenTeacher
@@ -53,6 +53,43 @@ def test_lambda_is_annealed_linearly_and_monotone_from_4_to_1():
     assert lams[0] == 4.0 and lams[-1] == 1.0
     assert all(a > b for a, b in zip(lams, lams[1:]))
     assert max(abs((a - b) - (4.0 - 1.0) / 9) for a, b in zip(lams, lams[1:])) < 1e-12
+
+
+def test_default_lambda_schedule_is_the_authors_configuration():
+    # cifar10_fitnet19_all.yaml: lambda_teach 4, TeacherDecayOverEpoch(start=5, saturate=400, final=1),
+    # 288 epochs: held at 4 for the first epochs, ends near 1.85
+    teacher, student = _custom_pair()
+    p = get_method("fitnets").params
+    d = FitNetsKDDistiller(student, FrozenTeacher(teacher), p.temperature, p.lambda_start, p.lambda_end,
+                           p.tau_squared, lambda_schedule=p.lambda_schedule, lambda_hold=p.lambda_hold,
+                           lambda_saturate=p.lambda_saturate)
+    lams = []
+    for e in range(288):
+        d.on_epoch_start(e, 288)
+        lams.append(d.lam)
+    assert lams[:4] == [4.0] * 4
+    assert lams[4] < 4.0
+    assert lams[-1] == pytest.approx(4 - 3 / 396 * 284) and abs(lams[-1] - 1.85) < 0.01
+    assert all(a >= b for a, b in zip(lams, lams[1:]))
+
+
+def test_regressor_matches_negative_pre_activation_hints(tiny_data):
+    # The zoo MLP's default hint layers are Linear outputs (pre-activation, signed): no final ReLU.
+    teacher = create("mlp", in_features=8, num_classes=3, hidden=(16, 16, 16))
+    student = create("mlp", in_features=8, num_classes=3, hidden=(8, 8, 8))
+    m = get_method("fitnets", {"hint_epochs": 1})
+    ctx = StageContext(student=student, teacher=FrozenTeacher(teacher), train_data=tiny_data, num_classes=3,
+                       train_cfg=TrainConfig(epochs=1))
+    d = m.stages()[0].build(ctx)
+    assert d.activation == "none" and isinstance(d.regressor.act, nn.Identity)
+    x = tiny_data.tensors["input"][:64]
+    u = d.teacher({"input": x}).features["hint"]
+    assert float(u.min()) < 0
+    # a post-activation hint (a ReLU module) keeps the ReLU
+    ctx2 = StageContext(student=student, teacher=FrozenTeacher(teacher), train_data=tiny_data, num_classes=3,
+                        train_cfg=TrainConfig(epochs=1))
+    d2 = get_method("fitnets", {"hint_layer": "features.2", "guided_layer": "features.2"}).stages()[0].build(ctx2)
+    assert d2.activation == "relu"
 
 
 def _custom_pair():
@@ -112,7 +149,8 @@ def test_fitnets_two_stages_end_to_end_on_a_custom_module(tiny_data):
     assert results["hint"]["history"][-1]["train/hint"] < results["hint"]["history"][0]["train/hint"]
     assert "train/kd" in results["kd"]["history"][0]
     lams = [r["lambda"] for r in results["kd"]["history"]]
-    assert lams == [4.0, 1.0]
+    want = [FitNetsKDDistiller.official_schedule(e, 2, 4.0, 1.0) for e in range(2)]
+    assert lams == pytest.approx(want) and lams[0] > lams[1]
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())  # teacher untouched
     assert not any(p.requires_grad for p in teacher.parameters())
 

@@ -148,3 +148,47 @@ def test_quick_reproduction_reports_its_claims(tmp_path):
     md = run_reproduction("generalized_distillation", quick=True, out_dir=tmp_path, progress=False)
     text = md.read_text()
     assert "## Verdicts" in text and text.count("REPRODUCED") >= 3
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.8])
+def test_imitation_parameter_sets_the_labelled_rows_optimum_where_s_differs_from_y(lam):
+    # At T = 0.1 the LapRLS teacher's S equals Y on labelled rows to 1e-3, so lambda cannot show.
+    # Here S is soft (T = 2) and disagrees with Y: the student's optimum on a labelled row is
+    # softmax(z*) = (1 - lambda) Y + lambda S, which moves with lambda.
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(4, 5, generator=g)
+    y = (t.argmax(1) + 1) % 5  # labels the teacher does not favour
+    lab = torch.ones(4, dtype=torch.bool)
+    s = F.softmax(t / 2.0, -1)
+    assert float((s - F.one_hot(y, 5).float()).abs().max()) > 0.5
+    z = torch.zeros(4, 5, requires_grad=True)
+    opt = torch.optim.LBFGS([z], lr=1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = generalized_distillation_loss(z, t, y, lab, lam, 2.0)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    want = (1 - lam) * F.one_hot(y, 5).float() + lam * s
+    torch.testing.assert_close(F.softmax(z.detach(), -1), want, atol=2e-4, rtol=0)
+
+
+def test_laprls_student_moves_from_labels_to_teacher_as_lambda_grows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 5, generator=g, dtype=torch.float64)
+    xp = x + 0.8 * torch.randn(80, 5, generator=g, dtype=torch.float64)  # a teacher that errs
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    lab = torch.zeros(80, dtype=torch.bool)
+    lab[:20] = True
+    d_y, d_s = [], []
+    for lam in (0.0, 0.25, 0.5, 0.75, 1.0):
+        student, teacher, p = gd_lap_rls(x, xp, y, lab, 4, imitation=lam, temperature=1.0, k=5)
+        s = F.softmax(teacher.decision() / 1.0, -1)
+        f = student.decision()[lab]
+        d_y.append(float((f - F.one_hot(y[lab], 4).double()).pow(2).sum()))
+        d_s.append(float((f - s[lab]).pow(2).sum()))
+    assert all(a < b for a, b in zip(d_y, d_y[1:]))  # further from Y
+    assert all(a > b for a, b in zip(d_s, d_s[1:]))  # closer to S
+    assert d_y[-1] > 2 * d_y[0]

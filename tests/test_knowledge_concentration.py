@@ -5,7 +5,7 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.experiment import run_stages
 from joryu.losses import self_paced_weights, vertical_kd_loss
-from joryu.methods import get_method
+from joryu.methods import StageContext, get_method
 from joryu.models.grouped import GroupedLinear, VerticalHead, attach_vertical_head
 from joryu.reproduce import run_reproduction
 from joryu.teachers import FrozenTeacher, SpecialistTeacher
@@ -102,7 +102,7 @@ def test_method_trains_specialists_then_concentrates(tiny_data):
     student.add_module("body", nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
     student.add_module("fc", nn.Linear(8, 5))
     m = get_method("knowledge_concentration", {"verticals": VERTICALS, "specialist_init": "scratch",
-                                               "group_width": 4, "pace": "gap"})
+                                               "group_width": 4, "pace": "gap", "grouped_head": True})
     before = [p.clone() for p in teacher.parameters()]
     net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=3, batch_size=50),
                           None, 0, None, progress=False, num_classes=5)
@@ -151,3 +151,17 @@ def test_grouped_mixture_dataset():
     same = (torch.arange(12)[:, None] // 4) == (torch.arange(12)[None, :] // 4)
     off = ~torch.eye(12, dtype=torch.bool)
     assert float(dist[same & off].mean()) < float(dist[~same].mean())
+
+
+def test_default_student_is_not_larger_than_the_student_alone(tiny_data):
+    # equal-size comparison by default: the grouped head (extra parameters) is opt-in
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    alone = sum(p.numel() for p in student.parameters())
+    m = get_method("knowledge_concentration", {"specialists": "given", "num_verticals": 3, "head_path": "2"})
+    assert m.params.grouped_head is False
+    spec = SpecialistTeacher([nn.Linear(8, 1), nn.Linear(8, 1), nn.Linear(8, 1)], [[0], [1], [2]], 3)
+    ctx = StageContext(student=student, teacher=spec, train_data=tiny_data, num_classes=3, train_cfg=None)
+    d = m.stages()[-1].build(ctx)
+    assert sum(p.numel() for p in d.student.parameters()) == alone
+    assert d.temperature == m.params.temperature == 2.0

@@ -1,11 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import TensorLoader
 from joryu.experiment import run_stages
-from joryu.losses import discriminator_loss, pool_to, similarity_loss
+from joryu.losses import Discriminator, discriminator_loss, generator_loss, pool_to, similarity_loss
 from joryu.methods import get_method
 from joryu.methods.meal import MEALDistiller
 from joryu.reproduce import run_reproduction
@@ -133,3 +134,49 @@ def test_block_counts_are_checked():
 def test_quick_reproduction_reports_its_claims(tmp_path):
     md = run_reproduction("meal", quick=True, out_dir=tmp_path, progress=False)
     assert md.read_text().count("- **") >= 2
+
+
+def _teacher_student_logits(num_classes, n, seed):
+    """Confident teacher logits (a scaled one-hot plus noise) and diffuse student logits."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(num_classes, (n,), generator=g)
+    t = 6.0 * F.one_hot(y, num_classes).float() + 0.5 * torch.randn(n, num_classes, generator=g)
+    s = 1.0 * F.one_hot(y, num_classes).float() + 0.5 * torch.randn(n, num_classes, generator=g)
+    return t, s
+
+
+@pytest.mark.parametrize("num_classes", [3, 10])
+def test_discriminator_learns_to_separate_teacher_from_student_outputs(num_classes):
+    # The old halving widths (3 -> 1 -> 1 -> 1 with ReLU) collapse to a constant at chance.
+    for seed in range(3):
+        torch.manual_seed(seed)
+        D = Discriminator(num_classes)
+        opt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999))
+        for step in range(300):
+            t, s = _teacher_student_logits(num_classes, 64, 100 * seed + step)
+            opt.zero_grad()
+            discriminator_loss(D(t), D(s)).backward()
+            opt.step()
+        t, s = _teacher_student_logits(num_classes, 2000, 99_999)
+        with torch.no_grad():
+            acc = 0.5 * ((D(t) > 0).float().mean() + (D(s) < 0).float().mean())
+        assert float(acc) > 0.9, (num_classes, seed, float(acc))
+
+
+def test_the_students_adversarial_gradient_raises_d_of_student():
+    torch.manual_seed(0)
+    D = Discriminator(3)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    for step in range(300):
+        t, s = _teacher_student_logits(3, 64, step)
+        opt.zero_grad()
+        discriminator_loss(D(t), D(s)).backward()
+        opt.step()
+    _, s = _teacher_student_logits(3, 512, 7)
+    s = s.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(generator_loss(D(s)), s)
+    with torch.no_grad():
+        before = D(s).mean()  # D's logit: log-odds that s came from a teacher
+        after = D(s - 0.5 * g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)).mean()
+    assert float(g.abs().mean()) > 1e-4  # a collapsed D gives the student no signal
+    assert float(after) > float(before) + 0.5

@@ -1,4 +1,7 @@
-"""Learning from noisy labels with distillation (Li et al. 2017): invariants of PAPERS.md section 14."""
+"""Learning from noisy labels with distillation (Li et al. 2017): invariants of the method.
+(docs/methods/noisy_label_distillation.md)."""
+
+import copy
 
 import pytest
 import torch
@@ -139,3 +142,47 @@ def test_example_config_runs(tmp_path):
     rows = exp.run()["rows"]
     assert set(rows) == {"student alone", "student + noisy_label_distillation"}  # no teacher is trained
     assert (tmp_path / "noisy_label_distillation" / "auxiliary" / "done.json").is_file()
+
+
+def test_default_auxiliary_is_trained_on_the_clean_rows_only():
+    m = get_method("noisy_label_distillation")
+    assert [s.name for s in m.stages()] == ["auxiliary", "distill"]  # no pretraining on the noisy rows
+    data, _ = _noisy_data()
+    from joryu.methods import StageContext
+
+    ctx = StageContext(student=nn.Linear(6, 3), teacher=None, train_data=data, num_classes=3, train_cfg=None)
+    aux_data = m.stages()[0].data(ctx)
+    assert len(aux_data) == 30 and bool(aux_data.tensors["clean"].all())
+
+
+def test_lambda_is_chosen_on_held_out_clean_rows():
+    from joryu.config import TrainConfig
+    from joryu.experiment import run_stages
+    from joryu.methods.noisy_label_distillation import heldout_accuracy, split_clean
+
+    data, _ = _noisy_data()
+    grid = [0.0, 0.5, 1.0]
+    m = get_method("noisy_label_distillation", {"lam_grid": grid, "lam_holdout": 0.3, "aux_epochs": 5})
+    assert [s.name for s in m.stages()] == ["auxiliary", "distill_lam1", "distill_lam0.5", "distill_lam0", "select"]
+    torch.manual_seed(0)
+    student = nn.Linear(6, 3)
+    init = copy.deepcopy(student)
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, device="cpu")
+    net, res = run_stages(m, student, None, data, None, cfg, None, 0, None, False)
+    keep, held = split_clean(data, 0.3, 0)
+    assert len(held) == 9 and len(keep) == 291 and bool(data.tensors["clean"][held].all())
+    # the auxiliary trained on the 21 remaining clean rows: one step per epoch at batch 32
+    assert res["auxiliary"]["history"][-1]["step"] == 5
+    # every candidate trained on the 291 kept rows (10 steps per epoch), from the same init
+    for lam in grid:
+        assert res[f"distill_lam{lam:g}"]["history"][-1]["step"] == 30
+        assert res[f"distill_lam{lam:g}"]["distiller"].student is not student
+    sel = res["select"]["distiller"]
+    held_data = data.subset(held)
+    scores = {lam: heldout_accuracy(res[f"distill_lam{lam:g}"]["distiller"].student, held_data) for lam in grid}
+    assert sel.scores == scores
+    best = max(sorted(grid, reverse=True), key=lambda v: scores[v])
+    assert sel.chosen == best
+    chosen = res[f"distill_lam{best:g}"]["distiller"].student
+    assert net is student and all(torch.equal(a, b) for a, b in zip(student.parameters(), chosen.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), init.parameters()))

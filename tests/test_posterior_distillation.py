@@ -19,7 +19,7 @@ from joryu.losses.posterior import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from joryu.methods import get_method
+from joryu.methods import StageContext, get_method
 from joryu.methods.posterior_distillation import APDDistiller, GeneratorEnsemble, ParameterEnsemble
 
 
@@ -163,3 +163,25 @@ def test_posterior_distillation_reproduction_quick(tmp_path):
     assert text.count("- **") == 3 and "QUICK smoke run" in text
     data = json.loads(md.with_suffix(".json").read_text())
     assert len(data["claims"]) == 3 and len(data["tables"]) == 2
+
+
+def test_sgld_step_and_gan_betas_come_from_the_params(tiny_data):
+    # h = eps / N is the step on the log posterior; the reference's is 0.05 / 50000 = 1e-6
+    m = get_method("posterior_distillation", {"sgld_step": 1e-6, "gan_betas": (0.9, 0.999)})
+    stages = m.stages()
+    ctx = StageContext(student=nn.Linear(8, 3), teacher=None, train_data=tiny_data, num_classes=3,
+                       train_cfg=TrainConfig(epochs=1))
+    sampler = stages[0].build(ctx)
+    assert sampler.lr == pytest.approx(1e-6 * len(tiny_data))
+    (opt,) = sampler.configure_optimizers(None)
+    with torch.no_grad():  # with zero gradient and no prior, the per-coordinate step variance is h
+        w = torch.zeros(20000, requires_grad=True)
+        sgld = type(opt)([w], lr=sampler.lr, num_data=len(tiny_data), generator=torch.Generator().manual_seed(0))
+        sgld.step()
+    assert float(w.var()) == pytest.approx(1e-6, rel=0.05)
+    ctx.extras["samples"] = torch.randn(4, sum(p.numel() for p in ctx.student.parameters()))
+    gan = stages[1].build(ctx)
+    opts = gan.configure_optimizers(lambda ps: torch.optim.Adam(ps, lr=1e-4))
+    assert all(g["betas"] == (0.9, 0.999) for o in opts for g in o.param_groups)
+    default = get_method("posterior_distillation").params
+    assert default.gan_betas == (0.5, 0.9) and default.sgld_step is None

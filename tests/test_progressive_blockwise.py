@@ -17,6 +17,7 @@ from joryu.methods.progressive_blockwise import (
     student_block,
 )
 from joryu.models import create
+from joryu.taps import resolve
 from joryu.teachers import FrozenTeacher
 
 
@@ -85,7 +86,7 @@ def test_unsupported_blocks_are_refused():
     with pytest.raises(ConfigError, match="nn.Sequential"):
         student_block(nn.Conv2d(3, 4, 3))
     with pytest.raises(ConfigError, match="cannot halve"):
-        student_block(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 4)))
+        student_block(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(4)))
 
 
 @pytest.mark.parametrize("loss", ["output_kd", "local"])
@@ -134,7 +135,63 @@ def test_on_the_zoo_cnn1d_with_its_feature_layers():
     teacher = create("cnn1d", width=8, num_classes=3)
     m = get_method("progressive_blockwise", {"blocks": teacher.feature_layers, "finetune": False, "step_epochs": 1})
     d = _data(length=40)
-    net, res = run_stages(m, create("mlp", input_shape=(1, 40), num_classes=3), FrozenTeacher(teacher), d, None,
+    net, res = run_stages(m, create("cnn1d", width=8, num_classes=3), FrozenTeacher(teacher), d, None,
                           TrainConfig(epochs=1, batch_size=32), None, 0, None, progress=False)
     assert list(res) == ["block1", "block2", "block3"]
     assert net(torch.randn(2, 1, 40)).shape == (2, 3)
+
+
+def test_a_configured_student_is_honoured_or_refused():
+    teacher = create("cnn1d", width=8, num_classes=3)
+    d = _data(length=40)
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    halve = get_method("progressive_blockwise", {"blocks": teacher.feature_layers, "finetune": False,
+                                                 "step_epochs": 1})
+    with pytest.raises(ConfigError, match="not the teacher's architecture"):
+        run_stages(halve, create("mlp", input_shape=(1, 40), num_classes=3), FrozenTeacher(teacher), d, None, cfg,
+                   None, 0, None, progress=False)
+    # student_blocks: student uses the student's own modules at the block paths
+    student = create("cnn1d", width=8, num_classes=3)
+    torch.manual_seed(5)
+    for p in student.parameters():
+        p.data.normal_()
+    own = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("blocks.0.")}
+    m = get_method("progressive_blockwise", {"blocks": ["blocks.0"], "finetune": False, "step_epochs": 1,
+                                             "student_blocks": "student"})
+    seen = {}
+
+    class Spy(type(m)):
+        def stages(self):
+            st = super().stages()
+            build = st[0].build
+
+            def spy(ctx):
+                dist = build(ctx)
+                seen["block"] = {k: v.clone() for k, v in resolve(dist.student, "blocks.0").state_dict().items()}
+                return dist
+            st[0].build = spy
+            return st
+
+    run_stages(Spy(m.params), student, FrozenTeacher(teacher), d, None, cfg, None, 0, None, progress=False)
+    assert all(torch.equal(seen["block"][k[len("blocks.0."):]], v) for k, v in own.items())
+    wrong = create("cnn1d", width=4, num_classes=3)  # its blocks give 4 channels, the teacher's 8
+    with pytest.raises(ConfigError, match="output shape"):
+        run_stages(get_method("progressive_blockwise", {"blocks": ["blocks.0"], "student_blocks": "student"}),
+                   wrong, FrozenTeacher(teacher), d, None, cfg, None, 0, None, progress=False)
+
+
+def test_halving_beyond_resnets_lenet5_shrinks_when_its_linear_blocks_are_included():
+    t = create("lenet5", num_classes=10, input_shape=(1, 28, 28))
+    x = torch.randn(1, 1, 28, 28)
+    convs_only = blockwise_cost(t, blockwise_student(t, ["layer1", "layer2"]), x)
+    assert convs_only["param_ratio"] < 1.1  # the fully connected layers hold most weights
+    every = blockwise_cost(t, blockwise_student(t, ["layer1", "layer2", "fc1", "fc2"]), x)
+    assert every["param_ratio"] > 1.4 and every["mac_ratio"] > 1.2
+    s = blockwise_student(t, ["layer1", "layer2", "fc1", "fc2"])
+    assert s(x).shape == (1, 10)
+    # a block whose student would not be smaller is refused
+    tiny = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 1)), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ConfigError, match="not be smaller"):
+        from joryu.methods.progressive_blockwise import _check_smaller, student_block
+
+        _check_smaller(tiny, ["0"], [student_block(tiny[0])])

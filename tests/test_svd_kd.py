@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -86,13 +88,73 @@ def test_widths_must_match():
 def test_gradient_clipping_rule():
     gc = [torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.0])]
     gs = [torch.tensor([30.0, 40.0]), torch.tensor([float("nan"), 0.01])]
-    out = combine_gradients(gc, gs, epoch=2, mode="official", shift=2.0)  # sigmoid(0) = 0.5
+    out = combine_gradients(gc, gs, epoch=2, mode="first", shift=2.0)  # sigmoid(0) = 0.5
     assert torch.allclose(out[0], gc[0] + torch.tensor([3.0, 4.0]))  # 0.5*50 = 25 clipped to ||gc|| = 5
     assert torch.allclose(out[1], torch.tensor([1.0, 0.005]))  # NaN masked, small gradient kept (scaled by 0.5)
-    scaled = combine_gradients(gc, gs, epoch=2, mode="scaled_norm", shift=2.0)
+    scaled = combine_gradients(gc, gs, epoch=2, mode="final", shift=2.0)
     assert torch.allclose(scaled[0], gc[0] + torch.tensor([1.5, 2.0]))  # clipped to 0.5 * 5
     assert torch.allclose(clip_by_norm(torch.tensor([0.3, 0.4]), 1.0), torch.tensor([0.3, 0.4]))
     assert combine_gradients([gc[0]], [None], 0)[0] is gc[0]
+    # the old names still select the same rules
+    assert torch.allclose(combine_gradients(gc, gs, 2, "official", 2.0)[0], out[0])
+    assert torch.allclose(combine_gradients(gc, gs, 2, "scaled_norm", 2.0)[0], scaled[0])
+
+
+def test_default_clip_is_the_authors_final_rule_with_shift_zero():
+    # authors' last train.py: grad CE + clip_by_norm(grad SVD, ||grad CE|| * sigmoid(epoch - 0))
+    gc, gs = [torch.tensor([3.0, 4.0])], [torch.tensor([30.0, 40.0])]
+    for epoch in (0, 1, 3):
+        cap = 5.0 / (1 + math.exp(-epoch))
+        want = gc[0] + gs[0] * cap / 50.0
+        assert torch.allclose(combine_gradients(gc, gs, epoch)[0], want)
+    p = get_method("svd_kd").params
+    assert p.clip == "final" and p.sigmoid_shift is None and p.reduction == "sum"
+
+
+def test_loss_sums_over_the_batch_like_the_authors_l2_loss():
+    ft, fs = _feats(0), _feats(1)
+    whole = svd_kd_loss(fs, ft)
+    per_sample = sum(svd_kd_loss([f[i:i + 1] for f in fs], [f[i:i + 1] for f in ft]) for i in range(4))
+    torch.testing.assert_close(whole, per_sample)
+    torch.testing.assert_close(svd_kd_loss(fs, ft, reduction="mean"), per_sample / 4)
+
+
+def test_permutation_invariance_holds_for_the_flipped_side_only():
+    ft, fs = _feats(0), _feats(1)
+    perm = lambda fx: [_spatial_perm(f, 20 + i) for i, f in enumerate(fx)]  # noqa: E731
+    for flip, same_side in (("teacher", "teacher"), ("student", "student")):
+        base = float(svd_kd_loss(fs, ft, flip=flip))
+        moved_fs = float(svd_kd_loss(perm(fs), ft, flip=flip))
+        moved_ft = float(svd_kd_loss(fs, perm(ft), flip=flip))
+        flipped, other = (moved_ft, moved_fs) if same_side == "teacher" else (moved_fs, moved_ft)
+        assert abs(flipped - base) < 1e-9 * max(1.0, base)  # the flipped side: exactly invariant
+        assert abs(other - base) < 0.15 * base  # the other side: its arbitrary SVD signs matter a little
+
+
+def test_loss_ignores_the_svd_signs_of_the_flipped_side(monkeypatch):
+    import joryu.losses.svd as svd_mod
+
+    ft, fs = _feats(0), _feats(1)
+    real = svd_mod.truncated_svd
+    base = {f: float(svd_kd_loss(fs, ft, flip=f)) for f in ("teacher", "student")}
+    for side in ("teacher", "student"):
+        calls = {"n": 0}
+
+        def negate_one(feat, k, side=side, calls=calls):
+            s, v = real(feat, k)
+            calls["n"] += 1
+            # calls alternate teacher, student per point; negate that side's vectors at point 1
+            is_teacher = calls["n"] % 2 == 1
+            if (is_teacher == (side == "teacher")) and calls["n"] in (3, 4):
+                v = -v
+            return s, v
+
+        monkeypatch.setattr(svd_mod, "truncated_svd", negate_one)
+        assert abs(float(svd_kd_loss(fs, ft, flip=side)) - base[side]) < 1e-9
+        calls["n"] = 0
+        other = "student" if side == "teacher" else "teacher"
+        assert abs(float(svd_kd_loss(fs, ft, flip=other)) - base[other]) > 1e-6
+        monkeypatch.setattr(svd_mod, "truncated_svd", real)
 
 
 class Net1D(nn.Module):

@@ -267,7 +267,7 @@ def test_joryu_eval_bad_input_is_one_line_exit_2(main_run, tmp_path, capsys):
                             "--data", "mnist1d", "--data-kwarg", "num_samples=600"], capsys)
     one_line_exit_2(code, err, "do not fit model 'mlp'")
     code, _, err = run_cli(["eval", str(main_run), "--data", "digits"], capsys)  # 8x8 images, not 1x40 signals
-    one_line_exit_2(code, err, "cannot read digits's inputs")
+    one_line_exit_2(code, err, "cannot run on the data")
 
 
 # ------------------------------------------------------------------ joryu export

@@ -3,7 +3,6 @@
 from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
 from joryu.data.core import (
     Augment,
-    StreamLoader,
     TensorData,
     TensorLoader,
     apply_augment,
@@ -22,13 +21,26 @@ from joryu.data.noise import (
     observed_noise_matrix,
 )
 from joryu.data.registry import DataBundle, available, describe, load, register_dataset
+from joryu.data.sources import (
+    LoaderOptions,
+    StreamData,
+    StreamLoader,
+    as_source,
+    bundle_from,
+    load_data,
+    load_factory,
+    split_any,
+)
+from joryu.data.transforms import available_transforms, build_transform
 
 __all__ = [
     "Augment", "DataBundle", "StreamLoader", "TensorData", "TensorLoader", "apply_augment", "apply_augment_keyed",
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
     "IGNORE_INDEX", "degraded_view", "hide_labels", "labeled_per_class",
     "add_label_noise", "check_noise_matrix", "clean_mask", "inject_noise", "mark_clean", "noise_matrix",
-    "observed_noise_matrix",
+    "observed_noise_matrix", "LoaderOptions", "StreamData", "as_source", "bundle_from", "load_data",
+    "load_factory", "split_any", "available_transforms", "build_transform",
 ]
 
 from joryu.data import distilled as _distilled  # noqa: E402,F401  (registers the 'distilled' dataset)
+from joryu.data import text as _text  # noqa: E402,F401  (registers the token and pixel datasets)

@@ -115,7 +115,8 @@ def apply_augment_keyed(x: Tensor, aug: Augment, keys: Tensor) -> Tensor:
 
 @dataclass
 class TensorData:
-    """A dataset held as tensors of equal length. ``input`` and ``target`` are required."""
+    """A dataset held as tensors of equal length. ``target`` is required; models read ``input`` or
+    whichever keys their ``inputs`` name (``input_ids``, ``attention_mask``...)."""
 
     tensors: dict[str, Tensor]
     num_classes: int
@@ -125,19 +126,21 @@ class TensorData:
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if "input" not in self.tensors or "target" not in self.tensors:
-            raise ValueError("TensorData needs 'input' and 'target' tensors")
-        n = len(self.tensors["input"])
+        if "target" not in self.tensors or len(self.tensors) < 2:
+            raise ValueError("TensorData needs a 'target' tensor and at least one input tensor "
+                             "('input', or the keys a model's inputs name)")
+        n = len(self.tensors["target"])
         for k, v in self.tensors.items():
             if len(v) != n:
-                raise ValueError(f"tensor {k!r} has {len(v)} rows, 'input' has {n}")
+                raise ValueError(f"tensor {k!r} has {len(v)} rows, 'target' has {n}")
 
     def __len__(self) -> int:
-        return len(self.tensors["input"])
+        return len(self.tensors["target"])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.tensors["input"].shape[1:])
+        key = "input" if "input" in self.tensors else next(k for k in self.tensors if k != "target")
+        return tuple(self.tensors[key].shape[1:])
 
     @property
     def targets(self) -> Tensor:
@@ -170,9 +173,13 @@ class TensorData:
         return self._fingerprint
 
     def prepare_input(self, x: Tensor) -> Tensor:
+        """uint8 images -> floats in [0, 1]; other integer tensors (token ids) keep their dtype
+        unless the data is normalised (``mean``/``std`` set); then ``(x - mean) / std``."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         elif not x.is_floating_point():
+            if self.mean is None:
+                return x
             x = x.float()
         if self.mean is not None:
             x = (x - self.mean) / self.std
@@ -187,6 +194,11 @@ def split_validation(data: TensorData, fraction: float, seed: int = 0) -> tuple[
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     gen = torch.Generator().manual_seed(seed)
     targets = data.targets
+    if targets.dim() > 1:  # per-position targets (tokens, pixels): a plain random split of samples
+        perm = torch.randperm(len(data), generator=gen)
+        k = int(round(len(data) * fraction))
+        return (data.subset(perm[k:].sort().values, data.name + "/train"),
+                data.subset(perm[:k].sort().values, data.name + "/val"))
     val_idx = []
     for c in torch.unique(targets):
         idx = torch.nonzero(targets == c).flatten()
@@ -279,53 +291,6 @@ class TensorLoader:
                 continue
             aug_seed = (self.seed * 7919 + epoch) * 100_003 + i if self.shuffle else None
             yield self.batch(idx, aug_seed, draws)
-
-    def __iter__(self):
-        return self.iterate(0)
-
-
-class StreamLoader:
-    """Streams a map-style ``torch.utils.data.Dataset`` of dict samples through a DataLoader,
-    with the same deterministic batch order as ``TensorLoader`` (for data too large to hold)."""
-
-    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 augment: Augment | None = None, drop_last: bool = False, device="cpu",
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.augment = augment if augment is not None and augment.active else None
-        self.device = device
-        self.rank, self.world_size = rank, world_size
-        self.num_workers = num_workers
-        self.data_id = f"stream:{type(dataset).__name__}:{getattr(dataset, 'root', '')}:{len(dataset)}"
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def batches(self, epoch: int) -> list[Tensor]:
-        return epoch_batches(len(self.dataset), self.batch_size, self.seed, epoch, self.shuffle,
-                             self.drop_last, self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return len(self.batches(0))
-
-    def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
-        batches = [b.tolist() for b in self.batches(epoch)][start:]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches,
-                                             num_workers=self.num_workers)
-        for j, raw in enumerate(loader):
-            i = start + j
-            out = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in raw.items()}
-            out["index"] = torch.as_tensor(batches[j], device=self.device)
-            aug_id = None
-            if self.augment is not None and self.shuffle:
-                aug_id = (self.seed * 7919 + epoch) * 100_003 + i
-                out["input"] = apply_augment(out["input"], self.augment, aug_id)
-            out["data_id"] = self.data_id
-            out["aug_id"] = aug_id
-            yield out
 
     def __iter__(self):
         return self.iterate(0)

@@ -47,7 +47,10 @@ def save_distilled(path: str | Path, d: DistilledSet) -> Path:
                "lrs": d.lrs.detach().cpu().contiguous()}
     meta = {"epochs": str(d.epochs), "num_classes": str(d.num_classes), "source": d.source or "",
             "source_kwargs": json.dumps(d.source_kwargs)}
-    save_file(tensors, str(path), metadata=meta)
+    from joryu.rundir import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -83,9 +86,9 @@ def distilled(path: str, test_data: str | None = None, **test_kwargs) -> DataBun
 def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> Path:
     """A PNG: one row per step (up to ``max_steps``), one column per image, titled with its label;
     the row label gives that step's learned lr(s) over the epochs. 1-D inputs are drawn as curves."""
-    import matplotlib
+    from joryu._optional import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "drawing the distilled images").use("Agg")
     import matplotlib.pyplot as plt
 
     imgs = d.images.detach().cpu().float()
@@ -111,7 +114,9 @@ def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> P
                 ax.set_ylabel("lr " + "/".join(f"{float(v):.2g}" for v in lrs[:, s]), fontsize=6)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    from joryu.rundir import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

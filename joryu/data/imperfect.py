@@ -72,7 +72,9 @@ def digits_privileged(labels_per_class: int = 3, noise: float = 0.3, pool: int =
     picks them); the test split is fully labelled and also carries ``privileged`` so a teacher
     can be scored on it. Students must read ``input`` only.
     """
-    from sklearn.datasets import load_digits
+    from joryu._optional import require
+
+    load_digits = require("sklearn.datasets", "the digits_privileged dataset").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0

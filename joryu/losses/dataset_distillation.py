@@ -60,20 +60,32 @@ def inner_step(model: nn.Module, names: list[str], buffers: dict, x: Tensor, y: 
 def unrolled_sgd(model: nn.Module, params: dict[str, Tensor], images: Tensor, labels: Tensor, lrs: Tensor,
                  epochs: int = 1, buffers: dict[str, Tensor] | None = None, create_graph: bool = True,
                  checkpoint: bool = False) -> dict[str, Tensor]:
-    """θ_T after T = S·epochs SGD steps over the synthetic batches ``images[s]`` (labels ``labels[s]``).
+    """θ_T after T = S·epochs SGD steps over the synthetic batches ``images[s]`` (labels ``labels[s]``);
+    see :func:`unrolled_sgd_state` (which also returns the buffers the steps leave)."""
+    return unrolled_sgd_state(model, params, images, labels, lrs, epochs, buffers, create_graph, checkpoint)[0]
+
+
+def unrolled_sgd_state(model: nn.Module, params: dict[str, Tensor], images: Tensor, labels: Tensor,
+                       lrs: Tensor, epochs: int = 1, buffers: dict[str, Tensor] | None = None,
+                       create_graph: bool = True, checkpoint: bool = False
+                       ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(θ_T, buffers_T) after T = S·epochs SGD steps over the synthetic batches.
 
     images: (S, n, *input_shape); labels: (S, n); lrs: (S·epochs,) learning rates (already positive).
     ``params`` must require grad (see ``model_state``). With ``create_graph`` the result is
     differentiable in ``images``, ``lrs`` and ``params``; ``checkpoint`` recomputes each step in the
     backward pass instead of storing it (memory O(|θ|) per step instead of O(activations)).
-    The module runs in its current mode (the paper: train mode for the inner steps).
+    The module runs in its current mode (the paper: train mode for the inner steps). BatchNorm
+    running statistics updated by each step are carried to the next and returned (they are
+    statistics, not differentiated); the caller's ``buffers`` are not modified.
     """
     steps = images.shape[0]
     if len(lrs) != steps * epochs:
         raise ValueError(f"need one lr per unrolled step: {steps} steps x {epochs} epochs = "
                          f"{steps * epochs}, got {len(lrs)}")
     names = list(params)
-    buffers = {k: v.clone() for k, v in (buffers or {}).items()}  # BN statistics stay local to the run
+    buffers = {k: v.clone() for k, v in (buffers or {}).items()}  # a private copy, updated step by step
+    keys = list(buffers)
     weights = tuple(params[k] for k in names)
     for t in range(steps * epochs):
         s = t % steps
@@ -84,16 +96,23 @@ def unrolled_sgd(model: nn.Module, params: dict[str, Tensor], images: Tensor, la
                                      *weights, create_graph=False)
             weights = tuple(w.detach() for w in weights)
         elif checkpoint:
-            weights = _checkpoint(_step_fn, model, names, buffers, images[s], labels[s], lrs[t], *weights,
-                                  use_reentrant=False)
+            # the step runs twice (forward, then recomputed in backward): it updates a copy of the
+            # buffers it was given and returns it, so the statistics advance exactly once
+            out = _checkpoint(_step_fn, model, names, keys, len(names), images[s], labels[s], lrs[t],
+                              *weights, *(buffers[k] for k in keys), use_reentrant=False)
+            weights = tuple(out[: len(names)])
+            buffers = dict(zip(keys, (b.detach() for b in out[len(names):])))
         else:
             weights = inner_step(model, names, buffers, images[s], labels[s], lrs[t], *weights)
-    return dict(zip(names, weights))
+    return dict(zip(names, weights)), buffers
 
 
-def _step_fn(model, names, buffers, x, y, lr, *weights):
+def _step_fn(model, names, keys, n_weights, x, y, lr, *tensors):
+    weights, bufs = tensors[:n_weights], tensors[n_weights:]
+    local = {k: b.clone() for k, b in zip(keys, bufs)}
     with torch.enable_grad():
-        return inner_step(model, names, buffers, x, y, lr, *weights)
+        new = inner_step(model, names, local, x, y, lr, *weights)
+    return (*new, *(local[k] for k in keys))
 
 
 def dataset_distillation_loss(model: nn.Module, params: dict[str, Tensor], images: Tensor, labels: Tensor,
@@ -101,13 +120,17 @@ def dataset_distillation_loss(model: nn.Module, params: dict[str, Tensor], image
                               buffers: dict[str, Tensor] | None = None, checkpoint: bool = False,
                               final_eval: bool = True) -> Tensor:
     """L = CE(f(x_real; θ_T), y_real), θ_T from ``unrolled_sgd`` (inner steps in train mode, the final
-    loss in eval mode when ``final_eval``, as the reference code does)."""
+    loss in eval mode when ``final_eval``, as the reference code does, with the BatchNorm statistics
+    the inner steps left)."""
     was = model.training
     model.train()
-    final = unrolled_sgd(model, params, images, labels, lrs, epochs, buffers, True, checkpoint)
+    final, final_buffers = unrolled_sgd_state(model, params, images, labels, lrs, epochs, buffers, True,
+                                              checkpoint)
     model.train(not final_eval)
     try:
-        return F.cross_entropy(functional_logits(model, final, buffers or {}, x_real), y_real)
+        if not final_eval:  # a train-mode forward updates statistics: keep that off the result
+            final_buffers = {k: v.clone() for k, v in final_buffers.items()}
+        return F.cross_entropy(functional_logits(model, final, final_buffers, x_real), y_real)
     finally:
         model.train(was)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from joryu.losses._dtype import compute_dtype
+
 
 def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
     r"""The hint-based training objective of FitNets, Eq. (3):
@@ -13,11 +15,13 @@ def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
     summed over every element of one sample's hint and averaged over the batch (as the
     official ``HintCost``: 0.5 * sum of squares, batch mean). ``regressed`` is r(v_g(x)), the
     student's guided-layer output after the regressor; ``hint`` is u_h(x), the teacher's hint
-    layer output, treated as a constant (detached).
+    layer output, treated as a constant (detached). Computed in the inputs' dtype (half
+    precision in float32).
     """
     if regressed.shape != hint.shape:
         raise ValueError(f"regressor output {tuple(regressed.shape)} and hint {tuple(hint.shape)} differ")
-    diff = regressed.float() - hint.detach().float()
+    dt = compute_dtype(regressed, hint)
+    diff = regressed.to(dt) - hint.detach().to(dt)
     return 0.5 * diff.pow(2).sum() / max(1, diff.shape[0])
 
 
@@ -27,10 +31,11 @@ def feature_l2_loss(student: Tensor, teacher: Tensor) -> Tensor:
     .. math::  L = \frac{1}{B} \sum_b \| f_t(x_b) - \phi(g(x_b)) \|^2
 
     (Gupta et al. 2016, supervision transfer; also the local loss of blockwise distillation).
-    The teacher side is detached.
+    The teacher side is detached; computed in the inputs' dtype (half precision in float32).
     """
     if student.shape != teacher.shape:
         raise ValueError(f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} "
                          "differ: add an adapter")
-    diff = student.float() - teacher.detach().float()
+    dt = compute_dtype(student, teacher)
+    diff = student.to(dt) - teacher.detach().to(dt)
     return diff.pow(2).sum() / max(1, diff.shape[0])

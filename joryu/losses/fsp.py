@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.losses._dtype import compute_dtype
+
 
 def _pool_to(x: Tensor, size: tuple[int, ...], mode: str) -> Tensor:
     spatial = x.dim() - 2
@@ -52,6 +54,7 @@ def fsp_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], weights: Sequ
     ``teacher`` and ``student`` list the FSP matrices (B, m_i, n_i) of each section pair; the
     squared Frobenius norm is summed per sample and averaged over the batch; the weights
     :math:`\lambda_i` are equal (1) by default. The teacher's matrices are constants (detached).
+    Computed in the matrices' dtype (float64 stays float64; half precision in float32).
     """
     if len(teacher) != len(student):
         raise ValueError(f"{len(teacher)} teacher FSP matrices but {len(student)} student ones")
@@ -63,5 +66,6 @@ def fsp_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], weights: Sequ
         if gt.shape != gs.shape:
             raise ValueError(f"teacher FSP matrix {tuple(gt.shape)} and student one {tuple(gs.shape)} differ: "
                              "FSP needs the same channel counts in each section pair")
-        total = total + w * (gs.float() - gt.detach().float()).pow(2).flatten(1).sum(1).mean()
+        dt = compute_dtype(gs, gt)
+        total = total + w * (gs.to(dt) - gt.detach().to(dt)).pow(2).flatten(1).sum(1).mean()
     return total

@@ -34,6 +34,13 @@ def masked_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = N
     A batch with no labelled row gives 0 (still attached to the graph), not NaN.
     Without a mask and hidden labels this is exactly ``F.cross_entropy``.
     """
+    if logits.dim() > 2:  # per-position logits (tokens, pixels): one row per position
+        from joryu.losses.positions import rows
+
+        logits, target, valid = rows(logits, target, mask)
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        ce = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
+        return (ce * valid).sum() / valid.sum().clamp_min(1)
     if mask is None and not bool((target == IGNORE_INDEX).any()):
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     valid = _valid_rows(target, mask)

@@ -11,7 +11,8 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+            mask: Tensor | None = None, target: Tensor | None = None) -> Tensor:
     r"""Soft-target loss of Hinton et al. (2015), Sec. 2.
 
     With :math:`p^T = \mathrm{softmax}(v/T)` (teacher) and :math:`q^T = \mathrm{softmax}(z/T)`
@@ -24,13 +25,23 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     :math:`T^2` so that its gradient keeps the scale of the hard-label term as T changes:
     :math:`\partial L_{soft}/\partial z = T (q^T - p^T) / B`.
 
+    Per-position logits (``[B, L, C]`` tokens, ``[B, C, H, W]`` pixels; see
+    ``joryu.losses.positions``) are distilled at every position that counts: where ``target`` is
+    not -100 and ``mask`` (per sample or per position) is true. The mean then runs over those
+    positions, :math:`T^2 \frac{1}{|V|} \sum_{i \in V} \mathrm{KL}(p^T_i \| q^T_i)`; with
+    ``[B, C]`` logits and no mask this is exactly the batch mean above.
+
     The teacher logits are treated as constants (detached).
     """
+    if student_logits.dim() > 2 or mask is not None or target is not None:
+        from joryu.losses.lm import token_divergence
+
+        return token_divergence(student_logits, teacher_logits, "forward_kl", temperature, mask=mask,
+                                target=target)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ: the two models must predict the same classes"
-        )
+        from joryu.losses.lm import check_same_classes
+
+        check_same_classes(student_logits, teacher_logits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)

@@ -38,17 +38,21 @@ def similarity_loss(student: Tensor, teacher: Tensor, kind: str = "ce") -> Tenso
 
 
 class Discriminator(nn.Module):
-    """Binary discriminator on a pooled block output: d -> d/2 -> d/4 -> 1 logit ("comes from a teacher").
+    """Binary discriminator on a pooled block output: dim -> hidden -> hidden -> 1 logit
+    ("comes from a teacher"), LeakyReLU(0.2) between layers.
 
-    The official code uses 1x1 convolutions d -> d/2 -> d/4 -> 2 with a ReLU after every layer,
-    the last included; here the last layer is linear (a ReLU there clips the logit) and gives one
-    logit for a binary cross-entropy, which is the 2-way softmax with one degree of freedom removed.
+    The official code (AaronHeee/MEAL ``models/discriminator.py``) halves the width at every
+    layer (d -> d/2 -> d/4 -> 2, ReLU after each, the last included). On class logits that gives
+    a 10-5-2-1 network for 10 classes and 3-1-1-1 for 3: it dies to a constant and sits at
+    chance, so the adversarial term is noise. Here the hidden width ``hidden`` does not depend on
+    the input size, the non-linearity is leaky (no dead units), and the last layer is linear with
+    one logit for a binary cross-entropy (the 2-way softmax with one degree of freedom removed).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, hidden: int = 64, slope: float = 0.2):
         super().__init__()
-        h1, h2 = max(1, dim // 2), max(1, dim // 4)
-        self.net = nn.Sequential(nn.Linear(dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(slope), nn.Linear(hidden, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(-1)

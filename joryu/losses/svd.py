@@ -73,7 +73,7 @@ def rbf(v_a: Tensor, v_b: Tensor) -> Tensor:
 
 
 def svd_kd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1, student_extra: int = 1,
-                flip: str = "teacher") -> Tensor:
+                flip: str = "teacher", reduction: str = "sum") -> Tensor:
     r"""The KD-SVD distillation loss (Lee et al. 2018, Sec. 3; official ``RAS``).
 
     For each sensing point l: truncated SVD of X_l in R^{HW x C_l} (float64), teacher k vectors,
@@ -82,10 +82,24 @@ def svd_kd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1
 
     .. math::  L = \sum_l \frac{1}{2} \| R^S_l - \mathrm{sg}(R^T_l) \|^2 \cdot \sqrt{k}
 
-    summed over (C_l, C_{l+1}, k) and averaged over the batch (the official code sums over the
-    batch too). The loss is 0 for F_s = F_t, -F_t, c F_t (c > 0) and for any permutation of the
-    spatial positions; the teacher side gets no gradient.
+    summed over (C_l, C_{l+1}, k) and, with ``reduction="sum"`` (default), over the batch, as the
+    authors' ``tf.nn.l2_loss`` does (``"mean"`` divides by the batch size). The teacher side gets no
+    gradient.
+
+    What holds exactly (the tests check each):
+    - L = 0 when F_s equals F_t up to a positive scale, a sign and a common permutation of the
+      spatial positions (X^T X, hence V, is unchanged by a row permutation).
+    - The SVD returns each singular vector with an arbitrary sign; the alignment overwrites the
+      sign of the ``flip`` side only. So L does not depend on the signs the SVD picks for the
+      flipped side, and is exactly invariant to a spatial permutation of that side's features
+      alone (``flip="teacher"``: the teacher's; ``"student"``: the student's).
+    - It *does* depend on the arbitrary signs of the other side's vectors, because the RBF
+      compares vectors of consecutive points: a spatial permutation of that side alone (or of
+      both) moves L by a few percent (measured 0.3-10% on random features). It is invariant to
+      flipping every vector of that side at once.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student sensing points but {len(teacher)} teacher ones")
     if len(student) < 2:
@@ -98,7 +112,7 @@ def svd_kd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1
         vs.append(_finite(a))
         vt.append(_finite(b).detach())
     total = torch.zeros((), dtype=torch.float64, device=vs[0].device)
-    batch = vs[0].shape[0]
+    batch = vs[0].shape[0] if reduction == "mean" else 1
     for i in range(len(vs) - 1):
         n = min(vs[i].shape[2], vs[i + 1].shape[2])
         r_s = rbf(vs[i][..., :n], vs[i + 1][..., :n])

@@ -148,6 +148,7 @@ class Method:
     name = "method"
     Params = Params
     needs_teacher = True
+    per_position_ok = False  # True: handles [B, L, C] / [B, C, H, W] logits (tokens, pixels)
 
     def __init__(self, params: Params):
         self.params = params

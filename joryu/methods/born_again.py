@@ -50,7 +50,7 @@ from joryu.losses import cwtm_loss, dkpp_loss, ensemble_logits, kd_loss
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.models.reinit import fresh_copy, seed_from
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, FrozenTeacher, Teacher
+from joryu.teachers import FrozenTeacher, Teacher, prepare_for
 
 VARIANTS = ("kd", "kd_labels", "cwtm", "dkpp")
 
@@ -115,7 +115,8 @@ class BornAgainParams(Params):
         "kd", description="loss of generations 2..: KD only (BAN), KD + labels (BAN+L), CWTM or DKPP")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of the KD/DKPP terms")
     label_weight: float = Field(1.0, ge=0, description="weight of the label CE in kd_labels")
-    teacher_cache: bool = Field(True, description="reuse teacher outputs for un-augmented batches")
+    teacher_cache: bool = Field(True, description="reuse teacher outputs per (sample, augmentation draw)")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
 
 @register_method("born_again", paper="Furlanello et al. 2018, Born-Again Neural Networks (arXiv:1805.04770)")
@@ -140,9 +141,7 @@ class BornAgain(Method):
                 gens = [FrozenTeacher(net) for net in ctx.extras["ban_generations"]]
                 prev = gens[-1]
                 student = fresh_copy(prev.model, ctx.extras["ban_seed"] + k)
-                teacher = prev
-                if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                    teacher = CachedTeacher(prev, len(ctx.train_data))
+                teacher = prepare_for(ctx, prev, fold=p.fast_teacher, cache=p.teacher_cache)
                 return BornAgainDistiller(student, teacher, list(gens), p.variant, p.temperature, p.label_weight)
 
             return build

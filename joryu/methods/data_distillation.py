@@ -148,7 +148,10 @@ class DataDistillationParams(Params):
                  paper="Radosavovic et al. 2018, Data Distillation: Towards Omni-Supervised Learning (arXiv:1712.04440)")
 class DataDistillation(Method):
     Params = DataDistillationParams
-    needs_teacher = False
+
+    @property
+    def needs_teacher(self) -> bool:  # teacher: given pseudo-labels with the run's teacher
+        return self.params.teacher == "given"
 
     def stages(self):
         p = self.params

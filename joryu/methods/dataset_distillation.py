@@ -27,8 +27,10 @@ Deviations and best guesses:
   grows as O(T·activations); ``checkpoint=True`` recomputes each inner step in the backward pass.
 - ``init="xavier"`` (xavier-normal weights, zero biases, as the reference code's default
   ``init``) re-initialises the student before θ_0 is read; ``"default"`` keeps PyTorch's init.
-- BatchNorm networks: running statistics updated by the inner steps are local to one unroll;
-  the final loss uses eval mode (``final_eval``), as the reference code does.
+- BatchNorm networks: running statistics updated by each inner step are carried to the next one
+  and used by the final loss, which runs in eval mode (``final_eval``), as the reference code
+  does; evaluation and ``train_on_distilled`` use them too. They start from θ_0's buffers at every
+  outer step.
 - Evaluation (``eval_logits`` / ``deployable``) trains the student from its stored θ_0 with
   exactly the learned steps and rates; with ``random_init`` that θ_0 is one fresh draw. The
   reproduction evaluates over many fresh initialisations.
@@ -58,7 +60,7 @@ from joryu.losses.dataset_distillation import (
     functional_logits,
     model_state,
     softplus_inverse,
-    unrolled_sgd,
+    unrolled_sgd_state,
 )
 from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 
@@ -91,12 +93,14 @@ def train_on_distilled(model: nn.Module, d: DistilledSet, inplace: bool = True) 
     params, buffers = model_state(model)
     was = model.training
     model.train()
-    final = unrolled_sgd(model, params, d.images.to(device), d.labels.to(device), d.lrs.to(device),
-                         d.epochs, buffers, create_graph=False)
+    final, final_buffers = unrolled_sgd_state(model, params, d.images.to(device), d.labels.to(device),
+                                              d.lrs.to(device), d.epochs, buffers, create_graph=False)
     model.train(was)
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(final[k])
+        for k, b in model.named_buffers():
+            b.copy_(final_buffers[k])
     return model
 
 
@@ -157,8 +161,8 @@ class DatasetDistiller(Distiller):
             params, buffers = model_state(self.student)
             was = self.student.training
             self.student.train()
-            final = unrolled_sgd(self.student, params, self.images, self.labels, self.lrs(), self.epochs,
-                                 buffers, create_graph=False)
+            final, buffers = unrolled_sgd_state(self.student, params, self.images, self.labels, self.lrs(),
+                                                self.epochs, buffers, create_graph=False)
             self.student.train(was)
             self._cache = (key, final, buffers)
         return self._cache[1], self._cache[2]

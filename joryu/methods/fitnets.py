@@ -14,11 +14,18 @@ Two stages, run by the one engine:
 2. **Knowledge distillation** of the whole student, initialised from stage 1 (Eq. 2):
 
        L = H(y, P_S) + lambda * H(P_T^tau, P_S^tau),   tau = 3,
-       lambda annealed linearly from 4 (first epoch) to 1 (last epoch).
+       lambda annealed linearly, as the authors' configuration (below).
 
-Defaults follow the official code (adri-romsor/FitNets, ``cifar10_fitnet19_all.yaml``): tau = 3,
-lambda 4 -> 1 (``TeacherDecayOverEpoch``), a hint cost of 0.5 * sum of squares averaged over the
-batch, and no tau^2 factor on the soft term (``tau_squared=False``; set True for Hinton's scaling).
+Defaults follow the official code (adri-romsor/FitNets, ``cifar10_fitnet19_all.yaml``): tau = 3, a
+hint cost of 0.5 * sum of squares averaged over the batch, no tau^2 factor on the soft term
+(``tau_squared=False``; set True for Hinton's scaling), and the lambda schedule of
+``TeacherDecayOverEpoch(start=5, saturate=400, final=1)`` with lambda_teach = 4 over 288 epochs:
+lambda is held at 4 for the first epochs, then falls by 3/396 per epoch, so at the last of the 288
+epochs it is about 1.85 (it would reach 1 only at epoch 400). joryu scales the two epochs with the
+run: ``lambda_hold`` = 5/288 and ``lambda_saturate`` = 400/288 of the KD stage's epochs (pylearn2's
+monitor runs once before the first epoch, so epoch e uses the count e + 1).
+``lambda_schedule="linear"`` gives the earlier joryu schedule, lambda_start at the first epoch to
+lambda_end at the last.
 
 Regressor (``regressor``):
 - ``"paper"``: a convolution with kernel N_g - N_h + 1 per spatial dimension (no padding), so a
@@ -30,9 +37,12 @@ Regressor (``regressor``):
 The regressor ends with the hint layer's non-linearity (``regressor_activation``).
 
 Deviations and best guesses:
-- The hint layer's non-linearity is not detected from the teacher; it is the option
-  ``regressor_activation`` (default ``relu``; the paper's maxout teacher had maxout regressors,
-  which joryu does not offer).
+- ``regressor_activation="auto"`` (default) reads the hint layer's non-linearity from the teacher:
+  the hint module's own type when it is (or ends in) a ReLU, Tanh or Sigmoid module; otherwise
+  ReLU when the teacher's hints on a sample batch are all >= 0 (e.g. a block ending in a
+  functional ReLU), and none when any is negative (a pre-activation Linear/conv output, as the
+  default hint layers of the zoo's MLP), so the regressor can match negative hints. The paper's
+  maxout teacher had maxout regressors, which joryu does not offer.
 - Default hint/guided layers: the middle entry of each model's ``feature_layers`` list (the paper
   uses the middle layers); give module paths for anything else.
 - Stage-1 length and learning rate are not given in the paper for every setting; they are the
@@ -65,9 +75,21 @@ from joryu.methods._features import (
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
-from joryu.teachers import CachedTeacher
+from joryu.teachers import prepare_for
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "none": nn.Identity}
+_BY_TYPE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+
+
+def hint_activation(module: nn.Module, hint_sample) -> str:
+    """The hint layer's non-linearity (see ``regressor_activation="auto"`` in the module docstring)."""
+    last = module
+    while len(list(last.children())) > 0:
+        last = list(last.children())[-1]
+    for m in (module, last):
+        if type(m) in _BY_TYPE:
+            return _BY_TYPE[type(m)]
+    return "relu" if bool((hint_sample >= 0).all()) else "none"
 
 
 class HintRegressor(nn.Module):
@@ -113,18 +135,19 @@ class HintDistiller(Distiller):
     """Stage 1: the student up to ``guided`` plus the regressor fit the teacher's hint layer."""
 
     def __init__(self, student, teacher, guided: str, sample, regressor: str = "paper",
-                 activation: str = "relu", input_key: str = "input"):
+                 activation: str = "auto", input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.guided = guided
         self.student_taps = Taps(student, {"guided": guided})
         self.prefix = parameters_up_to(student, guided, on_device_of(student, sample))
-        hint = self._hint_shape(on_device_of(teacher.model, sample))
+        hint_sample = self.teacher({self.teacher.input_key: on_device_of(teacher.model, sample)}).features["hint"]
+        if activation == "auto":
+            activation = hint_activation(resolve(teacher.model, teacher.taps.paths["hint"]), hint_sample)
+        self.activation = activation
         guided_shape = self._guided(on_device_of(student, sample), keep_state=True)
-        self.regressor = HintRegressor(tuple(guided_shape.shape[1:]), hint, regressor, activation)
-
-    def _hint_shape(self, sample):
-        return tuple(self.teacher({self.teacher.input_key: sample}).features["hint"].shape[1:])
+        self.regressor = HintRegressor(tuple(guided_shape.shape[1:]), tuple(hint_sample.shape[1:]), regressor,
+                                       activation)
 
     def _guided(self, x, keep_state: bool = False):
         import torch
@@ -158,14 +181,17 @@ class HintDistiller(Distiller):
 
 
 class FitNetsKDDistiller(Distiller):
-    """Stage 2: L = H(y, P_S) + lambda(epoch) * H(P_T^tau, P_S^tau), lambda linear from start to end."""
+    """Stage 2: L = H(y, P_S) + lambda(epoch) * H(P_T^tau, P_S^tau), lambda from the schedule."""
 
     def __init__(self, student, teacher, temperature: float = 3.0, lambda_start: float = 4.0,
-                 lambda_end: float = 1.0, tau_squared: bool = False, input_key: str = "input"):
+                 lambda_end: float = 1.0, tau_squared: bool = False, input_key: str = "input",
+                 lambda_schedule: str = "official", lambda_hold: float = 5 / 288,
+                 lambda_saturate: float = 400 / 288):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.temperature = temperature
         self.lambda_start, self.lambda_end = lambda_start, lambda_end
+        self.lambda_schedule, self.lambda_hold, self.lambda_saturate = lambda_schedule, lambda_hold, lambda_saturate
         self.tau_squared = tau_squared
         self.lam = lambda_start
 
@@ -176,8 +202,25 @@ class FitNetsKDDistiller(Distiller):
             return start
         return start + (end - start) * epoch / (num_epochs - 1)
 
+    @staticmethod
+    def official_schedule(epoch: int, num_epochs: int, start: float, end: float, hold: float = 5 / 288,
+                          saturate: float = 400 / 288) -> float:
+        """``TeacherDecayOverEpoch``: held at ``start`` until the count reaches ``hold * num_epochs``,
+        then linear towards ``end``, reached at ``saturate * num_epochs``; count = epoch + 1."""
+        count = epoch + 1
+        first, last = hold * num_epochs, saturate * num_epochs
+        if count < first:
+            return start
+        if count >= last:
+            return end
+        return max(0.0, start - (start - end) / (last - first + 1) * (count - first + 1))
+
     def on_epoch_start(self, epoch, num_epochs):
-        self.lam = self.schedule(epoch, num_epochs, self.lambda_start, self.lambda_end)
+        if self.lambda_schedule == "linear":
+            self.lam = self.schedule(epoch, num_epochs, self.lambda_start, self.lambda_end)
+        else:
+            self.lam = self.official_schedule(epoch, num_epochs, self.lambda_start, self.lambda_end,
+                                              self.lambda_hold, self.lambda_saturate)
 
     def training_step(self, batch):
         logits = forward(self.student, batch, self.input_key)
@@ -195,15 +238,21 @@ class FitNetsParams(Params):
     hint_layer: str | None = Field(None, description="teacher module path of the hint (default: middle feature layer)")
     guided_layer: str | None = Field(None, description="student module path of the guided layer (default: middle)")
     regressor: Literal["paper", "1x1"] = Field("paper", description="conv kernel N_g-N_h+1 (paper) or 1x1")
-    regressor_activation: Literal["relu", "tanh", "sigmoid", "none"] = Field(
-        "relu", description="the hint layer's non-linearity, applied after the regressor")
+    regressor_activation: Literal["auto", "relu", "tanh", "sigmoid", "none"] = Field(
+        "auto", description="the hint layer's non-linearity after the regressor (auto: read from the teacher)")
     hint_epochs: int | None = Field(None, ge=1, description="stage-1 epochs (default: the run's epochs)")
     hint_lr: float | None = Field(None, gt=0, description="stage-1 learning rate (default: the run's lr)")
     temperature: float = Field(3.0, gt=0, description="tau of the KD stage")
     lambda_start: float = Field(4.0, ge=0, description="weight of the soft term at the first KD epoch")
-    lambda_end: float = Field(1.0, ge=0, description="weight of the soft term at the last KD epoch")
+    lambda_end: float = Field(1.0, ge=0, description="weight the soft term decays towards")
+    lambda_schedule: Literal["official", "linear"] = Field(
+        "official", description="official: TeacherDecayOverEpoch (hold, then decay; ends ~1.85); linear: start->end")
+    lambda_hold: float = Field(5 / 288, ge=0, description="fraction of the KD epochs lambda is held (official 5/288)")
+    lambda_saturate: float = Field(400 / 288, gt=0,
+                                   description="fraction of the KD epochs at which lambda reaches lambda_end (400/288)")
     tau_squared: bool = Field(False, description="multiply the soft term by tau^2 (the official code does not)")
-    teacher_cache: bool = Field(True, description="reuse teacher logits for un-augmented batches in stage 2")
+    teacher_cache: bool = Field(True, description="reuse teacher logits per (sample, augmentation draw) in stage 2")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
 
 @register_method("fitnets", paper="Romero et al. 2015, FitNets: Hints for Thin Deep Nets (arXiv:1412.6550)")
@@ -226,11 +275,10 @@ class FitNets(Method):
             distiller.drop_regressor()
 
         def build_kd(ctx):
-            teacher = ctx.teacher
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                teacher = CachedTeacher(teacher, len(ctx.train_data))
+            teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
             return FitNetsKDDistiller(ctx.student, teacher, p.temperature, p.lambda_start, p.lambda_end,
-                                      p.tau_squared)
+                                      p.tau_squared, lambda_schedule=p.lambda_schedule, lambda_hold=p.lambda_hold,
+                                      lambda_saturate=p.lambda_saturate)
 
         hint_train = {}
         if p.hint_epochs is not None:

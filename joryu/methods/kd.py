@@ -12,32 +12,49 @@ Deviations and choices:
   the default alpha = 0.9 follows common practice. alpha = 1 trains on soft targets alone.
 - KL is used instead of the cross-entropy H(p^T, q^T); they differ by the teacher's entropy,
   a constant for the student, so gradients are identical.
-- ``teacher_cache``: teacher outputs are computed once per sample (per fixed augmentation draw,
-  with ``Augment(draws=K)``) and reused (see ``joryu.teachers.CachedTeacher``); the results are
-  identical. Batches under fresh random augmentation bypass the cache.
-- ``fast_teacher``: the teacher runs with BatchNorm folded into its convolutions, under
-  ``torch.inference_mode`` (``joryu.teachers.FastTeacher``); outputs match to ~1e-6.
+- The teacher is prepared by the one policy every method uses (``joryu.teachers.prepare``):
+  ``teacher_cache`` stores its outputs per sample (per fixed augmentation draw, with
+  ``Augment(draws=K)``) and reuses them; batches under fresh random augmentation bypass the cache.
+  ``fast_teacher`` runs it with BatchNorm folded into its convolutions, under
+  ``torch.inference_mode``; outputs match to ~1e-6, and both follow in-place changes of the
+  teacher's weights.
+- Token and pixel logits (``[B, L, C]``, ``[B, C, H, W]``) are distilled position by position,
+  skipping targets of -100 (padding, prompt tokens); for language models ``divergence`` selects
+  forward KL (the paper's loss per token), reverse KL or the generalised JSD(beta) of GKD
+  (``joryu.losses.lm``). These go beyond the paper, which distils one prediction per sample.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch.nn.functional as F
 from pydantic import Field
 
 from joryu.distiller import Distiller
-from joryu.losses import kd_loss
+from joryu.losses import kd_loss, masked_cross_entropy
+from joryu.losses.lm import token_divergence
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, FastTeacher, FrozenTeacher, Teacher
+from joryu.teachers import Teacher, prepare_for
 
 
-def kd_objective(logits, teacher_logits, target, temperature: float, alpha: float) -> dict:
-    """The paper's mix: alpha * T^2 KL(p^T || q^T) + (1 - alpha) * CE(y, q), as named terms."""
-    soft = kd_loss(logits, teacher_logits, temperature)
+def kd_objective(logits, teacher_logits, target, temperature: float, alpha: float,
+                 divergence: str = "forward_kl", beta: float = 0.5) -> dict:
+    """The paper's mix: alpha * T^2 KL(p^T || q^T) + (1 - alpha) * CE(y, q), as named terms.
+
+    Per-position logits (tokens, pixels) are distilled and scored only where the target is not
+    -100 (padding, prompt tokens); ``divergence`` swaps the KL for reverse KL or JSD(beta)
+    (``joryu.losses.lm``)."""
+    if logits.dim() > 2 or divergence != "forward_kl":
+        mask_by = target if logits.dim() > 2 else None
+        soft = token_divergence(logits, teacher_logits, divergence, temperature, beta, target=mask_by)
+    else:
+        soft = kd_loss(logits, teacher_logits, temperature)
     out = {"kd": soft}
     loss = alpha * soft
     if alpha < 1:
-        hard = F.cross_entropy(logits, target)
+        hard = masked_cross_entropy(logits, target) if logits.dim() > 2 else F.cross_entropy(logits, target)
         loss = loss + (1 - alpha) * hard
         out["ce"] = hard
     out["loss"] = loss
@@ -46,18 +63,21 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
 
 class KDDistiller(Distiller):
     def __init__(self, student, teacher: Teacher, temperature: float = 4.0, alpha: float = 0.9,
-                 input_key: str = "input"):
+                 input_key: str = "input", divergence: str = "forward_kl", beta: float = 0.5):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
+        self.divergence = divergence
+        self.beta = beta
 
     def training_step(self, batch):
         # Teacher first: the student's activations, saved for backward, then stay warm in cache
         # (measured ~10% faster on CPU ResNets, benchmarks/RESULTS.md).
         t_logits = self.teacher(batch).logits
         logits = forward(self.student, batch, self.input_key)
-        return kd_objective(logits, t_logits, batch["target"], self.temperature, self.alpha)
+        return kd_objective(logits, t_logits, batch["target"], self.temperature, self.alpha,
+                            self.divergence, self.beta)
 
 
 class KDParams(Params):
@@ -65,22 +85,22 @@ class KDParams(Params):
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha on the labels")
     teacher_cache: bool = Field(True, description="reuse teacher outputs (per sample, per fixed augmentation draw)")
     fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm into its convolutions, run it in inference mode")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="soft term: KL(p||q) (the paper), reverse KL(q||p), or JSD(beta) (joryu.losses.lm)")
+    beta: float = Field(0.5, gt=0, lt=1, description="JSD(beta) mixture weight of the teacher (divergence: jsd)")
 
 
 @register_method("kd", paper="Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)")
 class KD(Method):
     Params = KDParams
+    per_position_ok = True
 
     def stages(self):
         p = self.params
 
         def build(ctx):
-            teacher = ctx.teacher
-            if p.fast_teacher and isinstance(teacher, FrozenTeacher) and teacher.taps is None:
-                teacher = FastTeacher(teacher.model, teacher.input_key)
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__") and not getattr(teacher, "stochastic", False):
-                draws = ctx.augment.draws if ctx.augment is not None and ctx.augment.active else 1
-                teacher = CachedTeacher(teacher, len(ctx.train_data), draws=max(1, draws))
-            return KDDistiller(ctx.student, teacher, p.temperature, p.alpha)
+            teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
+            return KDDistiller(ctx.student, teacher, p.temperature, p.alpha, divergence=p.divergence,
+                               beta=p.beta)
 
         return [Stage("distill", build)]

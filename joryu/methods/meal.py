@@ -18,7 +18,9 @@ Deviations and pitfalls of the official code (AaronHeee/MEAL) that are fixed her
 - The official student and discriminators minimise the *same* d_loss in one optimizer (so without
   ``--grl`` the student helps D; ``--grl`` is parsed with ``type=bool`` and its legacy autograd
   Function fails in current PyTorch): here two optimizers and the non-saturating generator loss.
-- The discriminator's last layer has no ReLU and gives one logit (see ``losses.meal.Discriminator``);
+- The discriminator has hidden widths independent of the block size (``d_hidden``, default 64) and
+  LeakyReLU, where the official one halves the width per layer (10-5-2-1 on 10-class logits, which
+  collapses to a constant); its last layer is linear with one logit (``losses.meal.Discriminator``);
   its optimizer is Adam(d_lr = 1e-3, betas 0.5/0.999), scaled by the run's lr schedule.
 - Blocks: the logits are always the last block (not pooled); ``student_layers`` / ``teacher_layers``
   add intermediate blocks by module path, pooled to ``pooled_dim`` (spatial mean, then adaptive average
@@ -56,7 +58,7 @@ class MEALDistiller(Distiller):
     def __init__(self, student: nn.Module, teacher_models: list[nn.Module], num_classes: int,
                  student_layers=(), teacher_layers=(), pooled_dim: int = 64, gammas=None, etas=None,
                  adversarial: bool = True, similarity: str = "ce", label_weight: float = 0.0,
-                 d_lr: float = 1e-3, seed: int = 0, input_key: str = "input"):
+                 d_lr: float = 1e-3, seed: int = 0, input_key: str = "input", d_hidden: int = 64):
         if len(student_layers) != len(teacher_layers):
             raise ConfigError(f"MEAL pairs blocks: {len(student_layers)} student layers, {len(teacher_layers)} teacher layers")
         feats = {f"block{j}": p for j, p in enumerate(teacher_layers)}
@@ -73,7 +75,7 @@ class MEALDistiller(Distiller):
         self.pooled_dim = pooled_dim
         self.dims = [pooled_dim] * len(student_layers) + [num_classes]
         self.adversarial = adversarial
-        self.discriminators = nn.ModuleList([Discriminator(d) for d in self.dims]) if adversarial else None
+        self.discriminators = nn.ModuleList([Discriminator(d, d_hidden) for d in self.dims]) if adversarial else None
         self.similarity = similarity
         self.label_weight = label_weight
         self.d_lr = d_lr
@@ -163,6 +165,7 @@ class MEALParams(Params):
     gammas: list[float] | None = Field(None, description="similarity weight per block (layers first, logits last)")
     etas: list[float] | None = Field(None, description="adversarial weight per block")
     d_lr: float = Field(1e-3, gt=0, description="discriminators' Adam learning rate (official --d_lr)")
+    d_hidden: int = Field(64, ge=1, description="discriminators' hidden width (independent of the block size)")
     label_weight: float = Field(0.0, ge=0, description="weight of a CE label term (0: none, as the paper)")
 
     @model_validator(mode="after")
@@ -204,6 +207,6 @@ class MEAL(Method):
             models = have(ctx)[: p.num_teachers]
             return MEALDistiller(ctx.student, models, ctx.num_classes, p.student_layers, p.teacher_layers,
                                  p.pooled_dim, p.gammas, p.etas, p.adversarial, p.similarity, p.label_weight,
-                                 p.d_lr, ctx.seed)
+                                 p.d_lr, ctx.seed, d_hidden=p.d_hidden)
 
         return stages + [Stage("distill", build)]

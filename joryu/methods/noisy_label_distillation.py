@@ -22,6 +22,14 @@ Stages (``joryu run`` with ``method: noisy_label_distillation``; the data must c
    for ``aux_epochs`` epochs of the clean subset.
 3. ``distill``: the student trained on all rows against y^lambda (clean rows keep their labels).
 
+Choosing lambda (``lam_grid``): the paper's analysis says the best lambda is interior and depends
+on the noise and the auxiliary's quality, so fixing it in advance can land where the soft label's
+top class always equals the noisy label. With ``lam_grid`` a seeded fraction ``lam_holdout`` of the
+clean rows is held out (never trained on, by the auxiliary or the student); one student per lambda
+is trained from the same initialisation (stages ``distill_lam<value>``), each is scored by its
+accuracy on the held-out clean rows, and the best one's weights are kept (stage ``select``, 0
+epochs; ties go to the larger lambda, listed first in ``chosen_lam`` of that stage's metrics).
+
 The auxiliary network is a copy of the student's architecture and initialisation (in the paper
 both are the same CNN). With ``use_teacher`` the experiment's teacher is used as the auxiliary
 instead (e.g. a model the user already trained on clean data, given as ``teacher.checkpoint``).
@@ -51,7 +59,7 @@ from joryu.losses import noisy_label_loss, relation_graph
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
-from joryu.teachers import CachedTeacher, FrozenTeacher, Teacher
+from joryu.teachers import FrozenTeacher, Teacher, prepare_for
 
 
 class NoisyLabelDistiller(Distiller):
@@ -88,6 +96,49 @@ def clean_subset(data):
     return data.subset(idx, data.name + "/clean")
 
 
+def split_clean(data, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows to train on, held-out clean rows): a seeded ``holdout`` fraction of the clean rows
+    (at least one) is held out; every other row is trained on."""
+    clean = data.tensors["clean"].cpu().bool()
+    idx = torch.nonzero(clean).flatten()
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    n = max(1, round(holdout * len(idx)))
+    if n >= len(idx):
+        raise ConfigError(f"noisy_label_distillation: lam_holdout {holdout} leaves no clean row to train the "
+                          f"auxiliary on ({len(idx)} clean rows); lower lam_holdout or mark more rows clean")
+    held = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
+    keep = torch.ones(len(clean), dtype=torch.bool)
+    keep[held] = False
+    return torch.nonzero(keep).flatten(), held
+
+
+@torch.no_grad()
+def heldout_accuracy(model, data, input_key: str = "input", batch_size: int = 1024) -> float:
+    """Accuracy (%) of ``model`` on ``data`` (its true labels), in eval mode."""
+    was = model.training
+    model.eval()
+    device = next(iter(list(model.parameters()) + list(model.buffers()))).device
+    right = 0
+    for i in range(0, len(data), batch_size):
+        batch = {k: v[i:i + batch_size].to(device) for k, v in data.tensors.items()}
+        if hasattr(data, "prepare_input") and input_key in batch:
+            batch[input_key] = data.prepare_input(batch[input_key])
+        right += int((forward(model, batch, input_key).argmax(-1) == batch["target"]).sum())
+    model.train(was)
+    return 100.0 * right / max(1, len(data))
+
+
+class SelectedStudent(SupervisedDistiller):
+    """The student with the chosen lambda's weights; reports the choice."""
+
+    def __init__(self, student, chosen: float, scores: dict):
+        super().__init__(student)
+        self.chosen, self.scores = chosen, scores
+
+    def extra_metrics(self):
+        return {"chosen_lam": self.chosen, **{f"heldout_acc_lam{k:g}": v for k, v in self.scores.items()}}
+
+
 class NoisyLabelParams(Params):
     lam: float = Field(0.5, ge=0, le=1, description="lambda: weight of the given (noisy) label in y^lambda")
     temperature: float = Field(1.0, gt=0, description="T in softmax(f_aux(x)/T)")
@@ -97,10 +148,13 @@ class NoisyLabelParams(Params):
     aux_lr: float | None = Field(None, gt=0, description="learning rate of the auxiliary on the clean subset (default: train.lr)")
     aux_batch_size: int | None = Field(None, ge=1, description="batch size on the clean subset (default: train.batch_size)")
     use_teacher: bool = Field(False, description="use the experiment's teacher as the auxiliary instead of training one")
+    lam_grid: list[float] | None = Field(None, description="choose lambda from these on held-out clean rows")
+    lam_holdout: float = Field(0.25, gt=0, lt=1, description="fraction of the clean rows held out to choose lambda")
     graph: list[list[float]] | None = Field(None, description="label-relation matrix G (C x C); None = identity")
     groups: list[list[int]] | None = Field(None, description="related classes; builds G = I + graph_strength within groups")
     graph_strength: float = Field(0.5, ge=0, description="off-diagonal weight of G between classes of a group")
     teacher_cache: bool = Field(True, description="compute the auxiliary's outputs once per sample")
+    fast_teacher: bool = Field(True, description="fold the teacher's BatchNorm, inference mode (re-folded on change)")
 
     def relation(self, num_classes: int) -> torch.Tensor | None:
         if self.graph is not None and self.groups is not None:
@@ -145,14 +199,55 @@ class NoisyLabelDistillation(Method):
             if p.aux_batch_size:
                 aux_train["batch_size"] = p.aux_batch_size
             stages.append(Stage("auxiliary", lambda ctx: SupervisedDistiller(aux_net(ctx)), train=aux_train,
-                                data=lambda ctx: clean_subset(ctx.train_data)))
+                                data=lambda ctx: clean_subset(trained_rows(ctx))))
 
-        def build(ctx):
+        def trained_rows(ctx):
+            """The data the method trains on: all rows, less the held-out clean rows with lam_grid."""
+            if p.lam_grid is None:
+                return ctx.train_data
+            if "nld_split" not in ctx.extras:
+                clean_subset(ctx.train_data)
+                ctx.extras["nld_split"] = split_clean(ctx.train_data, p.lam_holdout, ctx.seed)
+            keep, _ = ctx.extras["nld_split"]
+            return ctx.train_data.subset(keep, ctx.train_data.name + "/train")
+
+        def auxiliary(ctx):
             clean_subset(ctx.train_data)  # fail early if nothing is marked clean
             aux = ctx.teacher if p.use_teacher else FrozenTeacher(ctx.extras["auxiliary"])
-            if p.teacher_cache and hasattr(ctx.train_data, "__len__"):
-                aux = CachedTeacher(aux, len(ctx.train_data))
-            return NoisyLabelDistiller(ctx.student, aux, p.lam, p.temperature, p.relation(ctx.num_classes))
+            return prepare_for(ctx, aux, fold=p.fast_teacher, cache=p.teacher_cache)
 
-        stages.append(Stage("distill", build))
+        if p.lam_grid is None:
+            def build(ctx):
+                return NoisyLabelDistiller(ctx.student, auxiliary(ctx), p.lam, p.temperature,
+                                           p.relation(ctx.num_classes))
+
+            stages.append(Stage("distill", build))
+            return stages
+
+        grid = sorted({float(v) for v in p.lam_grid}, reverse=True)
+        if any(not 0 <= v <= 1 for v in grid):
+            raise ConfigError(f"method.params.lam_grid values must lie in [0, 1], got {p.lam_grid}")
+
+        def candidate(lam):
+            def build(ctx):
+                trained_rows(ctx)
+                init = ctx.extras.setdefault("nld_init", copy.deepcopy(ctx.student))
+                return NoisyLabelDistiller(copy.deepcopy(init), auxiliary(ctx), lam, p.temperature,
+                                           p.relation(ctx.num_classes))
+
+            def score(ctx, d):
+                _, held = ctx.extras["nld_split"]
+                acc = heldout_accuracy(d.student, ctx.train_data.subset(held, ctx.train_data.name + "/heldout"))
+                ctx.extras.setdefault("nld_scores", {})[lam] = (acc, d.student)
+
+            return Stage(f"distill_lam{lam:g}", build, data=trained_rows, after=score)
+
+        def select(ctx):
+            scores = ctx.extras["nld_scores"]
+            best = max(grid, key=lambda v: scores[v][0])  # grid is descending: ties go to the larger lambda
+            ctx.student.load_state_dict(scores[best][1].state_dict())
+            return SelectedStudent(ctx.student, best, {k: v[0] for k, v in scores.items()})
+
+        stages += [candidate(lam) for lam in grid]
+        stages.append(Stage("select", select, train={"epochs": 0}, data=trained_rows))
         return stages

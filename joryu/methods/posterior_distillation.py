@@ -23,7 +23,16 @@ predictive samples). Deviations and best guesses:
   chains feeding a buffer while the GAN trains) is not implemented.
 - ``standardize`` (default on, an addition from PAPERS.md's calibration): the GAN sees each
   coordinate standardised by the samples' mean and std; generated vectors are mapped back.
-- The Adam betas of the GAN, (0.5, 0.9), are the WGAN-GP paper's; the APD configs were not checked.
+- GAN optimiser: Adam(1e-4) with ``gan_betas`` = (0.5, 0.9), as the reference ``gan.py`` (the
+  TensorFlow script the APD README runs for MNIST) uses for WGAN-GP; the reference's alternative
+  ``gan_pytorch.py`` keeps PyTorch's defaults (0.9, 0.999). Both are one option away.
+- SGLD step size. The sampler's step on the log posterior (sum over the N points) is h = ε/N:
+  the reference config (``sgld-mnist-1-1.yaml``: ε = 0.05, N = 50 000) gives h = 1e-6. Small data
+  with the same ε has a much larger h (ε = 0.05 on N = 1150 is 4.3e-5; the digits reproduction's
+  ε = 0.5 is 4.3e-4, about 430x the reference's). ``sgld_step`` sets h directly (ε = h·N).
+- Generator iterations: one per engine step, so ``gan_epochs`` x batches per epoch; the reference
+  trains 100 000 (``gan1.yaml``: ``iters``), 5 critic steps each. The default 100 epochs on a
+  small dataset is far fewer: raise ``gan_epochs`` for a faithful run.
 - ``max_samples``: the GAN trains on the last ``max_samples`` samples (reference: 1000).
 - The SGLD step ignores the run's ``train.lr``/optimizer; the stage's schedule is constant.
 - Run lengths are in engine epochs (``sample_epochs``, ``gan_epochs``), one iteration per batch.
@@ -104,8 +113,10 @@ class SGLDDistiller(Distiller):
     automatic_optimization = False
 
     def __init__(self, student: nn.Module, num_data: int, lr: float = 0.05, weight_decay: float = 1e-3,
-                 burn_in: int = 500, thin: int = 20, noise: bool = True, input_key: str = "input"):
+                 burn_in: int = 500, thin: int = 20, noise: bool = True, input_key: str = "input",
+                 step: float | None = None):
         super().__init__(student, (), input_key)
+        lr = step * num_data if step is not None else lr  # h = eps / N
         self.num_data, self.lr, self.weight_decay = num_data, lr, weight_decay
         self.burn_in, self.thin, self.noise = burn_in, thin, noise
         self.iteration = 0
@@ -205,7 +216,8 @@ class APDDistiller(Distiller):
 
 
 class PosteriorDistillationParams(Params):
-    sgld_lr: float = Field(0.05, gt=0, description="epsilon: SGLD step (reference config 0.05)")
+    sgld_lr: float = Field(0.05, gt=0, description="epsilon (reference config 0.05 with N = 50k); step h = eps/N")
+    sgld_step: float | None = Field(None, gt=0, description="h = eps/N directly (reference 1e-6); overrides sgld_lr")
     weight_decay: float = Field(1e-3, ge=0, description="wd: the Gaussian prior's precision per data point")
     burn_in: int = Field(500, ge=0, description="SGLD iterations discarded")
     thin: int = Field(20, ge=1, description="keep every thin-th iterate after burn-in")
@@ -215,6 +227,7 @@ class PosteriorDistillationParams(Params):
     sample_batch_size: int = Field(100, ge=1)
     gan_epochs: int = Field(100, ge=1, description="engine epochs of WGAN-GP (one G iteration per batch)")
     gan_lr: float = Field(1e-4, gt=0)
+    gan_betas: tuple[float, float] = Field((0.5, 0.9), description="Adam betas of G and the critic (reference gan.py)")
     gan_batch: int = Field(100, ge=1, description="parameter vectors per GAN batch")
     z_dim: int = Field(32, ge=1)
     hidden: int = Field(100, ge=1)
@@ -237,14 +250,14 @@ class PosteriorDistillation(Method):
 
         def build_sampler(ctx):
             return SGLDDistiller(ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin,
-                                 p.noise)
+                                 p.noise, step=p.sgld_step)
 
         def keep_samples(ctx, distiller):
             ctx.extras["samples"] = distiller.sample_tensor()[-p.max_samples:]
 
         def build_gan(ctx):
             return APDDistiller(ctx.student, ctx.extras["samples"], p.z_dim, p.hidden, p.layers, p.n_critic,
-                                p.gp_weight, p.gan_batch, standardize=p.standardize,
+                                p.gp_weight, p.gan_batch, betas=p.gan_betas, standardize=p.standardize,
                                 num_predictive=p.num_predictive)
 
         return [

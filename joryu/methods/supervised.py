@@ -28,13 +28,15 @@ class SupervisedDistiller(Distiller):
 
 class SupervisedParams(Params):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    input_key: str = Field("input", description="batch key the network reads (e.g. 'privileged' for a teacher)")
+    input_key: str | list[str] | dict[str, str] = Field(
+        "input", description="batch key(s) the network reads (e.g. 'privileged' for a teacher; see ModelConfig.inputs)")
 
 
 @register_method("supervised", paper="baseline: cross-entropy on the labels, no teacher")
 class Supervised(Method):
     Params = SupervisedParams
     needs_teacher = False
+    per_position_ok = True
 
     def stages(self):
         p = self.params

@@ -8,21 +8,24 @@ vectors (see :func:`joryu.losses.svd_kd_loss`):
 
     L_svd = sum_l 1/2 || R^S_l - sg(R^T_l) ||^2 * sqrt(k),   R_{a,b,j} = exp(-(v^l_{a,j} - v^{l+1}_{b,j})^2 / 8)
 
-Training is "multi-task" with the cross-entropy, with the official code's gradient clipping per
-variable (``clip="official"``):
+Training is "multi-task" with the cross-entropy: per variable, the KD-SVD gradient is capped at
+the CE gradient's norm times a sigmoid ramp over 0-based epochs. ``clip="final"`` (default) is the
+rule of the authors' later code (sseung0703/SSKD_SVD ``train.py``, last revision):
 
-    g = grad CE + clip_by_norm( sigmoid(epoch - 2) * grad L_svd,  ||grad CE|| )
+    g = grad CE + clip_by_norm( grad L_svd,  ||grad CE|| * sigmoid(epoch - shift) ),   shift = 0
 
-(``clip="scaled_norm"``: clip_by_norm(grad L_svd, ||grad CE|| * sigmoid(epoch - shift)), the
-reading in the issue text; ``clip="none"``: plain sum). The SVD runs in float64 and non-finite
-entries of the vectors, the RBF difference and the SVD gradient are zeroed.
+``clip="first"`` is their first commit's rule, clip_by_norm(sigmoid(epoch - shift) * grad L_svd,
+||grad CE||) with shift 2 (the names ``"scaled_norm"`` and ``"official"`` of earlier joryu versions
+still work for these two); ``clip="none"`` adds the gradients unclipped. The SVD runs in float64
+and non-finite entries of the vectors, the RBF difference and the SVD gradient are zeroed.
 
 Defaults (official SSKD_SVD): k = ``num_DFV`` = 1, the student decomposed to k + 1 candidates, the
-teacher's vectors sign-flipped to match (``flip="teacher"``), sigmoid shift 2 with 0-based epochs.
+teacher's vectors sign-flipped to match (``flip="teacher"``), the loss summed over the batch
+(``tf.nn.l2_loss``), the final clip rule with shift 0. ``sigmoid_shift`` overrides the shift.
 
 Deviations and best guesses:
-- The loss is averaged over the batch (the official ``tf.nn.l2_loss`` sums over it); with the
-  clipping above only its direction matters once it is clipped.
+- The authors' CE gradient includes the weight-decay term (their regularisation losses are added
+  to the CE); here weight decay is the optimizer's, so the cap is the norm of the CE gradient alone.
 - The official custom SVD backward keeps only the top 5 components and crops NaNs; joryu uses
   PyTorch's SVD backward in float64 and zeroes non-finite gradient entries.
 - Sensing points are configuration (``student_points`` / ``teacher_points`` module paths; default:
@@ -55,8 +58,17 @@ def clip_by_norm(g: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tenso
     return g * torch.clamp(max_norm / n.clamp_min(1e-12), max=1.0)
 
 
-def combine_gradients(g_ce, g_svd, epoch: int, mode: str = "official", shift: float = 2.0):
-    """Per variable: grad CE + the clipped SVD gradient (see the module docstring)."""
+_CLIP_ALIASES = {"scaled_norm": "final", "official": "first"}
+_DEFAULT_SHIFT = {"final": 0.0, "first": 2.0, "none": 0.0}
+
+
+def combine_gradients(g_ce, g_svd, epoch: int, mode: str = "final", shift: float | None = None):
+    """Per variable: grad CE + the clipped SVD gradient (see the module docstring). ``shift``
+    defaults to the rule's own (0 for ``"final"``, 2 for ``"first"``)."""
+    mode = _CLIP_ALIASES.get(mode, mode)
+    if mode not in _DEFAULT_SHIFT:
+        raise ValueError(f"clip must be 'final', 'first' or 'none', got {mode!r}")
+    shift = _DEFAULT_SHIFT[mode] if shift is None else shift
     s = 1.0 / (1.0 + math.exp(-(epoch - shift)))
     out = []
     for gc, gs in zip(g_ce, g_svd):
@@ -66,12 +78,10 @@ def combine_gradients(g_ce, g_svd, epoch: int, mode: str = "official", shift: fl
         gs = torch.nan_to_num(gs, nan=0.0, posinf=0.0, neginf=0.0)
         if gc is None:
             gc = torch.zeros_like(gs)
-        if mode == "official":
+        if mode == "first":
             gs = clip_by_norm(s * gs, gc.norm())
-        elif mode == "scaled_norm":
+        elif mode == "final":
             gs = clip_by_norm(gs, gc.norm() * s)
-        elif mode != "none":
-            raise ValueError(f"clip must be 'official', 'scaled_norm' or 'none', got {mode!r}")
         out.append(gc + gs)
     return out
 
@@ -80,14 +90,14 @@ class SVDKDDistiller(Distiller):
     automatic_optimization = False
 
     def __init__(self, student, teacher, student_points, k: int = 1, student_extra: int = 1,
-                 flip: str = "teacher", clip: str = "official", sigmoid_shift: float = 2.0, weight: float = 1.0,
-                 input_key: str = "input"):
+                 flip: str = "teacher", clip: str = "final", sigmoid_shift: float | None = None,
+                 weight: float = 1.0, reduction: str = "sum", input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.n = len(student_points)
         self.student_taps = Taps(student, {str(i): p for i, p in enumerate(student_points)})
         self.k, self.extra, self.flip = k, student_extra, flip
-        self.clip, self.shift, self.weight = clip, sigmoid_shift, weight
+        self.clip, self.shift, self.weight, self.reduction = clip, sigmoid_shift, weight, reduction
         self.epoch = 0
 
     def on_epoch_start(self, epoch, num_epochs):
@@ -99,7 +109,7 @@ class SVDKDDistiller(Distiller):
         ft = self.teacher(batch).features
         ce = F.cross_entropy(logits, batch["target"])
         svd = self.weight * svd_kd_loss([fs[str(i)] for i in range(self.n)], [ft[str(i)] for i in range(self.n)],
-                                        self.k, self.extra, self.flip)
+                                        self.k, self.extra, self.flip, self.reduction)
         return ce, svd
 
     def training_step(self, batch):
@@ -125,9 +135,11 @@ class SVDKDParams(Params):
     k: int = Field(1, ge=1, description="singular vectors kept from the teacher (num_DFV)")
     student_extra: int = Field(1, ge=0, description="extra student candidates for the alignment (official: 1)")
     flip: Literal["teacher", "student"] = Field("teacher", description="which side's sign is flipped to align")
-    clip: Literal["official", "scaled_norm", "none"] = Field("official", description="gradient combination rule")
-    sigmoid_shift: float = Field(2.0, description="sigmoid(epoch - shift) ramps the SVD gradient in")
+    clip: Literal["final", "first", "none", "scaled_norm", "official"] = Field(
+        "final", description="gradient rule: the authors' final (cap at ||grad CE|| sigmoid(epoch)) or first commit")
+    sigmoid_shift: float | None = Field(None, description="sigmoid(epoch - shift) ramp (default: 0 final, 2 first)")
     weight: float = Field(1.0, ge=0, description="multiplier on the SVD loss")
+    reduction: Literal["sum", "mean"] = Field("sum", description="over the batch: sum (authors' l2_loss) or mean")
 
 
 @register_method("svd_kd", paper="Lee, Kim & Song 2018, Self-supervised Knowledge Distillation using SVD, ECCV")
@@ -145,6 +157,6 @@ class SVDKD(Method):
                                   f"{s_points} and {t_points}; set student_points and teacher_points")
             teacher = tapped_teacher(ctx.teacher, {str(i): t for i, t in enumerate(t_points)})
             return SVDKDDistiller(ctx.student, teacher, s_points, p.k, p.student_extra, p.flip, p.clip,
-                                  p.sigmoid_shift, p.weight)
+                                  p.sigmoid_shift, p.weight, p.reduction)
 
         return [Stage("distill", build, after=lambda ctx, d: d.release())]

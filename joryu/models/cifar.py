@@ -100,8 +100,7 @@ class CifarResNet(nn.Module):
 
 
 def _resnet_factory(name: str, depth: int, widths, stem: int, doc: str):
-    def factory(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-                **_ignored):
+    def factory(num_classes: int = 10, input_shape=None, in_channels: int | None = None):
         return CifarResNet(depth, widths, stem, num_classes, _in_channels(in_channels, input_shape))
 
     factory.__name__ = factory.__qualname__ = name
@@ -183,7 +182,7 @@ class WideResNet(nn.Module):
 
 @register("wrn")
 def wrn(depth: int = 16, widen_factor: int = 2, dropout: float = 0.0, num_classes: int = 10,
-        input_shape=None, in_channels: int | None = None, **_ignored):
+        input_shape=None, in_channels: int | None = None):
     """Wide ResNet WRN-depth-widen_factor (pre-activation, widths 16k/32k/64k)."""
     return WideResNet(depth, widen_factor, dropout, num_classes,
                       _in_channels(in_channels, input_shape))
@@ -193,7 +192,7 @@ def _wrn_factory(depth: int, k: int):
     name = f"wrn_{depth}_{k}"
 
     def factory(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-                dropout: float = 0.0, **_ignored):
+                dropout: float = 0.0):
         return wrn(depth, k, dropout, num_classes, input_shape, in_channels)
 
     factory.__name__ = factory.__qualname__ = name
@@ -247,8 +246,7 @@ class VGG(nn.Module):
 def _vgg_factory(name: str):
     cfg = VGG_CFGS[name]
 
-    def factory(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-                **_ignored):
+    def factory(num_classes: int = 10, input_shape=None, in_channels: int | None = None):
         return VGG(cfg, num_classes, _in_channels(in_channels, input_shape))
 
     convs = sum(len(s) for s in cfg)
@@ -336,7 +334,7 @@ class MobileNetV2(nn.Module):
 
 @register("mobilenetv2")
 def mobilenetv2(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-                width_mult: float = 1.0, **_ignored):
+                width_mult: float = 1.0):
     """MobileNetV2 for 32x32 images (inverted residuals; `width_mult` scales the widths)."""
     return MobileNetV2(num_classes, width_mult, _in_channels(in_channels, input_shape))
 
@@ -423,6 +421,6 @@ class ShuffleNetV2(nn.Module):
 
 @register("shufflenetv2")
 def shufflenetv2(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-                 net_size: float = 1.0, **_ignored):
+                 net_size: float = 1.0):
     """ShuffleNetV2 for 32x32 images (`net_size` 0.5, 1, 1.5 or 2)."""
     return ShuffleNetV2(num_classes, net_size, _in_channels(in_channels, input_shape))

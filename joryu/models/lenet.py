@@ -45,7 +45,7 @@ class LeNet5(nn.Module):
 
 @register("lenet5")
 def lenet5(num_classes: int = 10, input_shape=None, in_channels: int | None = None,
-           activation: str = "relu", **_ignored):
+           activation: str = "relu"):
     """LeNet-5 (conv5-pool-conv5-pool-fc120-fc84-fc) for 1x28x28 or 1x8x8 images."""
     shape = tuple(input_shape) if input_shape is not None else (1, 28, 28)
     if len(shape) == 2:

@@ -28,6 +28,16 @@ def register(name: str, doc: str = ""):
     return wrap
 
 
+def _first_line(e: BaseException) -> str:
+    from joryu.errors import one_line
+
+    return one_line(e)
+
+
+def kwargs_text(kwargs: dict) -> str:
+    return f"options {kwargs}" if kwargs else "no options"
+
+
 def available() -> list[str]:
     return sorted(_MODELS)
 
@@ -54,26 +64,64 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def zoo_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``; a one-line ConfigError with suggestions if unknown."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, available(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown model {name!r}.{hint} Known models: {', '.join(available())}; "
+            "or give an import path 'package.module:factory'."
+        )
+    return _MODELS[name]
+
+
+def options(name: str) -> list[tuple[str, str, str]]:
+    """(option, annotation, default) of a zoo model's factory, from its signature."""
+    import inspect
+
+    factory = zoo_factory(name)
+    try:
+        sig = inspect.signature(factory, eval_str=True)
+    except Exception:
+        sig = inspect.signature(factory)
+    rows = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = "" if p.annotation is p.empty else (p.annotation if isinstance(p.annotation, str)
+                                                   else getattr(p.annotation, "__name__", str(p.annotation)))
+        rows.append((p.name, str(ann), "(required)" if p.default is p.empty else repr(p.default)))
+    return rows
+
+
+def accepts(factory: Callable, name: str) -> bool:
+    """Whether ``factory`` takes a keyword argument ``name`` (or any keyword: ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def create(name: str, **kwargs) -> nn.Module:
     """Build a model by registry name (``resnet20``) or import path (``torchvision.models:resnet18``).
 
     Keyword arguments go to the factory (``num_classes``, ``in_channels``, ...).
     """
-    if ":" in name:
-        factory = _import_factory(name)
-    else:
-        if name not in _MODELS:
-            close = difflib.get_close_matches(name, available(), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown model {name!r}.{hint} Known models: {', '.join(available())}; "
-                "or give an import path 'package.module:factory'."
-            )
-        factory = _MODELS[name]
+    factory = _import_factory(name) if ":" in name else zoo_factory(name)
     try:
         model = factory(**kwargs)
+    except ConfigError:
+        raise
     except TypeError as e:
-        raise ConfigError(f"model {name!r} rejected its arguments {sorted(kwargs)}: {e}") from e
+        raise ConfigError(f"model {name!r} rejected its arguments {sorted(kwargs)}: "
+                          f"{_first_line(e)}") from None
+    except Exception as e:  # a factory that fails is a config problem: say which, in one line
+        raise ConfigError(f"model {name!r} failed to build with {kwargs_text(kwargs)}: "
+                          f"{type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

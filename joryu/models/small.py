@@ -37,7 +37,7 @@ class MLP(nn.Module):
 
 @register("mlp")
 def mlp(num_classes: int = 10, in_features: int | None = None, input_shape=None, hidden=(256, 256),
-        dropout: float = 0.0, input_dropout: float = 0.0, activation: str = "relu", **_ignored):
+        dropout: float = 0.0, input_dropout: float = 0.0, activation: str = "relu"):
     """Multilayer perceptron; `hidden` lists the widths."""
     if in_features is None:
         if input_shape is None:
@@ -75,7 +75,7 @@ class CNN1D(nn.Module):
 
 @register("cnn1d")
 def cnn1d(num_classes: int = 10, width: int = 32, in_channels: int | None = None, input_shape=None,
-          depth: int = 3, **_ignored):
+          depth: int = 3):
     """1-D CNN for MNIST-1D: conv-BN-ReLU stages, global average pool, linear head."""
     if in_channels is None:
         in_channels = 1 if input_shape is None or len(input_shape) == 1 else int(input_shape[0])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from joryu.rundir import atomic_write_text
+
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
@@ -102,7 +104,7 @@ def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only 
 def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()) -> str:
     """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
     markdown text."""
-    from joryu.evaluate import ECE_BINS, atomic_write_text, reliability_diagram
+    from joryu.evaluate import ECE_BINS, reliability_diagram
     from joryu.report.deploy import plot_tradeoff
     from joryu.report.plots import plot_curves
 
@@ -110,7 +112,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
     table = comparison_rows(rows)
     pngs = plot_curves(histories, run_dir, ce_runs)
     md = [f"# {cfg.name}", "",
-          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher `{cfg.teacher.name}`, "
+          f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher "
+          f"`{cfg.teacher.name if cfg.teacher is not None else 'none'}`, "
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
           "training; the validation split (carved from the training data) is what the curves show.",
           "", markdown_table(table), ""]

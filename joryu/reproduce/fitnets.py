@@ -90,7 +90,7 @@ initialisation per seed:
 - KD: Hinton KD (T = 3, alpha = 0.8 on the soft term), {total} epochs, lr from {base_lrs};
 - FitNets: stage 1 = hint training of the student up to `{guided}` (hidden layer {DEPTH // 2 + 1} of {DEPTH})
   through a linear regressor with ReLU to the teacher's first hidden layer (`features.2`), {hint_epochs} epochs;
-  stage 2 = KD with tau = 3 and lambda annealed 4 -> 1 (no tau^2, as the official code), {kd_epochs} epochs;
+  stage 2 = KD with tau = 3 and the official lambda schedule (held at 4, then decayed towards 1; no tau^2), {kd_epochs} epochs;
   (stage-1 lr, stage-2 lr) picked on validation from {fit_grid}.
 """
     notes = [

@@ -109,6 +109,7 @@ def reproduce_knowledge_concentration(seeds: list[int], quick: bool, progress: b
     g2, ok2 = paired(kd, ce)
     g3, ok3 = paired(kc, acc.values("KD + self-paced λ (no grouped head)"))
     g4, ok4 = paired(sp, kd)
+    g5, ok5 = paired(ce_head, acc.values(DENSE))  # the head against the same parameters spent densely
     extra = acc.values("knowledge concentration (self-paced λ + grouped head)", "params")[0] - \
         acc.values("CE (student alone)", "params")[0]
     p_ce = acc.values("CE (student alone)", "params")[0]
@@ -122,10 +123,11 @@ def reproduce_knowledge_concentration(seeds: list[int], quick: bool, progress: b
               "logits) helps the same student without extra capacity.",
               crit, ok2, f"CE {fmt(ce)}%, multi-teacher KD {fmt(kd)}%, paired gain {fmt(g2)} points"),
         Claim("Structurally connected layers add useful capacity at few parameters.",
-              crit + " (KC with vs without the grouped head)", ok3,
+              crit + " for KC with vs without the grouped head, and for the head against a dense student of about "
+              "the same size (both CE): the head must beat spending its parameters densely", ok3 and ok5,
               f"paired gain {fmt(g3)} points for +{extra:.0f} parameters (+{100 * extra / p_ce:.0f}%); the same head "
               f"with CE alone: {fmt(ce_head)}% vs {fmt(ce)}%; a dense student with about the same parameter count "
-              f"(MLP 32-64-100, CE): {fmt(acc.values(DENSE))}%"),
+              f"(MLP 32-64-100, CE): {fmt(acc.values(DENSE))}%, paired gain of the head over it {fmt(g5)} points"),
         Claim("Self-paced per-vertical weights improve on uniform weights (best-guess formulation).",
               crit + " (easy-first λ vs uniform λ, both without the head)", ok4,
               f"uniform {fmt(kd)}%, self-paced {fmt(sp)}%, paired gain {fmt(g4)} points"),

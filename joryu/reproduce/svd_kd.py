@@ -85,8 +85,8 @@ conv-BN-ReLU per stage, Adam 2e-3, {t_cfg['epochs']} epochs. Students: 1 conv pe
 per stage without pooling (strided, the analogue of the paper's VGG_stride). Every student of a seed starts from
 the same initialisation and trains {cfg['epochs']} epochs with SGD Nesterov 0.9, lr 0.01, weight decay 1e-4,
 cosine schedule, batch 128 (the paper's optimiser). KD-SVD uses the paper's defaults: k = 1, student k + 1
-candidates, RBF between consecutive points, sqrt(k), and the official gradient rule
-g = grad CE + clip_by_norm(sigmoid(epoch - 2) * grad L_svd, ||grad CE||) per variable.
+candidates, RBF between consecutive points, sqrt(k), the loss summed over the batch, and the authors' final
+gradient rule g = grad CE + clip_by_norm(grad L_svd, ||grad CE|| * sigmoid(epoch)) per variable.
 """
     notes = ["PAPERS.md expects at most about 2 points here: the invariant tests (loss 0 under negation, scaling "
              "and spatial permutation; no teacher gradient) are the firm test of the implementation."]

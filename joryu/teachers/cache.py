@@ -102,6 +102,22 @@ class CachedTeacher(Teacher):
                                         dtype=np_dtype, shape=shape)
         return torch.from_numpy(arr)
 
+    def _grow(self, needed: int) -> None:
+        """Make room for slot ``needed - 1`` (a batch from more draws than the cache was sized for):
+        the number of draws grows to fit, keeping what is stored (memory storage only)."""
+        draws = -(-needed // self.num_samples)
+        if draws <= self.draws:
+            return
+        extra = (draws - self.draws) * self.num_samples
+        self._filled = torch.cat([self._filled, self._filled.new_zeros(extra)])
+        for k, v in self._store.items():
+            total = (draws * self.num_samples) * v[0].numel() * v.element_size()
+            if total > self.max_bytes:
+                raise MemoryError(f"teacher cache for {k!r} would need {total / 2**30:.2f} GiB > max_bytes: lower "
+                                  "augment draws, raise max_bytes or turn the cache off")
+            self._store[k] = torch.cat([v, v.new_zeros((extra, *v.shape[1:]))])
+        self.draws = draws
+
     def _slots_of(self, batch: Mapping) -> torch.Tensor | None:
         if batch.get("aug_key") is not None:
             return batch["aug_key"]
@@ -122,6 +138,8 @@ class CachedTeacher(Teacher):
             self._data_id = data_id
         if self._filled is None:
             self._filled = torch.zeros(self.slots, dtype=torch.bool, device=slots.device)
+        if len(slots) and int(slots.max()) >= self.slots and self.storage == "memory":
+            self._grow(int(slots.max()) + 1)
         try:
             have = self._filled[slots]
         except IndexError:

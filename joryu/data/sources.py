@@ -1,0 +1,790 @@
+"""Data sources: whatever a user has, turned into the batches the engine iterates.
+
+``as_source(obj)`` accepts
+
+* joryu's ``TensorData`` (kept on the device: the fast path for small data),
+* ``(inputs, targets)`` tensors or a two-tensor ``TensorDataset`` (become a ``TensorData``),
+* a map-style ``torch.utils.data.Dataset`` whose samples are ``(input, target)`` tuples or dicts,
+* an ``IterableDataset`` (it must define ``__len__``: the samples per epoch),
+* a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept),
+* a Hugging Face ``datasets.Dataset`` (optional dependency; columns ``label``/``labels`` and
+  ``image``/``pixel_values`` are found by name, or named with ``columns``),
+
+and returns a ``TensorData`` or a ``StreamData``. A ``StreamData`` is iterated by ``StreamLoader``:
+a ``torch.utils.data.DataLoader`` over a sampler whose batch order is a pure function of
+(seed, epoch), sharded across processes by Accelerate's ``prepare_data_loader`` and resumed
+mid-epoch by Accelerate's ``skip_first_batches``. Per-sample transforms run in the workers,
+seeded by (seed, epoch, sample), so a resumed or re-sharded run sees the same inputs.
+
+A batch is the same dict as ``TensorLoader``'s: ``input``, ``target``, ``index`` (the sample's
+position in this StreamData), any other per-sample keys, ``data_id`` and ``aug_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
+from joryu.errors import ConfigError, DataError
+
+__all__ = ["LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
+           "bundle_from"]
+
+_INPUT_NAMES = ("input", "image", "img", "pixel_values", "x", "inputs", "features")
+_TARGET_NAMES = ("target", "label", "labels", "y", "class", "targets")
+
+
+@dataclass
+class LoaderOptions:
+    """How a streamed dataset is loaded (``data.loader`` in a config)."""
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    non_blocking: bool = True
+
+    @classmethod
+    def of(cls, value) -> LoaderOptions:
+        if value is None:
+            return cls()
+        if isinstance(value, LoaderOptions):
+            return value
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        try:
+            return cls(**dict(value))
+        except TypeError as e:
+            raise ConfigError(f"data.loader: {e}; allowed keys: num_workers, pin_memory, "
+                              "persistent_workers, prefetch_factor, non_blocking") from None
+
+
+def _is_hf(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "datasets" and hasattr(obj, "column_names")
+
+
+def _as_value(v, key: str):
+    """A sample value as a tensor where it is numeric (PIL images and arrays are converted)."""
+    if isinstance(v, Tensor):
+        return v.float() if v.dtype == torch.float64 else v
+    if hasattr(v, "convert") and hasattr(v, "mode"):  # PIL image
+        from joryu.data.transforms import to_tensor
+
+        return to_tensor(v)
+    if isinstance(v, np.ndarray | np.generic):
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        if t.dtype == torch.uint8 and t.dim() >= 2:
+            from joryu.data.transforms import to_tensor
+
+            return to_tensor(np.asarray(v))
+        return t.float() if t.dtype == torch.float64 else t
+    if isinstance(v, bool | int | float) or (isinstance(v, list | tuple) and v and
+                                            not isinstance(v[0], str)):
+        t = torch.as_tensor(v)
+        return t.float() if t.dtype == torch.float64 else t
+    return v
+
+
+def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sample") -> dict:
+    """A sample (or a collated batch) as a dict with ``input`` and ``target``.
+
+    Tuples and lists are ``(input, target)``; dicts keep their keys, with ``columns``
+    (``{batch key: sample key}``) or the usual names (label/labels -> target, image/pixel_values
+    -> input) mapped."""
+    if isinstance(raw, Mapping):
+        out = dict(raw)
+        if columns:
+            for key, src in columns.items():
+                if src not in raw:
+                    raise DataError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
+                                    f"its keys are {sorted(raw)}")
+                out[key] = raw[src]
+                if src != key:
+                    out.pop(src, None)
+        for key, names in (("input", _INPUT_NAMES), ("target", _TARGET_NAMES)):
+            if key not in out:
+                src = next((n for n in names if n in out), None)
+                if src is None:
+                    raise DataError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
+                                    f"the {key} column with data.columns: {{{key}: <key>}}")
+                out[key] = out.pop(src)
+        out.pop("index", None)
+        return out
+    if isinstance(raw, tuple | list):
+        if len(raw) != 2:
+            raise DataError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
+                            "(input, target) pairs or dicts of tensors")
+        return {"input": raw[0], "target": raw[1]}
+    raise DataError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
+                    "dicts of tensors (return one of those from __getitem__)")
+
+
+def _mix(*xs: int) -> int:
+    h = hashlib.blake2b(np.asarray(xs, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**62 - 1)
+
+
+def _unwrap_error(e: Exception) -> Exception:
+    """A DataError raised in a DataLoader worker comes back wrapped: keep its one line."""
+    msg = str(e)
+    marker = "DataError: "
+    if isinstance(e, DataError) and "\n" not in msg:
+        return e
+    if marker in msg:
+        return DataError(msg.rsplit(marker, 1)[1].strip().splitlines()[0])
+    return e
+
+
+@dataclass
+class StreamData:
+    """A dataset streamed through a DataLoader: a map-style or iterable ``dataset`` plus how to
+    turn its samples into batch dicts (``columns``, ``transform``, ``views``), which of its samples
+    belong here (``positions``: a subset, e.g. a validation split), per-sample ``fields`` added to
+    every batch (``clean``, ``labeled``, a ``target`` override...), and loader options."""
+
+    dataset: object
+    num_classes: int | None = None
+    name: str = "data"
+    transform: Callable | None = None
+    eval_transform: Callable | None = None
+    views: dict[str, Callable] = field(default_factory=dict)
+    eval_views: dict[str, Callable | None] | None = None  # default: each view's non-random steps
+    columns: dict[str, str] | None = None
+    loader: LoaderOptions = field(default_factory=LoaderOptions)
+    positions: Tensor | None = None  # map-style: indices into ``dataset``; iterable: kept stream positions mask
+    fields: dict[str, Tensor] = field(default_factory=dict)
+    seed: int = 0
+    collate: Callable | None = None  # a user DataLoader's collate_fn (gets raw samples)
+    batch_size: int | None = None  # a user DataLoader's batch size (training only)
+    shuffle: bool = True
+    drop_last: bool = False
+    length: int | None = None  # samples per epoch of an IterableDataset without __len__
+    keep: tuple | None = None  # iterable split: (seed, fraction, take_val)
+
+    def __post_init__(self):
+        self.iterable = isinstance(self.dataset, IterableDataset)
+        self.loader = LoaderOptions.of(self.loader)
+        if self.num_classes is None:
+            self.num_classes = self._infer_classes()
+        if not self.iterable and self.collate is None and len(self) > 0:
+            to_sample(self._raw(0), self.columns, f"sample 0 of {self.name}")
+
+    # ------------------------------------------------------------------ size and targets
+    def _base_len(self) -> int:
+        if self.length is not None:
+            return int(self.length)
+        try:
+            return len(self.dataset)
+        except TypeError:
+            raise DataError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
+                            "per epoch) so the schedule knows the epoch length") from None
+
+    def _kept(self) -> Tensor:
+        """Iterable split: which stream positions belong here (a pure function of the seed)."""
+        n = self._base_len()
+        if self.keep is None:
+            return torch.ones(n, dtype=torch.bool)
+        seed, fraction, take_val = self.keep
+        in_val = (_hash(torch.arange(n), 7 + seed) % 100_000) < round(fraction * 100_000)
+        return in_val if take_val else ~in_val
+
+    def __len__(self) -> int:
+        if self.positions is not None and not self.iterable:
+            return len(self.positions)
+        if self.iterable:
+            return int(self._kept().sum())
+        return self._base_len()
+
+    @property
+    def num_samples(self) -> int:
+        return len(self)
+
+    def _raw(self, pos: int):
+        i = int(self.positions[pos]) if self.positions is not None else pos
+        return self.dataset[i]
+
+    @property
+    def targets(self) -> Tensor:
+        """The target of every sample (read from ``dataset.targets``, a Hugging Face column,
+        the ``target`` field, or a scan of the samples without transforms)."""
+        if "target" in self.fields:
+            return self.fields["target"]
+        t = getattr(self, "_targets", None)
+        if t is None:
+            t = self._base_targets()
+            self._targets = t
+        return t
+
+    def _base_targets(self) -> Tensor:
+        ds = self.dataset
+        if self.iterable:
+            ys = [to_sample(r, self.columns)["target"] for r in ds]
+            t = torch.as_tensor([int(y) for y in ys])[: self._base_len()]
+            return t[self._kept()]
+        full = None
+        if _is_hf(ds):
+            col = (self.columns or {}).get("target") or next(
+                (n for n in _TARGET_NAMES if n in ds.column_names), None)
+            if col is not None:
+                full = torch.as_tensor(ds[col])
+        elif getattr(ds, "targets", None) is not None:
+            full = torch.as_tensor(ds.targets)
+        if full is not None:
+            return full[self.positions] if self.positions is not None else full
+        return torch.as_tensor([int(_as_value(to_sample(self._raw(i), self.columns)["target"], "target"))
+                                for i in range(len(self))])
+
+    def _infer_classes(self) -> int:
+        ds = self.dataset
+        for holder in (ds, getattr(ds, "dataset", None)):
+            if holder is not None and getattr(holder, "classes", None) is not None:
+                return len(holder.classes)
+            if holder is not None and isinstance(getattr(holder, "num_classes", None), int):
+                return holder.num_classes
+        if _is_hf(ds):
+            feats = getattr(ds, "features", {}) or {}
+            col = (self.columns or {}).get("target") or next((n for n in _TARGET_NAMES if n in feats), None)
+            if col is not None and getattr(feats[col], "num_classes", None):
+                return int(feats[col].num_classes)
+        t = self.targets
+        return int(t.max()) + 1 if len(t) else 0
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.sample(0, train=False)["input"].shape)
+
+    # ------------------------------------------------------------------ samples
+    def process(self, raw, pos: int, epoch: int, train: bool = True, seed: int | None = None) -> dict:
+        """One raw sample as a dict of tensors: columns mapped, views and transform applied.
+
+        Random transforms draw from a generator seeded by (seed, epoch, pos)."""
+        s = to_sample(raw, self.columns, f"sample {pos} of {self.name}")
+        x = s["input"]
+        tf = self.transform if train else (self.eval_transform or None)
+        random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
+                            or (tf is not None and getattr(tf, "random", True)))
+        gen = torch.Generator().manual_seed(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
+        views = self.views if train else self._eval_views()
+        for key, view in views.items():
+            s[key] = _as_value(x if view is None else view(x, gen), key)
+        if tf is not None:
+            x = tf(x, gen) if hasattr(tf, "steps") else tf(x)
+        s["input"] = x
+        return {k: _as_value(v, k) for k, v in s.items()}
+
+    def __getitem__(self, pos: int) -> dict:
+        """Sample ``pos`` as the evaluation pipeline gives it (``input`` is a tensor)."""
+        return self.sample(pos, train=False)
+
+    def sample(self, pos: int, epoch: int = 0, train: bool = False) -> dict:
+        if self.iterable:
+            for k, (p, raw) in enumerate(self._stream()):
+                if k == pos:
+                    out = self.process(raw, p, epoch, train)
+                    break
+            else:
+                raise IndexError(pos)
+        else:
+            out = self.process(self._raw(pos), pos, epoch, train)
+        for k, v in self.fields.items():
+            out[k] = v[pos]
+        return out
+
+    def _stream(self) -> Iterator[tuple[int, object]]:
+        kept = self._kept() if self.keep is not None else None
+        n = self._base_len()
+        for p, raw in enumerate(self.dataset):
+            if p >= n:
+                break
+            if kept is None or bool(kept[p]):
+                yield p, raw
+
+    # ------------------------------------------------------------------ variants
+    def subset(self, idx, name: str | None = None) -> StreamData:
+        if self.iterable:
+            raise DataError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
+                            "with data.val_fraction (a seeded split by stream position)")
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        base = self.positions[idx] if self.positions is not None else idx
+        out = replace(self, positions=base, name=name or self.name,
+                      fields={k: v[idx] for k, v in self.fields.items()})
+        if getattr(self, "_targets", None) is not None:
+            out._targets = self._targets[idx]
+        return out
+
+    def with_tensors(self, **tensors: Tensor) -> StreamData:
+        """Per-sample tensors added to (or replacing keys of) every batch."""
+        for k, v in tensors.items():
+            if len(v) != len(self):
+                raise DataError(f"field {k!r} has {len(v)} rows, {self.name} has {len(self)} samples")
+        out = replace(self, fields={**self.fields, **{k: torch.as_tensor(v) for k, v in tensors.items()}})
+        if getattr(self, "_targets", None) is not None and "target" not in tensors:
+            out._targets = self._targets
+        return out
+
+    def _eval_views(self) -> dict:
+        if self.eval_views is not None:
+            return self.eval_views
+        return {k: (v.deterministic() if hasattr(v, "deterministic") else v) for k, v in self.views.items()}
+
+    def for_eval(self) -> StreamData:
+        """The same samples under the evaluation transform and views (no random steps)."""
+        ev = self._eval_views()
+        return replace(self, transform=self.eval_transform, views=ev, eval_views=ev, fields=dict(self.fields))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha1()
+        ds = self.dataset
+        h.update(f"{type(ds).__module__}.{type(ds).__name__}:{getattr(ds, 'root', '')}".encode())
+        h.update(str(self._base_len() if not self.iterable or self.length else len(self)).encode())
+        h.update(repr(getattr(self.transform, "spec", self.transform)).encode())
+        h.update(repr(sorted(self.views)).encode())
+        h.update(repr(self.keep).encode())
+        if self.positions is not None:
+            h.update(self.positions.numpy().tobytes())
+        for k in sorted(self.fields):
+            h.update(k.encode())
+            h.update(self.fields[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ batching
+    def collate_batch(self, items) -> dict:
+        """``[(pos, sample)]`` -> one batch dict (runs in the loader's workers)."""
+        index = torch.as_tensor([p for p, _ in items], dtype=torch.long)
+        samples = [s for _, s in items]
+        if self.collate is not None:
+            batch = to_sample(self.collate(samples), self.columns, f"a batch of {self.name}")
+            batch = {k: _as_value(v, k) for k, v in batch.items()}
+        else:
+            try:
+                batch = default_collate(samples)
+            except RuntimeError as e:
+                raise DataError(self._shape_problem(items) or str(e).splitlines()[0]) from None
+        batch["index"] = index
+        return batch
+
+    def _shape_problem(self, items) -> str | None:
+        for key in items[0][1]:
+            shapes = [tuple(s[key].shape) if isinstance(s[key], Tensor) else None for _, s in items]
+            if len(set(shapes)) > 1:
+                first = shapes[0]
+                where = "data.transform / data.eval_transform" if key == "input" else f"data.views.{key}"
+                pos = next(p for (p, _), sh in zip(items, shapes) if sh != first)
+                return (f"{self._where(pos)} has {key!r} of shape {shapes[[p for p, _ in items].index(pos)]} "
+                        f"but {self._where(items[0][0])} has {first}; add a resize "
+                        f"({where}: [{{resize: [H, W]}}, ...]) so every sample has one shape")
+        return None
+
+    def _where(self, pos: int) -> str:
+        ds, i = self.dataset, pos
+        if self.positions is not None and not self.iterable:
+            i = int(self.positions[pos])
+        while isinstance(ds, torch.utils.data.Subset):
+            ds, i = ds.dataset, int(ds.indices[i])
+        samples = getattr(ds, "samples", None)
+        if isinstance(samples, list) and i < len(samples) and isinstance(samples[i], tuple):
+            return f"image {samples[i][0]}"
+        return f"sample {pos} of {self.name}"
+
+
+class _MapView(Dataset):
+    """``dataset[(epoch, pos)] -> (pos, processed sample)``: the epoch reaches the workers."""
+
+    def __init__(self, data: StreamData, train: bool, seed: int = 0):
+        self.data, self.train, self.seed = data, train, seed
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, key):
+        epoch, pos = key
+        d = self.data
+        raw = d._raw(pos)
+        if d.collate is not None:
+            return pos, raw
+        return pos, d.process(raw, pos, epoch, self.train, self.seed)
+
+
+class _IterView(IterableDataset):
+    """The stream's kept samples, dealt round-robin to the loader's workers (and processes)."""
+
+    def __init__(self, data: StreamData, train: bool, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.data, self.train, self.rank, self.world_size, self.seed = data, train, rank, world_size, seed
+        self.epoch = 0
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, w = (info.num_workers, info.id) if info is not None else (1, 0)
+        shards, shard = workers * self.world_size, self.rank * workers + w
+        d = self.data
+        for k, (p, raw) in enumerate(d._stream()):
+            if k % shards == shard:
+                yield k, (raw if d.collate is not None else d.process(raw, p, self.epoch, self.train))
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Batches of ``(epoch, position)`` keys; the order is a pure function of (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        e = self.epoch
+        for b in epoch_batches(self.n, self.batch_size, self.seed, e, self.shuffle, self.drop_last):
+            yield [(e, int(i)) for i in b]
+
+    def __len__(self):
+        return len(epoch_batches(self.n, self.batch_size, self.seed, 0, False, self.drop_last))
+
+
+class StreamLoader:
+    """Iterates a ``StreamData`` (or any dataset ``as_source`` accepts) in deterministic batches.
+
+    One DataLoader is built and kept (so ``persistent_workers`` persist across epochs); with
+    several processes it goes through ``accelerate.data_loader.prepare_data_loader``, which
+    gives each process its share of every epoch's batches; ``iterate(epoch, start)`` skips the
+    first ``start`` batches with ``accelerate.skip_first_batches`` (exact mid-epoch resume).
+    """
+
+    def __init__(self, data, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 augment: Augment | None = None, drop_last: bool = False, device="cpu",
+                 rank: int = 0, world_size: int = 1, num_workers: int | None = None):
+        data = as_source(data)
+        if isinstance(data, TensorData):
+            raise TypeError("use TensorLoader for TensorData")
+        self.train = shuffle
+        self.data = data if shuffle else data.for_eval()
+        self.batch_size = (data.batch_size or batch_size) if shuffle else batch_size
+        self.shuffle = shuffle and data.shuffle and not data.iterable
+        self.seed, self.drop_last = seed, drop_last or (shuffle and data.drop_last)
+        self.augment = augment if augment is not None and augment.active else None
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        opts = data.loader
+        self.num_workers = opts.num_workers if num_workers is None else num_workers
+        self.pin = bool(opts.pin_memory) and self.device.type == "cuda"
+        self.non_blocking = bool(opts.non_blocking) and self.pin
+        self.persistent = bool(opts.persistent_workers) and self.num_workers > 0
+        self.prefetch = opts.prefetch_factor if self.num_workers > 0 else None
+        self.random_transform = self.train and (any(getattr(v, "random", True) for v in self.data.views.values()
+                                                    if v is not None) or (
+            self.data.transform is not None and getattr(self.data.transform, "random", True)))
+        self.data_id = "stream:" + self.data.fingerprint() + (
+            f"|{self.augment.signature()}" if self.augment else "")
+        self._loader = None
+        self._view = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data)
+
+    def _build(self) -> DataLoader:
+        kw = dict(num_workers=self.num_workers, pin_memory=self.pin, persistent_workers=self.persistent,
+                  collate_fn=self.data.collate_batch)
+        if self.prefetch:
+            kw["prefetch_factor"] = self.prefetch
+        if self.data.iterable:
+            self._view = _IterView(self.data, self.train, self.rank, self.world_size, self.seed)
+            return DataLoader(self._view, batch_size=self.batch_size, drop_last=self.drop_last, **kw)
+        self._sampler = _EpochBatches(len(self.data), self.batch_size, self.seed, self.shuffle,
+                                      self.drop_last)
+        loader = DataLoader(_MapView(self.data, self.train, self.seed), batch_sampler=self._sampler, **kw)
+        if self.world_size > 1:
+            from accelerate.data_loader import prepare_data_loader
+
+            loader = prepare_data_loader(loader, num_processes=self.world_size, process_index=self.rank,
+                                         put_on_device=False, even_batches=self.train)
+        return loader
+
+    @property
+    def loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = self._build()
+        return self._loader
+
+    def __len__(self) -> int:
+        if not self.data.iterable:
+            return len(self.loader)
+        # each (process, worker) shard batches its own share of the stream
+        n = len(self.data)
+        shards = max(1, self.num_workers) * self.world_size
+        total = 0
+        for s in range(self.rank * max(1, self.num_workers), (self.rank + 1) * max(1, self.num_workers)):
+            m = n // shards + (1 if s < n % shards else 0)
+            total += m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        return total
+
+    def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
+        loader = self.loader
+        if self.data.iterable:
+            self._view.epoch = epoch
+        else:
+            self._sampler.set_epoch(epoch)
+        steps = len(self)
+        if start:
+            from accelerate import skip_first_batches
+
+            loader = skip_first_batches(loader, start)
+        it = iter(loader)
+        for i in range(start, steps):
+            try:
+                raw = next(it)
+            except StopIteration:
+                if self.data.iterable and self.world_size > 1:
+                    raise DataError(f"{self.data.name}: a process ran out of streamed samples; make the "
+                                    "stream's length divisible by processes x workers x batch size") from None
+                return
+            except Exception as e:  # a DataError from a worker arrives wrapped in a traceback
+                err = _unwrap_error(e)
+                if err is e:
+                    raise
+                raise err from None
+            yield self._finish(raw, epoch, i)
+
+    def _finish(self, raw: dict, epoch: int, i: int) -> dict:
+        nb = self.non_blocking
+        idx = raw["index"]
+        for k, v in self.data.fields.items():
+            raw[k] = v[idx]
+        out = {k: (v.to(self.device, non_blocking=nb) if isinstance(v, Tensor) else v) for k, v in raw.items()}
+        aug_id = None
+        if self.augment is not None and self.shuffle:
+            aug_id = (self.seed * 7919 + epoch) * 100_003 + i
+            out["input"] = apply_augment(out["input"], self.augment, aug_id)
+        elif self.random_transform:
+            aug_id = (self.seed * 7919 + epoch) * 100_003 + i
+        out["data_id"] = self.data_id
+        out["aug_id"] = aug_id
+        return out
+
+    def __iter__(self):
+        return self.iterate(0)
+
+
+# ---------------------------------------------------------------------- adapters
+def _from_loader(dl: DataLoader, **kw) -> StreamData:
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    standard = (type(dl.batch_sampler) is BatchSampler and
+                isinstance(dl.sampler, RandomSampler | SequentialSampler)) or \
+        isinstance(dl.dataset, IterableDataset)
+    if not standard:
+        raise ConfigError(f"a DataLoader with a custom sampler ({type(dl.sampler).__name__}) cannot be "
+                          "sharded and resumed exactly; pass its dataset and let joryu batch it")
+    collate = None if dl.collate_fn is default_collate else dl.collate_fn
+    loader = LoaderOptions(num_workers=dl.num_workers, pin_memory=dl.pin_memory,
+                           persistent_workers=dl.persistent_workers,
+                           prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
+    kw.setdefault("loader", loader)
+    return StreamData(dl.dataset, batch_size=dl.batch_size, shuffle=isinstance(dl.sampler, RandomSampler),
+                      drop_last=dl.drop_last, collate=collate, **kw)
+
+
+def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):
+    """``data`` as a ``TensorData`` or a ``StreamData`` (see the module docstring)."""
+    from joryu.data.registry import DataBundle
+
+    if isinstance(data, TensorData | StreamData):
+        if kw and isinstance(data, StreamData):
+            return replace(data, **kw)
+        return data
+    if isinstance(data, DataBundle):
+        return as_source(data.train, num_classes, name, **kw)
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if len(x) != len(y):
+            raise ConfigError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input")
+        y = y.long()
+        return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, name or "user")
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2 and not kw:
+        return as_source(tuple(data.tensors), num_classes, name)
+    name = name or type(data).__name__
+    if isinstance(data, DataLoader):
+        return _from_loader(data, num_classes=num_classes, name=name, **kw)
+    if isinstance(data, Dataset | IterableDataset) or _is_hf(data) or (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str | bytes | dict)):
+        return StreamData(data, num_classes=num_classes, name=name, **kw)
+    raise ConfigError(f"cannot train on a {type(data).__name__}: give a torch Dataset, IterableDataset, "
+                      "DataLoader, Hugging Face dataset, (inputs, targets) tensors or a joryu TensorData")
+
+
+def split_any(data, fraction: float, seed: int = 0):
+    """A seeded validation split of any source (stratified by class where targets are known)."""
+    from joryu.data.core import split_validation
+
+    if isinstance(data, TensorData):
+        return split_validation(data, fraction, seed)
+    if fraction <= 0:
+        return data, None
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
+    if data.iterable:
+        return (replace(data, keep=(seed, fraction, False), name=data.name + "/train"),
+                replace(data, keep=(seed, fraction, True), name=data.name + "/val").for_eval())
+    try:
+        targets = data.targets
+    except Exception:  # targets unknown: a plain seeded split
+        targets = None
+    gen = torch.Generator().manual_seed(seed)
+    if targets is not None and len(targets) == len(data):
+        val = []
+        for c in torch.unique(targets):
+            idx = torch.nonzero(targets == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            val.append(idx[: int(round(len(idx) * fraction))])
+        val_idx = torch.cat(val).sort().values
+    else:
+        perm = torch.randperm(len(data), generator=gen)
+        val_idx = perm[: int(round(len(data) * fraction))].sort().values
+    mask = torch.ones(len(data), dtype=torch.bool)
+    mask[val_idx] = False
+    return (data.subset(torch.nonzero(mask).flatten(), data.name + "/train"),
+            data.subset(val_idx, data.name + "/val").for_eval())
+
+
+def load_factory(spec: str, **kwargs):
+    """Call ``package.module:factory(**kwargs)`` and return what it gives."""
+    mod, _, attr = spec.partition(":")
+    if not mod or not attr:
+        raise ConfigError(f"data factory {spec!r} must look like package.module:function")
+    try:
+        fn = importlib.import_module(mod)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"data factory {spec!r} cannot be imported ({e}); check the path and "
+                          "that the module is importable (PYTHONPATH)") from None
+    if not callable(fn):
+        raise ConfigError(f"data factory {spec!r} is not callable; name a function that returns a dataset")
+    try:
+        return fn(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"data factory {spec!r} rejected its options {sorted(kwargs)}: {e}") from None
+
+
+def _is_dataset(obj) -> bool:
+    return isinstance(obj, TensorData | StreamData | Dataset | IterableDataset | DataLoader) or _is_hf(obj) or (
+        isinstance(obj, tuple | list) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj))
+
+
+def bundle_from(result, name: str, test=None, val=None, options: dict | None = None):
+    """A ``DataBundle`` from what a factory returned: a DataBundle, a dict with ``train`` (and
+    ``test``, ``val``), a ``(train, test)`` pair, or one dataset (then ``test`` must be given)."""
+    from joryu.data.registry import DataBundle
+
+    opts = options or {}
+    what = f"data factory {name!r}"
+    if isinstance(result, DataBundle):
+        train, test = result.train, test if test is not None else result.test
+        augment, num_classes = result.augment, result.num_classes
+        val = val if val is not None else getattr(result, "val", None)
+    else:
+        augment, num_classes = Augment(), None
+        if isinstance(result, Mapping):
+            if "train" not in result:
+                raise ConfigError(f"{what} returned a dict without 'train' (keys: {sorted(result)}); "
+                                  "return {'train': ..., 'test': ...}")
+            train = result["train"]
+            test = test if test is not None else result.get("test")
+            val = val if val is not None else result.get("val", result.get("validation"))
+            num_classes = result.get("num_classes")
+        elif isinstance(result, tuple | list) and len(result) == 2 and all(
+                _is_dataset(r) for r in result) and not all(isinstance(t, Tensor) for t in result):
+            train, test = result[0], test if test is not None else result[1]
+        elif _is_dataset(result):
+            train = result
+        else:
+            raise ConfigError(f"{what} returned a {type(result).__name__}, not a dataset; return a torch "
+                              "Dataset, DataLoader, Hugging Face dataset, (inputs, targets) tensors, a "
+                              "DataBundle or {'train': ..., 'test': ...}")
+    if test is None:
+        raise ConfigError(f"{what} gave no test split; return {{'train': ..., 'test': ...}} or set "
+                          "data.test to a factory for the test split")
+    src = as_source(train, num_classes, f"{name}/train", **opts.get("train", {}))
+    num_classes = num_classes or src.num_classes
+    test = as_source(test, num_classes, f"{name}/test", **opts.get("test", {}))
+    if isinstance(test, StreamData):
+        test = test.for_eval()
+    if val is not None:
+        val = as_source(val, num_classes, f"{name}/val", **opts.get("test", {}))
+        val = val.for_eval() if isinstance(val, StreamData) else val
+    shape = src.input_shape
+    for split, other in (("test", test), ("val", val)):
+        if other is None or getattr(src, "collate", None) is not None:
+            continue
+        if tuple(other.input_shape) != tuple(shape):
+            raise DataError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
+                            f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
+                            "data.transform and data.eval_transform)")
+    return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
+
+
+def load_data(cfg):
+    """The ``DataBundle`` a ``DataConfig`` describes: a registered dataset or a factory by import
+    path, an optional test/validation factory, transforms, views, columns, loader options and
+    per-sample fields."""
+    from joryu.data.fields import apply_fields
+    from joryu.data.registry import DataBundle, load
+    from joryu.data.transforms import build_transform
+
+    tf = build_transform(cfg.transform)
+    etf = build_transform(cfg.eval_transform) if cfg.eval_transform is not None else (
+        tf.deterministic() if tf is not None else None)
+    views, eval_views = {}, {}
+    for key, spec in (cfg.views or {}).items():
+        if isinstance(spec, dict) and set(spec) <= {"train", "eval"} and spec:
+            views[key] = build_transform(spec.get("train"))
+            eval_views[key] = build_transform(spec["eval"]) if "eval" in spec else (
+                views[key].deterministic() if views[key] is not None else None)
+        else:
+            views[key] = build_transform(spec)
+            eval_views[key] = views[key].deterministic() if views[key] is not None else None
+    common = dict(columns=cfg.columns, loader=LoaderOptions.of(cfg.loader))
+    streamed = tf is not None or etf is not None or views or cfg.columns
+    opts = {"train": dict(common, transform=tf, eval_transform=etf, views=views, eval_views=eval_views),
+            "test": dict(common, transform=etf, eval_transform=etf, views=eval_views, eval_views=eval_views)}
+    if ":" in cfg.name:
+        kwargs = dict(cfg.kwargs)
+        if cfg.path:
+            kwargs.setdefault("path", cfg.path)
+        result = load_factory(cfg.name, **kwargs)
+        name = cfg.name.rsplit(":", 1)[1]
+    else:
+        result = load(cfg.name, cfg.path, **cfg.kwargs)
+        name = result.name
+    test = load_factory(cfg.test, **cfg.test_kwargs) if cfg.test else None
+    val = load_factory(cfg.val, **cfg.test_kwargs) if cfg.val else None
+    if isinstance(result, DataBundle) and streamed and isinstance(result.train, TensorData):
+        raise ConfigError(f"dataset {name!r} is in-memory tensor data: transforms, views and columns "
+                          "apply to streamed datasets; use data.augment for tensor data")
+    bundle = bundle_from(result, name, test, val, opts)
+    if cfg.fields:
+        bundle.train = apply_fields(bundle.train, cfg.fields, bundle.num_classes)
+    return bundle
+
+
+def make_loader(data, batch_size: int, shuffle: bool = False, seed: int = 0, augment: Augment | None = None,
+                drop_last: bool = False, device="cpu", rank: int = 0, world_size: int = 1):
+    """The loader for any data joryu takes: a ``TensorLoader`` for tensors on the device, a
+    ``StreamLoader`` for everything streamed. The one place that makes this choice (the engine, the
+    pre-flight check and ``joryu eval`` all call it)."""
+    data = as_source(data)
+    kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
+              device=device, rank=rank, world_size=world_size)
+    if isinstance(data, TensorData):
+        return TensorLoader(data, **kw)
+    return StreamLoader(data, **kw)

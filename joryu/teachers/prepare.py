@@ -1,0 +1,52 @@
+"""One teacher-preparation policy for every method: ``prepare(teacher, ...)``.
+
+Decides, in one place, how a method's teacher runs:
+
+- **fold**: a single frozen network without feature taps runs as a :class:`FastTeacher`
+  (BatchNorm folded into the convolutions, inference mode). The folded model shares every tensor
+  with the user's teacher except the folded convolutions', and it is re-folded whenever the
+  teacher's weights change (version counters), so the served outputs follow the teacher. A teacher
+  with taps is not folded (a tap on a convolution would see pre-BatchNorm values).
+- **cache**: a deterministic teacher's outputs are stored per (sample, augmentation draw)
+  (:class:`CachedTeacher`), sized from the dataset and the run's ``Augment(draws=K)``; the cache
+  is invalidated when the teacher's weights or the data change. Stochastic teachers (MC dropout,
+  a random choice among teachers) are never cached.
+"""
+
+from __future__ import annotations
+
+from joryu.teachers.base import FrozenTeacher, Teacher, as_teacher
+from joryu.teachers.cache import CachedTeacher
+from joryu.teachers.fast import FastTeacher
+
+
+def augment_draws(augment) -> int:
+    """Fixed augmentation draws per sample of the run's augmentation (1 without fixed draws)."""
+    if augment is None or not getattr(augment, "active", False):
+        return 1
+    return max(1, int(getattr(augment, "draws", 0) or 0))
+
+
+def prepare(teacher, *, num_samples: int | None = None, augment=None, fold: bool = True,
+            cache: bool = True, input_key: str | None = None) -> Teacher:
+    """The teacher a method should call (see the module docstring).
+
+    teacher: a Teacher, an nn.Module or a list of modules (an ensemble).
+    num_samples: the training set's size; without it (a stream of unknown length) nothing is cached.
+    augment: the run's ``joryu.data.Augment`` (its ``draws`` size the cache).
+    fold / cache: turn either part off (methods expose them as ``fast_teacher`` / ``teacher_cache``).
+    """
+    t = as_teacher(teacher, input_key or "input")
+    if fold and type(t) is FrozenTeacher and t.taps is None:
+        t = FastTeacher(t.model, t.input_key)
+    if cache and num_samples and not getattr(t, "stochastic", False) and not isinstance(t, CachedTeacher):
+        t = CachedTeacher(t, int(num_samples), draws=augment_draws(augment))
+    return t
+
+
+def prepare_for(ctx, teacher=None, *, fold: bool = True, cache: bool = True) -> Teacher:
+    """``prepare`` with the sizes read from a method's ``StageContext`` (its teacher by default)."""
+    data = ctx.train_data
+    n = len(data) if hasattr(data, "__len__") else None
+    return prepare(ctx.teacher if teacher is None else teacher, num_samples=n, augment=ctx.augment,
+                   fold=fold, cache=cache)
