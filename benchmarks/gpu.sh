@@ -49,7 +49,7 @@ def joryu(kind):
     teacher = FrozenTeacher(t) if kind == "eager" else FastTeacher(t, channels_last=True)
     if kind == "cache":
         teacher = CachedTeacher(teacher, len(data))
-    d = KDDistiller(s, teacher, 4.0, 0.9)
+    d = KDDistiller(s, teacher, 4.0, 0.9, divergence="forward_kl", beta=0.5)
     if kind == "cache":
         Engine(cfg, progress=False).fit(d, data)
     return lambda: Engine(cfg, progress=False).fit(d, data).history[-1]["samples_per_s"]

@@ -151,7 +151,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         val_opts = {k: v for k, v in stream_opts.items() if k == "loader"}
         if stream_opts:
             val_opts.update(transform=stream_opts["eval_transform"], eval_transform=stream_opts["eval_transform"])
-        val = as_source(val_data, data.num_classes, **val_opts)
+        try:
+            val = as_source(val_data, data.num_classes, **val_opts)
+        except DataError as e:
+            raise ConfigError(f"val_data: {one_line(e)}") from None
         if hasattr(val, "for_eval"):
             val = val.for_eval()
     else:

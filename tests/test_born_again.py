@@ -1,4 +1,4 @@
-"""Born-Again Networks: the invariants of PAPERS.md section 6."""
+"""Born-Again Networks: the invariants of docs/methods/born_again.md."""
 
 import pytest
 import torch

@@ -54,7 +54,8 @@ def test_loss_is_zero_for_the_teacher_itself_on_identical_inputs_and_the_teacher
     student = copy.deepcopy(teacher)
     data = _paired(same=True)
     x = data.tensors["input"]
-    d = SupervisionTransferDistiller(student, FrozenTeacher(teacher, features={"f": "pool2"}), "pool2", x[:2], x[:2])
+    d = SupervisionTransferDistiller(student, FrozenTeacher(teacher, features={"f": "pool2"}), "pool2", x[:2], x[:2],
+                                     "identity")
     loss = d.training_step({"input": x, "input_b": x})["loss"]
     assert float(loss) < 1e-10
     shuffled = d.training_step({"input": x, "input_b": x[torch.randperm(len(x))]})["loss"]

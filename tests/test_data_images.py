@@ -14,11 +14,13 @@ from joryu.errors import ConfigError, DataError
 
 
 def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+    import random
+
+    return random.Random(seed)
 
 
 def test_named_transforms_shapes_and_invariants():
-    x = torch.rand(3, 20, 30, generator=gen())
+    x = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0))
     assert build_transform([{"resize": 10}])(x).shape == (3, 10, 15)  # shorter side, aspect kept
     assert build_transform([{"resize": [8, 9]}])(x).shape == (3, 8, 9)
     assert build_transform([{"center_crop": 12}])(x).shape == (3, 12, 12)
@@ -48,7 +50,7 @@ def test_pil_and_uint8_inputs_become_float_tensors():
 
 
 def test_transform_by_import_path_and_bad_names():
-    x = torch.rand(3, 6, 6, generator=gen())
+    x = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
     t = build_transform([{"joryu.data.transforms:HFlip": {"p": 1.0}}])
     torch.testing.assert_close(t(x, gen()), x.flip(-1))
     with pytest.raises(ConfigError, match="unknown transform 'hflp' .*did you mean hflip"):
@@ -152,4 +154,39 @@ def test_image_folder_mixed_sizes_without_resize_through_the_cli(tmp_path, capsy
     code = main(["run", image_config(tmp_path, root, "input", transform=["hflip"], eval_transform=None, views={}),
                  "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "add a resize" in err and ".png" in err and len(err.splitlines()) == 1
+    assert code == 2 and "add a resize" in err and ".png" in err and len(err.splitlines()) == 1
+
+
+def test_distill_api_on_an_image_folder_with_transforms_and_a_validation_folder(tmp_path):
+    import joryu
+    from joryu.models import create
+
+    train = ImageFolderDataset(write_images(tmp_path / "train"))
+    val = ImageFolderDataset(write_images(tmp_path / "val", per_class=3))
+    norm = {"normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    student, m = joryu.distill(
+        create("lenet5", num_classes=3, input_shape=(3, 12, 12)), create("mlp", num_classes=3,
+                                                                         input_shape=(3, 12, 12)),
+        train, "kd", val_data=val, epochs=2, batch_size=6, progress=False, device="cpu",
+        transform=[{"random_resized_crop": {"size": 12, "scale": [0.5, 1]}}, "hflip", norm],
+        eval_transform=[{"resize": [12, 12]}, norm])
+    assert 0 <= m["distill"]["val"]["val/acc"] <= 100
+    with pytest.raises(ConfigError, match="apply to streamed data"):
+        joryu.distill(create("mlp", num_classes=3, input_shape=(4,)), create("mlp", num_classes=3,
+                                                                             input_shape=(4,)),
+                      (torch.zeros(8, 4), torch.arange(8) % 3), "kd", transform=["hflip"], progress=False)
+
+
+def test_counter_based_draws_are_deterministic_and_uniform():
+    from joryu.data.transforms import Draws
+
+    a, b = Draws(7), Draws(7)
+    xs = [a.random() for _ in range(20000)]
+    assert xs[:5] == [b.random() for _ in range(5)]
+    assert abs(sum(xs) / len(xs) - 0.5) < 0.01 and 0 <= min(xs) and max(xs) < 1
+    counts = [0] * 4
+    for _ in range(4000):
+        counts[a.randint(0, 3)] += 1
+    assert min(counts) > 850  # each of 4 values about 1000 times
+    assert sorted(Draws(3).sample(range(5), 5)) == list(range(5))
+    assert Draws(1).random() != Draws(2).random()

@@ -119,13 +119,18 @@ def test_iterable_split_and_workers_cover_the_stream_once():
     assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(len(tr)))
 
 
-def test_map_split_is_stratified_and_seeded():
-    s = as_source(Dicts(90))
+def test_map_split_is_seeded_and_stratified_where_targets_are_known():
+    s = as_source(Dicts(90))  # no targets attribute: a seeded split without reading every sample
     tr, va = split_any(s, 0.2, seed=4)
     tr2, va2 = split_any(s, 0.2, seed=4)
-    assert torch.equal(va.positions, va2.positions)
+    assert torch.equal(va.positions, va2.positions) and len(va) == 18
     assert len(set(tr.positions.tolist()) & set(va.positions.tolist())) == 0
     assert len(tr) + len(va) == 90
+    d = Dicts(90)
+    d.targets = d.y
+    tr, va = split_any(as_source(d), 0.2, seed=4)
+    for c in range(3):
+        assert int((va.targets == c).sum()) == round(0.2 * int((d.y == c).sum()))
 
 
 class Bad(Dataset):
@@ -147,7 +152,7 @@ class Ragged(Dataset):
 def test_bad_sources_are_one_line_errors():
     with pytest.raises(DataError, match="samples must be"):
         as_source(Bad())
-    with pytest.raises(ConfigError, match="cannot train on a"):
+    with pytest.raises(ConfigError, match="cannot be a int"):
         as_source(42)
     with pytest.raises(DataError, match=r"shape .* add a resize"):
         list(StreamLoader(as_source(Ragged()), 4, shuffle=False).iterate(0))
@@ -208,3 +213,20 @@ def test_bad_data_configs_are_one_line_config_errors(data, needle):
     with pytest.raises((ConfigError, DataError), match=needle) as e:
         _exp(data).run()
     assert "\n" not in str(e.value)
+
+
+def test_hf_image_dataset_with_classlabel_and_pil_images():
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from joryu.data import build_transform
+
+    imgs = [Image.fromarray(np.full((10 + i % 3, 12, 3), 40 * (i % 3), np.uint8)) for i in range(12)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 3 for i in range(12)]}, features=feats)
+    s = as_source(ds, transform=build_transform(["hflip", {"resize": [8, 8]}]))
+    assert s.num_classes == 3 and s.input_shape == (3, 8, 8)  # evaluation: the non-random steps
+    b = next(iter(StreamLoader(s, 12, shuffle=True).iterate(0)))
+    assert b["input"].shape == (12, 3, 8, 8) and b["input"].dtype == torch.float32
+    assert torch.equal(b["target"], b["index"] % 3)

@@ -1,4 +1,4 @@
-"""Deep Mutual Learning: the invariants of PAPERS.md section 3."""
+"""Deep Mutual Learning: the invariants of docs/methods/dml.md."""
 
 import copy
 
@@ -38,7 +38,7 @@ def batch(n=32, seed=0):
 
 
 def cohort(nets, update="sequential", lr=0.5):
-    d = DMLDistiller(nets, update=update)
+    d = DMLDistiller(nets, update=update, temperature=1.0)
     opts = d.configure_optimizers(lambda ps: torch.optim.SGD(ps, lr=lr))
     d.ctx = FakeCtx(opts)
     return d

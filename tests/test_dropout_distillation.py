@@ -32,7 +32,7 @@ def test_with_p0_the_teacher_initialised_student_is_stationary():
     teacher = dropnet(p=0.0)
     student = dropnet(p=0.0, seed=1)
     student.load_state_dict(teacher.state_dict())
-    d = DropoutDistillationDistiller(student, MCDropoutTeacher(teacher))
+    d = DropoutDistillationDistiller(student, MCDropoutTeacher(teacher), 1, 0.0)
     d.train()
     d.training_step({"input": torch.randn(64, 8)})["loss"].backward()
     assert max(float(q.grad.abs().max()) for q in d.student.parameters()) < 1e-6

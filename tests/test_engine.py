@@ -11,7 +11,7 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.distiller import Distiller
 from joryu.engine import Engine, latest_checkpoint
-from joryu.errors import NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError
 from joryu.methods.supervised import SupervisedDistiller
 
 
@@ -247,3 +247,12 @@ def test_automatic_and_manual_paths_share_one_schedule(tiny_data):
     assert [r["lr"] for r in ra.history] == pytest.approx([r["lr"] for r in rb.history])
     for p, q in zip(a.student.parameters(), b.student.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_on_different_data_is_refused(tiny_data, tmp_path):
+    Engine(cfg(epochs=1, checkpoint_every=2), tmp_path, progress=False).fit(SupervisedDistiller(net()), tiny_data)
+    state = json.loads((latest_checkpoint(tmp_path / "checkpoints") / "state.json").read_text())
+    assert state["loader"]["batches_per_epoch"] == 8 and state["updates"] == 8
+    with pytest.raises(ConfigError, match="8 batches per epoch, the data now gives 4"):
+        Engine(cfg(epochs=2), tmp_path, progress=False).fit(SupervisedDistiller(net()),
+                                                            tiny_data.subset(range(120)), resume=True)

@@ -104,7 +104,7 @@ def test_stage1_trains_only_up_to_the_guided_layer(tiny_data):
     teacher, student = _custom_pair()
     ft = FrozenTeacher(teacher, features={"hint": "1"})
     x = tiny_data.tensors["input"][:16]
-    d = HintDistiller(student, ft, "3", x)
+    d = HintDistiller(student, ft, "3", x, "paper", "auto")
     trainable = {id(p) for p in d.trainable_parameters()}
     before_ids = {id(p) for p in student[0].parameters()} | {id(p) for p in student[2].parameters()}
     after_ids = {id(p) for m in (student[4], student[5], student[7]) for p in m.parameters()}

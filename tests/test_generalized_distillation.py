@@ -1,4 +1,4 @@
-"""Generalized distillation (Gong et al. 2018): invariants of PAPERS.md section 13."""
+"""Generalized distillation (Gong et al. 2018): invariants of docs/methods/generalized_distillation.md."""
 
 import pytest
 import torch
@@ -104,7 +104,7 @@ def test_student_never_reads_privileged_and_teacher_gets_no_gradient():
     teacher_net = nn.Linear(6, 3)
     before = [p.clone() for p in teacher_net.parameters()]
     student = nn.Linear(3, 3)
-    d = GeneralizedDistiller(student, FrozenTeacher(teacher_net, input_key="privileged"), 0.5, 2.0)
+    d = GeneralizedDistiller(student, FrozenTeacher(teacher_net, input_key="privileged"), 0.5, 2.0, 1.0)
     batch = {k: v[:16] for k, v in data.tensors.items()}
     out = d.training_step(batch)
     out["loss"].backward()

@@ -12,6 +12,8 @@ from joryu.methods.meal import MEALDistiller
 from joryu.reproduce import run_reproduction
 from joryu.teachers import EnsembleTeacher, FrozenTeacher
 
+MEAL_DEFAULTS = {k: v for k, v in get_method("meal").params.model_dump().items() if k != "num_teachers"}
+
 
 def net(seed, width=16):
     torch.manual_seed(seed)
@@ -42,7 +44,8 @@ class RecordingCtx:
 def make(adversarial=True, k=3, layers=True):
     teachers = [net(10 + i, 32) for i in range(k)]
     kw = dict(student_layers=["1"], teacher_layers=["1"], pooled_dim=8) if layers else {}
-    d = MEALDistiller(net(0), teachers, 3, adversarial=adversarial, seed=1, **kw)
+    p = {**MEAL_DEFAULTS, "adversarial": adversarial, **kw}
+    d = MEALDistiller(net(0), teachers, 3, seed=1, **p)
     opts = d.configure_optimizers(lambda ps: torch.optim.SGD(ps, lr=0.1))
     d.ctx = RecordingCtx(opts, d)
     return d, teachers
@@ -127,7 +130,7 @@ def test_block_counts_are_checked():
     with pytest.raises(Exception, match="pair"):
         get_method("meal", {"student_layers": ["1"]})
     with pytest.raises(Exception, match="gammas"):
-        MEALDistiller(net(0), [net(1)], 3, gammas=[1.0, 1.0])
+        MEALDistiller(net(0), [net(1)], 3, **{**MEAL_DEFAULTS, "gammas": [1.0, 1.0]})
     assert isinstance(FrozenTeacher(net(1)), FrozenTeacher)
 
 

@@ -76,7 +76,7 @@ def test_distiller_uses_the_auxiliary_without_training_it():
     aux = nn.Linear(6, 3)
     before = [p.clone() for p in aux.parameters()]
     student = nn.Linear(6, 3)
-    d = NoisyLabelDistiller(student, FrozenTeacher(aux), lam=0.3)
+    d = NoisyLabelDistiller(student, FrozenTeacher(aux), lam=0.3, temperature=1.0, graph=None)
     batch = {k: v[:32] for k, v in data.tensors.items()}
     out = d.training_step(batch)
     out["loss"].backward()

@@ -1,4 +1,4 @@
-"""ONE (On-the-Fly Native Ensemble): the invariants of PAPERS.md section 10."""
+"""ONE (On-the-Fly Native Ensemble): the invariants of docs/methods/one.md."""
 
 import pytest
 import torch
@@ -99,7 +99,7 @@ def test_m1_reduces_to_plain_training():
 def test_rampup():
     assert sigmoid_rampup(0, 0) == 1.0 and sigmoid_rampup(80, 80) == 1.0 and sigmoid_rampup(200, 80) == 1.0
     assert sigmoid_rampup(0, 80) == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
-    d = ONEDistiller(MultiBranch(cnn(), "blocks.1", 2, signal(4)[0]), rampup_epochs=10)
+    d = ONEDistiller(MultiBranch(cnn(), "blocks.1", 2, signal(4)[0]), temperature=3.0, rampup_epochs=10)
     d.on_epoch_start(5, 30)
     assert d.kd_weight == pytest.approx(sigmoid_rampup(5, 10))
 

@@ -113,3 +113,4 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert main(["--quick", "--steps", "2", "--threads", "1", "--out", str(tmp_path / "R.md")]) == 0
     out = capsys.readouterr().out
     assert "joryu kd + warm cache" in out and "DataLoader, per-sample augmentation" in out
+    assert "joryu streamed image folder" in out and "ratio joryu / plain" in out

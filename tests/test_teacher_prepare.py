@@ -92,7 +92,7 @@ def test_prepare_policy():
     t = prepare(model, num_samples=10, augment=Augment(shift=1, draws=3))
     assert isinstance(t, CachedTeacher) and t.draws == 3 and isinstance(t.teacher, FastTeacher)
     tapped = FrozenTeacher(model, features={"h": "blocks.0"})
-    assert prepare(tapped, num_samples=10).teacher is tapped  # taps: never folded
+    assert prepare(tapped, num_samples=10) is tapped  # taps: never folded
     assert isinstance(prepare(model), FastTeacher)  # no size: no cache
     assert isinstance(prepare(model, fold=False, cache=False), FrozenTeacher)
 
@@ -143,3 +143,9 @@ def test_born_again_teacher_is_a_copy_free_fast_teacher():
     m = bn_cnn(0)
     t = prepare(copy.deepcopy(m), num_samples=8)
     assert isinstance(t.teacher, FastTeacher)
+
+
+def test_tapped_teachers_are_cached_only_when_asked():
+    tapped = FrozenTeacher(bn_cnn(0), features={"h": "blocks.0"})
+    assert prepare(tapped, num_samples=10) is tapped
+    assert isinstance(prepare(tapped, num_samples=10, cache_features=True), CachedTeacher)

@@ -16,7 +16,7 @@ def test_frozen_teacher_is_eval_no_grad_and_invisible_to_the_optimizer(tiny_data
     teacher_net, student = make_net(1), make_net(2)
     teacher_net.train()
     t = FrozenTeacher(teacher_net)
-    d = KDDistiller(student, t)
+    d = KDDistiller(student, t, 4.0, 0.9, divergence="forward_kl", beta=0.5)
     # teacher parameters are not registered with the Distiller
     ids = {id(p) for p in d.parameters()}
     assert not any(id(p) in ids for p in teacher_net.parameters())
@@ -89,6 +89,7 @@ def test_cache_invalidated_by_data_change_and_bypassed_by_augmentation(tiny_data
 
 
 def test_distiller_lists_cache_stats(tiny_data):
-    d = KDDistiller(make_net(1), CachedTeacher(FrozenTeacher(make_net(2)), len(tiny_data)))
+    d = KDDistiller(make_net(1), CachedTeacher(FrozenTeacher(make_net(2)), len(tiny_data)), 4.0, 0.9,
+                    divergence="forward_kl", beta=0.5)
     assert isinstance(d, Distiller)
     assert set(d.extra_metrics()) == {"cache_hits", "cache_misses", "cache_bypassed"}

@@ -54,7 +54,7 @@ def hide_labels(data: TensorData, labeled) -> TensorData:
 
 
 def degraded_view(images: Tensor, pool: int = 2, noise: float = 0.3, seed: int = 0) -> Tensor:
-    """The weak regular view of PAPERS.md section 13: ``pool x pool`` average pooling of the
+    """The weak regular view of docs/methods/generalized_distillation.md: ``pool x pool`` average pooling of the
     image, plus fixed Gaussian noise of standard deviation ``noise`` (seeded, one draw per sample)."""
     x = F.avg_pool2d(images.float(), pool) if pool > 1 else images.float()
     gen = torch.Generator().manual_seed(int(seed))

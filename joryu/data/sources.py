@@ -34,10 +34,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import default_collate
 
 from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
+from joryu.data.transforms import Draws
 from joryu.errors import ConfigError, DataError
 
-__all__ = ["LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
+__all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
            "bundle_from"]
+
+class DatasetError(DataError, ConfigError):
+    """A dataset that does not fit (sample structure, shapes, splits): a DataError and, as the
+    API promises for bad input, a ConfigError (exit code 2 from the CLI)."""
+
 
 _INPUT_NAMES = ("input", "image", "img", "pixel_values", "x", "inputs", "features")
 _TARGET_NAMES = ("target", "label", "labels", "y", "class", "targets")
@@ -87,7 +93,11 @@ def _as_value(v, key: str):
 
             return to_tensor(np.asarray(v))
         return t.float() if t.dtype == torch.float64 else t
-    if isinstance(v, bool | int | float) or (isinstance(v, list | tuple) and v and
+    if isinstance(v, bool | int):
+        return v  # the collate makes one tensor of a batch of them (cheaper than one per sample)
+    if isinstance(v, float):
+        return torch.tensor(v, dtype=torch.float32)
+    if (isinstance(v, list | tuple) and v and
                                             not isinstance(v[0], str)):
         t = torch.as_tensor(v)
         return t.float() if t.dtype == torch.float64 else t
@@ -105,8 +115,8 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
         if columns:
             for key, src in columns.items():
                 if src not in raw:
-                    raise DataError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
-                                    f"its keys are {sorted(raw)}")
+                    raise DatasetError(f"{where} has no key {src!r} (data.columns maps {key!r} to it); "
+                                       f"its keys are {sorted(raw)}")
                 out[key] = raw[src]
                 if src != key:
                     out.pop(src, None)
@@ -114,33 +124,43 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
             if key not in out:
                 src = next((n for n in names if n in out), None)
                 if src is None:
-                    raise DataError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
-                                    f"the {key} column with data.columns: {{{key}: <key>}}")
+                    raise DatasetError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
+                                       f"the {key} column with data.columns: {{{key}: <key>}}")
                 out[key] = out.pop(src)
         out.pop("index", None)
         return out
     if isinstance(raw, tuple | list):
         if len(raw) != 2:
-            raise DataError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
-                            "(input, target) pairs or dicts of tensors")
+            raise DatasetError(f"{where} is a {type(raw).__name__} of {len(raw)} items; samples must be "
+                               "(input, target) pairs or dicts of tensors")
         return {"input": raw[0], "target": raw[1]}
-    raise DataError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
-                    "dicts of tensors (return one of those from __getitem__)")
+    raise DatasetError(f"{where} is a {type(raw).__name__}; samples must be (input, target) tuples or "
+                       "dicts of tensors (return one of those from __getitem__)")
+
+
+_M64 = (1 << 64) - 1
 
 
 def _mix(*xs: int) -> int:
-    h = hashlib.blake2b(np.asarray(xs, dtype=np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & (2**62 - 1)
+    """A 64-bit seed from (seed, epoch, position), splitmix64-mixed after each part."""
+    h = 0x243F6A8885A308D3
+    for x in xs:
+        h = (h ^ (int(x) & _M64)) * 0xBF58476D1CE4E5B9 & _M64
+        h ^= h >> 31
+    return h
 
 
 def _unwrap_error(e: Exception) -> Exception:
     """A DataError raised in a DataLoader worker comes back wrapped: keep its one line."""
+    import re
+
     msg = str(e)
-    marker = "DataError: "
     if isinstance(e, DataError) and "\n" not in msg:
         return e
-    if marker in msg:
-        return DataError(msg.rsplit(marker, 1)[1].strip().splitlines()[0])
+    found = re.findall(r"\b(DatasetError|DataError): (.*)", msg)
+    if found:
+        kind, line = found[-1]
+        return (DatasetError if kind == "DatasetError" else DataError)(line.strip())
     return e
 
 
@@ -173,6 +193,8 @@ class StreamData:
     def __post_init__(self):
         self.iterable = isinstance(self.dataset, IterableDataset)
         self.loader = LoaderOptions.of(self.loader)
+        if self.eval_transform is None and hasattr(self.transform, "deterministic"):
+            self.eval_transform = self.transform.deterministic()  # the non-random steps
         if self.num_classes is None:
             self.num_classes = self._infer_classes()
         if not self.iterable and self.collate is None and len(self) > 0:
@@ -185,8 +207,8 @@ class StreamData:
         try:
             return len(self.dataset)
         except TypeError:
-            raise DataError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
-                            "per epoch) so the schedule knows the epoch length") from None
+            raise DatasetError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
+                               "per epoch) so the schedule knows the epoch length") from None
 
     def _kept(self) -> Tensor:
         """Iterable split: which stream positions belong here (a pure function of the seed)."""
@@ -215,7 +237,8 @@ class StreamData:
     @property
     def targets(self) -> Tensor:
         """The target of every sample (read from ``dataset.targets``, a Hugging Face column,
-        the ``target`` field, or a scan of the samples without transforms)."""
+        the ``target`` field, or a pass over the samples: give the dataset a ``targets`` attribute
+        to avoid it)."""
         if "target" in self.fields:
             return self.fields["target"]
         t = getattr(self, "_targets", None)
@@ -240,6 +263,18 @@ class StreamData:
             full = torch.as_tensor(ds.targets)
         if full is not None:
             return full[self.positions] if self.positions is not None else full
+        return self._scan_targets()
+
+    def cheap_targets(self) -> Tensor | None:
+        """The targets if known without reading every sample (else None)."""
+        if "target" in self.fields or getattr(self, "_targets", None) is not None:
+            return self.targets
+        ds = self.dataset
+        if self.iterable or not (_is_hf(ds) or getattr(ds, "targets", None) is not None):
+            return None
+        return self.targets
+
+    def _scan_targets(self) -> Tensor:
         return torch.as_tensor([int(_as_value(to_sample(self._raw(i), self.columns)["target"], "target"))
                                 for i in range(len(self))])
 
@@ -272,7 +307,7 @@ class StreamData:
         tf = self.transform if train else (self.eval_transform or None)
         random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
                             or (tf is not None and getattr(tf, "random", True)))
-        gen = torch.Generator().manual_seed(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
+        gen = Draws(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
         views = self.views if train else self._eval_views()
         for key, view in views.items():
             s[key] = _as_value(x if view is None else view(x, gen), key)
@@ -311,8 +346,8 @@ class StreamData:
     # ------------------------------------------------------------------ variants
     def subset(self, idx, name: str | None = None) -> StreamData:
         if self.iterable:
-            raise DataError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
-                            "with data.val_fraction (a seeded split by stream position)")
+            raise DatasetError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
+                               "with data.val_fraction (a seeded split by stream position)")
         idx = torch.as_tensor(idx, dtype=torch.long)
         base = self.positions[idx] if self.positions is not None else idx
         out = replace(self, positions=base, name=name or self.name,
@@ -325,7 +360,7 @@ class StreamData:
         """Per-sample tensors added to (or replacing keys of) every batch."""
         for k, v in tensors.items():
             if len(v) != len(self):
-                raise DataError(f"field {k!r} has {len(v)} rows, {self.name} has {len(self)} samples")
+                raise DatasetError(f"field {k!r} has {len(v)} rows, {self.name} has {len(self)} samples")
         out = replace(self, fields={**self.fields, **{k: torch.as_tensor(v) for k, v in tensors.items()}})
         if getattr(self, "_targets", None) is not None and "target" not in tensors:
             out._targets = self._targets
@@ -368,7 +403,7 @@ class StreamData:
             try:
                 batch = default_collate(samples)
             except RuntimeError as e:
-                raise DataError(self._shape_problem(items) or str(e).splitlines()[0]) from None
+                raise DatasetError(self._shape_problem(items) or str(e).splitlines()[0]) from None
         batch["index"] = index
         return batch
 
@@ -519,14 +554,22 @@ class StreamLoader:
     def __len__(self) -> int:
         if not self.data.iterable:
             return len(self.loader)
-        # each (process, worker) shard batches its own share of the stream
+        # each (process, worker) shard batches its own share of the stream; in training every
+        # process runs the same number of steps (the smallest share), as DDP needs
         n = len(self.data)
-        shards = max(1, self.num_workers) * self.world_size
-        total = 0
-        for s in range(self.rank * max(1, self.num_workers), (self.rank + 1) * max(1, self.num_workers)):
-            m = n // shards + (1 if s < n % shards else 0)
-            total += m // self.batch_size if self.drop_last else -(-m // self.batch_size)
-        return total
+        workers = max(1, self.num_workers)
+        shards = workers * self.world_size
+
+        def batches(rank: int) -> int:
+            total = 0
+            for s in range(rank * workers, (rank + 1) * workers):
+                m = n // shards + (1 if s < n % shards else 0)
+                total += m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+            return total
+
+        if self.train and self.world_size > 1:
+            return min(batches(r) for r in range(self.world_size))
+        return batches(self.rank)
 
     def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
         loader = self.loader
@@ -545,8 +588,8 @@ class StreamLoader:
                 raw = next(it)
             except StopIteration:
                 if self.data.iterable and self.world_size > 1:
-                    raise DataError(f"{self.data.name}: a process ran out of streamed samples; make the "
-                                    "stream's length divisible by processes x workers x batch size") from None
+                    raise DatasetError(f"{self.data.name}: a process ran out of streamed samples; make the "
+                                       "stream's length divisible by processes x workers x batch size") from None
                 return
             except Exception as e:  # a DataError from a worker arrives wrapped in a traceback
                 err = _unwrap_error(e)
@@ -618,7 +661,7 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
     if isinstance(data, Dataset | IterableDataset) or _is_hf(data) or (
             hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str | bytes | dict)):
         return StreamData(data, num_classes=num_classes, name=name, **kw)
-    raise ConfigError(f"cannot train on a {type(data).__name__}: give a torch Dataset, IterableDataset, "
+    raise ConfigError(f"train_data cannot be a {type(data).__name__}: give a torch Dataset, IterableDataset, "
                       "DataLoader, Hugging Face dataset, (inputs, targets) tensors or a joryu TensorData")
 
 
@@ -635,10 +678,7 @@ def split_any(data, fraction: float, seed: int = 0):
     if data.iterable:
         return (replace(data, keep=(seed, fraction, False), name=data.name + "/train"),
                 replace(data, keep=(seed, fraction, True), name=data.name + "/val").for_eval())
-    try:
-        targets = data.targets
-    except Exception:  # targets unknown: a plain seeded split
-        targets = None
+    targets = data.cheap_targets()  # None: a plain seeded split (no pass over the samples)
     gen = torch.Generator().manual_seed(seed)
     if targets is not None and len(targets) == len(data):
         val = []
@@ -727,9 +767,9 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
         if other is None or getattr(src, "collate", None) is not None:
             continue
         if tuple(other.input_shape) != tuple(shape):
-            raise DataError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
-                            f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
-                            "data.transform and data.eval_transform)")
+            raise DatasetError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
+                               f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
+                               "data.transform and data.eval_transform)")
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 

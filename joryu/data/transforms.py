@@ -13,14 +13,17 @@ A pipeline is written in a config as a list; each item is
 Our transforms work on float tensors ``C x H x W`` in [0, 1] (PIL images and uint8 arrays are
 converted first). Random ones draw from a ``torch.Generator`` the loader seeds from
 (seed, epoch, sample), so the same sample in the same epoch is transformed the same way with any
-number of workers and after a resume. A callable by import path runs under a forked global RNG
-seeded the same way (torchvision draws from the global RNG).
+number of workers and after a resume. The random source passed to a transform call is a
+``Draws`` (a counter-based generator, free to create per sample; a ``random.Random`` or a
+``torch.Generator`` is also accepted). A callable by import
+path runs under a forked global torch RNG seeded from it (torchvision draws from the global RNG).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -30,7 +33,54 @@ from torch import Tensor
 
 from joryu.errors import ConfigError
 
-__all__ = ["Pipeline", "build_transform", "to_tensor", "available_transforms"]
+__all__ = ["Draws", "Pipeline", "build_transform", "to_tensor", "available_transforms"]
+
+
+_M64 = (1 << 64) - 1
+
+
+class Draws:
+    """A counter-based random source: the k-th draw is splitmix64(seed + k). Creating one costs
+    nothing (a ``random.Random`` seeds a 624-word state, ~20 us), so every sample can have its own;
+    it offers the ``random.Random`` methods the transforms use."""
+
+    __slots__ = ("seed", "k")
+
+    def __init__(self, seed: int):
+        self.seed, self.k = int(seed) & _M64, 0
+
+    def getrandbits(self, bits: int) -> int:
+        self.k += 1
+        z = (self.seed + self.k * 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return (z ^ (z >> 31)) >> (64 - bits)
+
+    def random(self) -> float:
+        return self.getrandbits(53) / 9007199254740992.0
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+    def randint(self, a: int, b: int) -> int:
+        return a + int(self.random() * (b - a + 1))
+
+    def sample(self, population, k: int) -> list:
+        pool = list(population)
+        for i in range(len(pool) - 1, 0, -1):  # Fisher-Yates
+            j = int(self.random() * (i + 1))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+
+def _rng(gen):
+    """The random source of a transform call: ``gen`` (``Draws``, a ``random.Random``, or a
+    ``torch.Generator`` to draw a seed from), or Python's global one when None."""
+    if gen is None:
+        return random  # the module's functions: Python's global generator
+    if isinstance(gen, torch.Generator):
+        return random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    return gen
 
 
 def to_tensor(x) -> Tensor:
@@ -121,17 +171,17 @@ class RandomResizedCrop:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
+        rng = _rng(gen)
         h, w = x.shape[-2:]
         area = h * w
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            u = torch.rand(2, generator=gen, dtype=torch.float64).tolist()
+            u = [rng.random(), rng.random()]
             target = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
             aspect = math.exp(log_r[0] + u[1] * (log_r[1] - log_r[0]))
             cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
             if 0 < cw <= w and 0 < ch <= h:
-                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+                top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
                 return _resize_to(x[..., top:top + ch, left:left + cw], self.h, self.w)
         s = min(h, w)  # fall back to the central square
         top, left = (h - s) // 2, (w - s) // 2
@@ -147,7 +197,7 @@ class HFlip:
         self.p = float(p)
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
-        return x.flip(-1) if float(torch.rand((), generator=gen)) < self.p else x
+        return x.flip(-1) if _rng(gen).random() < self.p else x
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -170,9 +220,9 @@ class ColorJitter:
         self.b, self.c, self.s = float(brightness), float(contrast), float(saturation)
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
-        order = torch.randperm(3, generator=gen).tolist()
-        f = (1 + (2 * torch.rand(3, generator=gen, dtype=torch.float64) - 1)
-             * torch.tensor([self.b, self.c, self.s], dtype=torch.float64)).tolist()
+        rng = _rng(gen)
+        order = rng.sample(range(3), 3)
+        f = [1 + (2 * rng.random() - 1) * v for v in (self.b, self.c, self.s)]
         for k in order:
             if k == 0 and self.b:
                 x = x * f[0]
@@ -196,9 +246,12 @@ class Normalize:
             raise ConfigError(f"normalize: std must be positive, got {std!r}")
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
-        if self.mean.numel() not in (1, x.shape[-3]):
-            raise ConfigError(f"normalize: {self.mean.numel()} means for an input with "
-                              f"{x.shape[-3]} channels; give one mean/std per channel")
+        k = self.mean.numel()
+        if k == 1:
+            return (x - self.mean.view(())) / self.std.view(())
+        if x.dim() < 3 or x.shape[-3] != k:
+            raise ConfigError(f"normalize: {k} means for an input of shape {tuple(x.shape)}; give "
+                              "one mean/std per channel (C x H x W), or a single value")
         return (x - self.mean) / self.std
 
 
@@ -226,7 +279,7 @@ _RANDOM_NAMES = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "Trivial
 
 
 class _Foreign:
-    """A callable by import path: run under the global RNG forked and seeded from ``gen``.
+    """A callable by import path: run under the global torch RNG, forked and seeded from ``gen``.
 
     It counts as random (dropped from the default evaluation transform, and teacher outputs
     are not cached) when its class name says so (``Random*``, ``ColorJitter``, ``*Augment``...)."""
@@ -239,21 +292,21 @@ class _Foreign:
     def __call__(self, x, gen=None):
         if gen is None:
             return self.fn(x)
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        seed = _rng(gen).getrandbits(62)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.fn(x)
 
 
 class Pipeline:
-    """Transforms applied in order; ``pipeline(x, gen)``. Ours convert their input to a tensor."""
+    """Transforms applied in order; ``pipeline(x, rng)``. Ours convert their input to a tensor."""
 
     def __init__(self, steps: Sequence, spec=None):
         self.steps = list(steps)
         self.spec = spec
         self.random = any(getattr(s, "random", True) for s in self.steps)
 
-    def __call__(self, x, gen: torch.Generator | None = None):
+    def __call__(self, x, gen=None):
         for s in self.steps:
             if not isinstance(s, _Foreign):
                 x = to_tensor(x)

@@ -16,8 +16,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from joryu.config import TrainConfig
-from joryu.data.core import Augment
-from joryu.data.sources import make_loader
+from joryu.data.core import Augment, TensorData
+from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError, NonFiniteLossError
@@ -224,7 +224,17 @@ class Engine:
         kw = dict(batch_size=batch_size, shuffle=shuffle, seed=self.seed, augment=augment,
                   drop_last=drop_last, device=self.device, rank=self.accelerator.process_index,
                   world_size=self.accelerator.num_processes)
-        return make_loader(data, **kw)
+        if shuffle:
+            return make_loader(data, **kw)
+        source = as_source(data)
+        if isinstance(source, TensorData):
+            return make_loader(source, **kw)
+        # evaluation stream loaders are kept per dataset, so their workers (persistent_workers) last
+        cache = self.__dict__.setdefault("_eval_loaders", {})
+        key = (id(data), batch_size)
+        if key not in cache or cache[key][0] is not data:
+            cache[key] = (data, make_loader(source, **kw))
+        return cache[key][1]
 
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:

@@ -75,24 +75,6 @@ class MethodInfo:
 
 
 _METHODS: dict[str, MethodInfo] = {}
-_PLANNED: dict[str, str] = {
-    "fitnets": "Romero et al. 2015, FitNets (arXiv:1412.6550)",
-    "dml": "Zhang et al. 2018, Deep Mutual Learning (arXiv:1706.00384)",
-    "knowledge_concentration": "Gao et al. 2017, Knowledge Concentration (arXiv:1711.07607)",
-    "data_distillation": "Radosavovic et al. 2018, Data Distillation (arXiv:1712.04440)",
-    "born_again": "Furlanello et al. 2018, Born-Again Networks (arXiv:1805.04770)",
-    "meal": "Shen, He & Xue 2019, MEAL (arXiv:1812.02425)",
-    "fsp": "Yim et al. 2017, A Gift from Knowledge Distillation (FSP), CVPR",
-    "progressive_blockwise": "Wang et al. 2018, Progressive Blockwise KD, IJCAI",
-    "one": "Lan, Zhu & Gong 2018, On-the-Fly Native Ensemble, NeurIPS",
-    "dataset_distillation": "Wang et al. 2018, Dataset Distillation (arXiv:1811.10959)",
-    "posterior_distillation": "Wang et al. 2018, Adversarial Distillation of Bayesian NN Posteriors, ICML",
-    "generalized_distillation": "Gong et al. 2018, Teaching Semi-Supervised Classifier via Generalized Distillation, IJCAI",
-    "noisy_label_distillation": "Li et al. 2017, Learning from Noisy Labels with Distillation, ICCV",
-    "cross_modal": "Gupta, Hoffman & Malik 2016, Cross Modal Distillation for Supervision Transfer, CVPR",
-    "dropout_distillation": "Rota Bulò, Porzi & Kontschieder 2016, Dropout Distillation, ICML",
-    "svd_kd": "Lee, Kim & Song 2018, Self-supervised KD using SVD, ECCV",
-}
 
 
 def register_method(name: str, paper: str, status: str = "implemented"):
@@ -120,21 +102,16 @@ def available() -> list[str]:
 
 
 def listing() -> list[tuple[str, str, str]]:
-    """(name, paper, status) for every implemented and planned method."""
+    """(name, paper, status) for every registered method."""
     _discover()
-    rows = [(m.name, m.paper, m.status) for m in _METHODS.values()]
-    rows += [(n, p, "planned") for n, p in _PLANNED.items() if n not in _METHODS]
-    return sorted(rows)
+    return sorted((m.name, m.paper, m.status) for m in _METHODS.values())
 
 
 def get_method(name: str, params: dict | None = None):
     """An instance of the method ``name`` with validated ``params``."""
     _discover()
     if name not in _METHODS:
-        if name in _PLANNED:
-            raise ConfigError(f"method {name!r} ({_PLANNED[name]}) is planned but not implemented yet; "
-                              f"implemented: {', '.join(sorted(_METHODS))}")
-        close = difflib.get_close_matches(name, list(_METHODS) + list(_PLANNED), n=3)
+        close = difflib.get_close_matches(name, list(_METHODS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown method {name!r}.{hint} Implemented: {', '.join(sorted(_METHODS))}")
     cls = _METHODS[name].cls

@@ -80,9 +80,8 @@ def born_again_loss(variant: str, logits: torch.Tensor, teacher_logits: torch.Te
 class BornAgainDistiller(Distiller):
     """One generation: trains ``student`` from ``teacher`` (generation k-1), or from labels if None."""
 
-    def __init__(self, student, teacher: Teacher | None = None, earlier: list[Teacher] = (),
-                 variant: str = "kd", temperature: float = 1.0, label_weight: float = 1.0,
-                 input_key: str = "input"):
+    def __init__(self, student, teacher: Teacher | None, earlier: list[Teacher], variant: str,
+                 temperature: float, label_weight: float, input_key: str = "input"):
         # every earlier generation is held as a frozen teacher (never trained, never in the optimizer)
         super().__init__(student, list(earlier), input_key)
         self.teacher = teacher

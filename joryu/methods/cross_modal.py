@@ -86,7 +86,7 @@ def make_adapter(kind: str, student_shape, teacher_shape) -> nn.Module:
 class SupervisionTransferDistiller(Distiller):
     """Stage 1: || f_t(input) - phi(g_d(input_b)) ||^2 at a mid-level layer, no labels."""
 
-    def __init__(self, student, teacher, student_layer: str, sample_a, sample_b, adapter: str = "identity",
+    def __init__(self, student, teacher, student_layer: str, sample_a, sample_b, adapter: str,
                  input_key: str = "input_b"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher

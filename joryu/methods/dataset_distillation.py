@@ -109,10 +109,9 @@ class DatasetDistiller(Distiller):
 
     automatic_optimization = False
 
-    def __init__(self, student: nn.Module, num_classes: int, input_shape, images_per_class: int = 1,
-                 steps: int = 10, epochs: int = 3, init_lr: float = 0.02, random_init: bool = False,
-                 init: str = "xavier", checkpoint: bool = False, final_eval: bool = True,
-                 beta1: float = 0.5, input_key: str = "input"):
+    def __init__(self, student: nn.Module, num_classes: int, input_shape, images_per_class: int,
+                 steps: int, epochs: int, init_lr: float, random_init: bool, init: str,
+                 checkpoint: bool, final_eval: bool, beta1: float, input_key: str = "input"):
         super().__init__(student, (), input_key)
         reinit(student, init)
         for p in student.parameters():

@@ -56,7 +56,7 @@ class DMLDistiller(Distiller):
 
     automatic_optimization = False
 
-    def __init__(self, networks: list[nn.Module], update: str = "sequential", temperature: float = 1.0,
+    def __init__(self, networks: list[nn.Module], update: str, temperature: float,
                  input_key: str = "input"):
         if not networks:
             raise ValueError("a DML cohort needs at least one network")

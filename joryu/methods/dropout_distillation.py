@@ -15,7 +15,7 @@ estimate of CE(p̄, g): no MC average is ever computed during training. The stud
 the teacher's weights (i.e. from the weight-scaled network) and has no dropout of its own.
 
 Deviations and best guesses (no official code was found; the equations are reconstructed from
-the abstract and the ICML reviews, see PAPERS.md section 16):
+the abstract and the ICML reviews, see docs/methods/dropout_distillation.md):
 - ``samples_per_step`` (default 1, the unbiased one-mask estimate) may average S masks per sample.
 - ``input_noise``: the paper lets x include perturbed or unlabelled inputs; Gaussian input noise
   of this standard deviation is added to the distillation inputs (default 0: the plain training
@@ -42,8 +42,8 @@ from joryu.teachers import MCDropoutTeacher, Teacher, strip_dropout
 class DropoutDistillationDistiller(Distiller):
     """A deterministic student trained on one fresh-mask teacher prediction per sample."""
 
-    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int = 1, input_noise: float = 0.0,
-                 input_key: str = "input"):
+    def __init__(self, student, teacher: MCDropoutTeacher, samples_per_step: int,
+                 input_noise: float, input_key: str = "input"):
         super().__init__(strip_dropout(student), [teacher], input_key)
         self.teacher = teacher
         self.samples_per_step = int(samples_per_step)

@@ -134,8 +134,8 @@ class HintRegressor(nn.Module):
 class HintDistiller(Distiller):
     """Stage 1: the student up to ``guided`` plus the regressor fit the teacher's hint layer."""
 
-    def __init__(self, student, teacher, guided: str, sample, regressor: str = "paper",
-                 activation: str = "auto", input_key: str = "input"):
+    def __init__(self, student, teacher, guided: str, sample, regressor: str, activation: str,
+                 input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.guided = guided
@@ -183,10 +183,9 @@ class HintDistiller(Distiller):
 class FitNetsKDDistiller(Distiller):
     """Stage 2: L = H(y, P_S) + lambda(epoch) * H(P_T^tau, P_S^tau), lambda from the schedule."""
 
-    def __init__(self, student, teacher, temperature: float = 3.0, lambda_start: float = 4.0,
-                 lambda_end: float = 1.0, tau_squared: bool = False, input_key: str = "input",
-                 lambda_schedule: str = "official", lambda_hold: float = 5 / 288,
-                 lambda_saturate: float = 400 / 288):
+    def __init__(self, student, teacher, temperature: float, lambda_start: float, lambda_end: float,
+                 tau_squared: bool, input_key: str = "input", *, lambda_schedule: str,
+                 lambda_hold: float, lambda_saturate: float):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.temperature = temperature

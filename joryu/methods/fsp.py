@@ -57,7 +57,7 @@ def default_pairs(model) -> list[tuple[str, str]]:
 class FSPDistiller(Distiller):
     """Stage 1: minimise sum_i lambda_i ||G_i^T - G_i^S||^2 (batch mean), nothing else."""
 
-    def __init__(self, student, teacher, student_pairs, teacher_pairs, weights=None, pool: str = "max",
+    def __init__(self, student, teacher, student_pairs, teacher_pairs, weights, pool: str,
                  input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         if len(student_pairs) != len(teacher_pairs):

@@ -38,15 +38,15 @@ Two learners are provided:
   J = diag(row weights): 1 on rows with a target. The base learner uses J = diag(labelled) and
   P = Y; GD uses J = I and the P above. The teacher is LapRLS on x* (also semi-supervised).
 
-Deviations and best guesses (PAPERS.md marks these **unverified**):
+Deviations and best guesses (docs/methods/generalized_distillation.md lists these as unverified):
 
 - Gong et al.'s exact learner, datasets, T, lambda and table values were not available; this
   is "generalized distillation applied to an SSL learner", not parity with their tables.
 - LapRLS scaling: the calibrated form ``J K + gamma_A I + gamma_I L K`` is used (Belkin et al.
   scale gamma_A by l and gamma_I by l / (l + u)^2; an equivalent re-parametrisation).
   Graph: symmetric 10-NN with RBF weights, normalised Laplacian I - D^-1/2 W D^-1/2. Kernel
-  width: 1 / median of the squared pairwise distances (median heuristic). Ties to PAPERS.md's
-  calibration: S = softmax(F_t / 0.1) (LapRLS outputs are regression scores near 0/1, so a small
+  width: 1 / median of the squared pairwise distances (median heuristic). Ties to the calibration
+  (docs/methods/generalized_distillation.md): S = softmax(F_t / 0.1) (LapRLS outputs are regression scores near 0/1, so a small
   T is what makes S peaked; T = 0.1 is a best guess).
 - Unlabelled rows get S with weight ``unlabeled_weight`` (default 1, as in P above); setting it
   to 0 drops them, and then lambda = 0 is exactly the base learner.
@@ -77,8 +77,8 @@ from joryu.teachers import Teacher, prepare_for
 class GeneralizedDistiller(Distiller):
     """Student on ``input`` imitating a teacher that reads ``privileged`` (through ``teacher.input_key``)."""
 
-    def __init__(self, student, teacher: Teacher, imitation: float = 0.5, temperature: float = 1.0,
-                 unlabeled_weight: float = 1.0, input_key: str = "input"):
+    def __init__(self, student, teacher: Teacher, imitation: float, temperature: float,
+                 unlabeled_weight: float, input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.imitation = imitation

@@ -62,8 +62,8 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
 
 
 class KDDistiller(Distiller):
-    def __init__(self, student, teacher: Teacher, temperature: float = 4.0, alpha: float = 0.9,
-                 input_key: str = "input", divergence: str = "forward_kl", beta: float = 0.5):
+    def __init__(self, student, teacher: Teacher, temperature: float, alpha: float,
+                 input_key: str = "input", *, divergence: str, beta: float):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.temperature = temperature

@@ -5,7 +5,7 @@ Many specialist teachers, each over a "vertical" L_k of the classes, are concent
 generalist student. **Only the paper's abstract was available**: it states multi-teacher ->
 single-student distillation, self-paced learning "so the student learns from each teacher at
 various paces", and "structurally connected layers" that add capacity with few parameters. Every
-formula below is the documented best guess of PAPERS.md section 4, exposed as options.
+formula below is the documented best guess of docs/methods/knowledge_concentration.md, exposed as options.
 
 Loss (best guess). For a sample x of class y in vertical k, with the student's logits s and the
 specialist's logits t_k on the classes of L_k,
@@ -29,9 +29,10 @@ Structurally connected layers (best guess, ``grouped_head``): the student's last
 is wrapped as logits = fc(h) + G(relu(W h)), with G block-diagonal, one group of ``group_width``
 units per vertical feeding only that vertical's logits (``models.grouped.VerticalHead``); G has
 1/K of the weights of a dense layer of the same width. It is **off by default**: it makes the
-student larger than the student alone (7.4k -> 9.7k parameters in the reproduction's MLP), so a
-comparison with the head must give the plain student the same parameter budget; in the
-reproduction a dense student of about that size beat the grouped head.
+student larger than the student alone (4,356 -> 8,696 parameters for the reproduction's MLP
+32-32-100), so a comparison with the head must give the plain student the same parameter budget;
+in the reproduction a dense student of about that size (MLP 32-64-100, CE) beat the grouped head
+(90.8% vs 83.8% with CE).
 
 Specialists: ``specialists: train`` (default) trains one specialist per vertical first, as stages
 ``specialist1``...: a copy of the run's teacher architecture (initialised from the teacher's weights
@@ -81,8 +82,8 @@ class VerticalCEDistiller(Distiller):
 
 
 class KnowledgeConcentrationDistiller(Distiller):
-    def __init__(self, student, teacher: SpecialistTeacher, temperature: float = 1.0, weight: float = 1.0,
-                 ce_weight: float = 1.0, pace: str = "easy_first", pace_start: float = 0.5, pace_ramp: float = 0.5,
+    def __init__(self, student, teacher: SpecialistTeacher, temperature: float, weight: float,
+                 ce_weight: float, pace: str, pace_start: float, pace_ramp: float,
                  input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher

@@ -56,9 +56,9 @@ class MEALDistiller(Distiller):
     automatic_optimization = False
 
     def __init__(self, student: nn.Module, teacher_models: list[nn.Module], num_classes: int,
-                 student_layers=(), teacher_layers=(), pooled_dim: int = 64, gammas=None, etas=None,
-                 adversarial: bool = True, similarity: str = "ce", label_weight: float = 0.0,
-                 d_lr: float = 1e-3, seed: int = 0, input_key: str = "input", d_hidden: int = 64):
+                 student_layers, teacher_layers, pooled_dim: int, gammas, etas, adversarial: bool,
+                 similarity: str, label_weight: float, d_lr: float, seed: int = 0,
+                 input_key: str = "input", *, d_hidden: int):
         if len(student_layers) != len(teacher_layers):
             raise ConfigError(f"MEAL pairs blocks: {len(student_layers)} student layers, {len(teacher_layers)} teacher layers")
         feats = {f"block{j}": p for j, p in enumerate(teacher_layers)}

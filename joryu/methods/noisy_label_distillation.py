@@ -34,14 +34,14 @@ The auxiliary network is a copy of the student's architecture and initialisation
 both are the same CNN). With ``use_teacher`` the experiment's teacher is used as the auxiliary
 instead (e.g. a model the user already trained on clean data, given as ``teacher.checkpoint``).
 
-Deviations and best guesses (PAPERS.md marks the equations **unverified**):
+Deviations and best guesses (docs/methods/noisy_label_distillation.md lists the equations as unverified):
 
-- The pseudo-label and G forms are as reported in PAPERS.md; T, the lambda of the paper's tables
+- The pseudo-label and G forms are as reported (docs/methods/noisy_label_distillation.md); T, the lambda of the paper's tables
   and the exact G construction were not retrieved. Defaults: ``lam = 0.5``, ``temperature = 1``.
 - G: ``joryu.losses.relation_graph(C, groups, strength)`` gives I plus ``strength`` between classes
   of a group (e.g. super-classes); s = G p / |G p|_1. G = I is the plain method.
-- ``pretrain_on_all`` defaults to False (the auxiliary is trained on D_c alone); PAPERS.md's
-  calibration found the fine-tuned auxiliary much stronger on MNIST-1D, so it is a one-line switch.
+- ``pretrain_on_all`` defaults to False (the auxiliary is trained on D_c alone); the
+  calibration (docs/methods/noisy_label_distillation.md) found the fine-tuned auxiliary much stronger on MNIST-1D, so it is a one-line switch.
 - The clean rows are part of every epoch of the distillation stage, in the same batches as the
   noisy rows (no oversampling of D_c).
 """
@@ -65,8 +65,8 @@ from joryu.teachers import FrozenTeacher, Teacher, prepare_for
 class NoisyLabelDistiller(Distiller):
     """CE against y^lambda = lambda y + (1 - lambda) G-softmax(f_aux(x)/T); clean rows keep y."""
 
-    def __init__(self, student, auxiliary: Teacher, lam: float = 0.5, temperature: float = 1.0,
-                 graph: torch.Tensor | None = None, input_key: str = "input"):
+    def __init__(self, student, auxiliary: Teacher, lam: float, temperature: float,
+                 graph: torch.Tensor | None, input_key: str = "input"):
         super().__init__(student, [auxiliary], input_key)
         self.auxiliary = auxiliary
         self.lam = lam

@@ -226,7 +226,7 @@ class MultiBranch(nn.Module):
 
 
 class ONEDistiller(Distiller):
-    def __init__(self, net: MultiBranch, temperature: float = 3.0, rampup_epochs: float = 0.0,
+    def __init__(self, net: MultiBranch, temperature: float, rampup_epochs: float,
                  input_key: str = "input"):
         super().__init__(net.student, (), input_key)
         self.net = net

@@ -16,12 +16,12 @@ Prediction averages the softmax over K generated parameter vectors:
 p(y|x) ≈ (1/K) Σ_k softmax(f(x; G(z_k))). ``deployable()`` is a ``GeneratorEnsemble`` (fixed z_k)
 whose forward returns log p(y|x); ``eval_logits`` also reports the SGLD samples' ensemble.
 
-Defaults follow the reference configs where PAPERS.md verified them (ε = 0.05, wd = 1e-3,
+Defaults follow the reference configs where the reference code was read (docs/methods/posterior_distillation.md) (ε = 0.05, wd = 1e-3,
 burn-in 500, thin 20, z dim 32, hidden 100, λ = 10, 5 critic steps, Adam 1e-4, batch 100, 200
 predictive samples). Deviations and best guesses:
 - Offline variant (Alg. 1) only: sample first, then train the GAN; the online variant (parallel
   chains feeding a buffer while the GAN trains) is not implemented.
-- ``standardize`` (default on, an addition from PAPERS.md's calibration): the GAN sees each
+- ``standardize`` (default on, an addition from the calibration in docs/methods/posterior_distillation.md): the GAN sees each
   coordinate standardised by the samples' mean and std; generated vectors are mapped back.
 - GAN optimiser: Adam(1e-4) with ``gan_betas`` = (0.5, 0.9), as the reference ``gan.py`` (the
   TensorFlow script the APD README runs for MNIST) uses for WGAN-GP; the reference's alternative
@@ -87,8 +87,8 @@ class ParameterEnsemble(nn.Module):
 class GeneratorEnsemble(nn.Module):
     """The distilled posterior: G(z_k) for K fixed z_k, mapped back to parameter space."""
 
-    def __init__(self, model: nn.Module, generator: nn.Module, mean: torch.Tensor, std: torch.Tensor,
-                 num_samples: int = 200, z_dim: int = 32, seed: int = 0):
+    def __init__(self, model: nn.Module, generator: nn.Module, mean: torch.Tensor,
+                 std: torch.Tensor, num_samples: int = 200, z_dim: int = 32, seed: int = 0):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
@@ -112,9 +112,9 @@ class SGLDDistiller(Distiller):
 
     automatic_optimization = False
 
-    def __init__(self, student: nn.Module, num_data: int, lr: float = 0.05, weight_decay: float = 1e-3,
-                 burn_in: int = 500, thin: int = 20, noise: bool = True, input_key: str = "input",
-                 step: float | None = None):
+    def __init__(self, student: nn.Module, num_data: int, lr: float, weight_decay: float,
+                 burn_in: int, thin: int, noise: bool, input_key: str = "input", *,
+                 step: float | None):
         super().__init__(student, (), input_key)
         lr = step * num_data if step is not None else lr  # h = eps / N
         self.num_data, self.lr, self.weight_decay = num_data, lr, weight_decay
@@ -154,10 +154,9 @@ class APDDistiller(Distiller):
 
     automatic_optimization = False
 
-    def __init__(self, student: nn.Module, samples: torch.Tensor, z_dim: int = 32, hidden: int = 100,
-                 layers: int = 3, n_critic: int = 5, gp_weight: float = 10.0, gan_batch: int = 100,
-                 betas=(0.5, 0.9), standardize: bool = True, num_predictive: int = 200, seed: int = 0,
-                 input_key: str = "input"):
+    def __init__(self, student: nn.Module, samples: torch.Tensor, z_dim: int, hidden: int,
+                 layers: int, n_critic: int, gp_weight: float, gan_batch: int, betas,
+                 standardize: bool, num_predictive: int, seed: int = 0, input_key: str = "input"):
         super().__init__(student, (), input_key)
         for p in student.parameters():
             p.requires_grad_(False)

@@ -15,7 +15,7 @@ Loss of step i (``loss``, the paper's exact choice is unverified; both are offer
   the hybrid and the teacher block's output on the same input image (batch mean); the hybrid's forward
   pass stops after S_i.
 
-Documented options for the unverified details (PAPERS.md section 9): ``freeze_earlier`` (S_1..S_{i-1}
+Documented options for the unverified details (docs/methods/progressive_blockwise.md): ``freeze_earlier`` (S_1..S_{i-1}
 frozen during step i, default True), a final fine-tune of the whole student (``finetune``,
 ``finetune_loss`` kd or ce), ``step_epochs``/``step_lr`` per block. Teacher-copied parts are always
 frozen during the block steps and kept in eval mode, so T_{i+1}..T_N stay bit-identical to the
@@ -57,6 +57,7 @@ from joryu.methods.base import Baseline, Method, Params, Stage, register_method
 from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
+from joryu.teachers import prepare_for
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -159,8 +160,8 @@ def blockwise_cost(teacher: nn.Module, student: nn.Module, x) -> dict:
 class BlockStepDistiller(Distiller):
     """Step i: train S_i (and S_<i unless frozen) inside the hybrid network."""
 
-    def __init__(self, hybrid, teacher, step: int, blocks: list[str], loss: str = "output_kd",
-                 freeze_earlier: bool = True, temperature: float = 4.0, alpha: float = 0.9, input_key: str = "input"):
+    def __init__(self, hybrid, teacher, step: int, blocks: list[str], loss: str,
+                 freeze_earlier: bool, temperature: float, alpha: float, input_key: str = "input"):
         super().__init__(hybrid, [teacher], input_key)
         self.teacher = teacher
         self.path = blocks[step]
@@ -198,7 +199,7 @@ class BlockStepDistiller(Distiller):
     def release(self) -> None:
         if self.taps is not None:
             self.taps.remove()
-        if self.teacher.taps is not None:
+        if getattr(self.teacher, "taps", None) is not None:
             self.teacher.taps.remove()
 
 
@@ -209,7 +210,7 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
 class FinetuneDistiller(Distiller):
     """The whole student: KD (alpha * T^2 KL + (1 - alpha) CE) or plain CE."""
 
-    def __init__(self, student, teacher, loss: str = "kd", temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, student, teacher, loss: str, temperature: float, alpha: float):
         super().__init__(student, [teacher])
         for p in student.parameters():
             p.requires_grad_(True)
@@ -274,13 +275,14 @@ class ProgressiveBlockwise(Method):
             def build(ctx):
                 hybrid = setup(ctx)
                 replace_module(hybrid, p.blocks[i], ctx.extras["pbkd_new"][i])
-                teacher = tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local" else ctx.teacher
+                teacher = (tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local"
+                           else prepare_for(ctx))
                 return BlockStepDistiller(hybrid, teacher, i, p.blocks, p.loss, p.freeze_earlier, p.temperature,
                                           p.alpha)
             return build
 
         def build_finetune(ctx):
-            return FinetuneDistiller(setup(ctx), ctx.teacher, p.finetune_loss, p.temperature, p.alpha)
+            return FinetuneDistiller(setup(ctx), prepare_for(ctx), p.finetune_loss, p.temperature, p.alpha)
 
         step_train = {}
         if p.step_epochs is not None:

@@ -89,9 +89,9 @@ def combine_gradients(g_ce, g_svd, epoch: int, mode: str = "final", shift: float
 class SVDKDDistiller(Distiller):
     automatic_optimization = False
 
-    def __init__(self, student, teacher, student_points, k: int = 1, student_extra: int = 1,
-                 flip: str = "teacher", clip: str = "final", sigmoid_shift: float | None = None,
-                 weight: float = 1.0, reduction: str = "sum", input_key: str = "input"):
+    def __init__(self, student, teacher, student_points, k: int, student_extra: int, flip: str,
+                 clip: str, sigmoid_shift: float | None, weight: float, reduction: str,
+                 input_key: str = "input"):
         super().__init__(student, [teacher], input_key)
         self.teacher = teacher
         self.n = len(student_points)

@@ -88,12 +88,12 @@ def reproduce_born_again(seeds: list[int], quick: bool, progress: bool) -> Repor
         Claim("A Born-Again student (same architecture, trained only on its predecessor's outputs) beats "
               "its teacher, generation 1 (paper: DenseNet BANs beat their teachers on CIFAR-10/100).",
               "the best later generation's mean paired gain over generation 1 is positive and larger than its "
-              "standard deviation over seeds (PAPERS.md section 6)",
+              "standard deviation over seeds (docs/methods/born_again.md)",
               m1 > 0 and m1 > s1,
               f"{per_gen}; best later generation {best_k}: paired gain {fmt(gap_later)} points"),
         Claim("The ensemble of the generations (BANE) beats every single generation.",
               "BANE of all generations minus the best single generation (by mean): mean paired gain positive "
-              "and larger than its standard deviation over seeds (PAPERS.md section 6)",
+              "and larger than its standard deviation over seeds (docs/methods/born_again.md)",
               m2 > 0 and m2 > s2,
               f"BANE {fmt(bane)}% vs best single generation {best_single} {fmt(singles[best_single])}%: "
               f"paired gain {fmt(gap_bane)} points"),
@@ -108,7 +108,7 @@ generation (the registered `born_again` method, one engine stage per generation)
 from the labels (BAN+L reuses the same generation 1); generation k > 1 learns from generation k-1, frozen in eval mode (dropout off), on
 the same augmented views the student sees, so the soft targets are not the near-one-hot outputs a
 network gives on images it memorised. BANE averages the softmax outputs of generations 1..k.
-PAPERS.md's calibration without these measures did not reproduce the gain (gen 1 94.20 -> 93.77 /
+The calibration in docs/methods/born_again.md without these measures did not reproduce the gain (gen 1 94.20 -> 93.77 /
 94.13 / 94.20); this design is the proxy it proposes.
 """
     notes = ["BAN+L (KD + labels, label weight 1), CWTM and DKPP start from the KD chain's generation 1 and train "

@@ -97,7 +97,7 @@ def reproduce_cross_modal(seeds: list[int], quick: bool, progress: bool) -> Repo
         Claim("Supervision transfer from a labelled modality through paired unlabelled images gives a much better "
               "network for the new modality than training it from random init on the few labels (paper: NYUD2 "
               "depth detection 34.2 -> 41.7 mAP).",
-              "mean paired gain over random init >= +8 points over the seeds (PAPERS.md section 15)",
+              "mean paired gain over random init >= +8 points over the seeds (docs/methods/cross_modal.md)",
               mean_std(gain)[0] >= 8.0,
               f"transfer {fmt(st)}%, random init {fmt(rand)}%, paired gain {fmt(gain)} points"),
         Claim("Supervision transfer also beats initialising the new-modality network with the source-modality "
@@ -122,7 +122,7 @@ class of the transfer set (50 images, modality B) are the only labels of the new
   {transfer_epochs} epochs of || f_t^pool5(A) - g^pool5(B) ||^2 on the 697 unlabelled pairs (phi = identity,
   only the layers up to pool5 are trained), then the same fine-tuning.
 """
-    notes = ["PAPERS.md's calibration (1 seed) found pool-feature transfer 90.0% vs random init 77.2% with a teacher "
+    notes = ["The calibration in docs/methods/cross_modal.md (1 seed) found pool-feature transfer 90.0% vs random init 77.2% with a teacher "
              "trained on the task's own labels; here the teacher is relabelled (digits 0-4 only) as the paper's "
              "ImageNet teacher never saw the NYUD2 detection classes."]
     if quick:

@@ -55,12 +55,12 @@ def reproduce_data_distillation(seeds: list[int], quick: bool, progress: bool) -
     c1 = Claim(
         "Retraining on the labelled data plus transform-ensembled, confidence-filtered pseudo-labels of the "
         "unlabelled data beats training on the labelled data alone (paper: about +2 AP on COCO keypoints).",
-        "mean paired gain of data distillation over supervised-only >= 1 point (PAPERS.md section 5)",
+        "mean paired gain of data distillation over supervised-only >= 1 point (docs/methods/data_distillation.md)",
         mean_std(gain)[0] >= 1.0,
         f"supervised {fmt(sup_v)}%, data distillation {fmt(dd_v)}%, paired gain {fmt(gain)} points")
     gain2 = [a - b for a, b in zip(dd_v, st_v)]
     c2 = Claim(
-        "Ensembling several transforms makes better pseudo-labels than one transform (diagnostic: PAPERS.md "
+        "Ensembling several transforms makes better pseudo-labels than one transform (diagnostic: docs/methods/data_distillation.md "
         "reports the calibration did not reproduce it).",
         "mean paired gain of multi- over single-transform > 0 and larger than its standard deviation",
         mean_std(gain2)[0] > 0 and mean_std(gain2)[0] > mean_std(gain2)[1],
@@ -77,12 +77,12 @@ go through joryu's engine with the registered `data_distillation` method; every 
   averaged; the 80% most confident predictions become hard labels; a fresh network (the stage-1 initial
   weights) is retrained for {cfg.epochs} passes over the kept pseudo-labels, batches of 128 with a fixed
   30% real samples from A (38 real + 90 pseudo). The 30% matches the calibrated proxy's ×4 oversampling of A
-  (PAPERS.md section 5); the method's default is the paper's remembered 6:4.
+  (docs/methods/data_distillation.md); the method's default is the paper's remembered 6:4.
 - Single-transform self-training: the same, with the same stage-1 model labelling B on the identity only.
 - Accuracy measured once on the test split; nothing was tuned on it.
 """
     notes = ["The paper's setting (COCO keypoints and boxes, multi-scale and flip transforms, ImageNet-initialised "
-             "Mask R-CNN) is far beyond a CPU; this is the classification proxy of PAPERS.md section 5."]
+             "Mask R-CNN) is far beyond a CPU; this is the classification proxy of docs/methods/data_distillation.md."]
     if quick:
         notes.insert(0, "QUICK smoke run: epochs cut 10x; the numbers are not a reproduction.")
     return Report(title="Data Distillation: Towards Omni-Supervised Learning",

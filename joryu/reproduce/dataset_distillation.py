@@ -188,7 +188,7 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
     c1 = Claim("With a fixed initialisation, ten distilled images (one per class) and three learned SGD "
                "steps train LeNet to far higher accuracy than ten random real images with the same steps "
                "(paper, MNIST: 93.8% vs 12.9% at init; random real far lower).",
-               "mean paired gap DD − random real >= 30 points (PAPERS.md section 11)",
+               "mean paired gap DD − random real >= 30 points (docs/methods/dataset_distillation.md)",
                mean_std(gap_real)[0] >= 30.0,
                f"DD {fmt(dd)}%, random real {fmt(real)}%, paired gap {fmt(gap_real)} points")
     c2 = Claim("The distilled images also beat the per-class mean images (the 'average real' baseline) "
@@ -202,7 +202,7 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
     c3 = Claim("In the random-initialisation regime, 100 distilled images (10 steps x 3 epochs) train "
                "unseen initialisations better than 100 random real images with the same steps "
                "(paper, MNIST: 79.5 ± 8.1% vs random real ≈ 68.6%).",
-               "mean over seeds of DD − random real >= 0 (PAPERS.md section 11: only require DD >= random "
+               "mean over seeds of DD − random real >= 0 (docs/methods/dataset_distillation.md: only require DD >= random "
                "real at CPU budgets)",
                mean_std(gap_r)[0] >= 0.0,
                f"DD {fmt(dr)}%, random real {fmt(rr)}% (means over {n_eval} fresh inits per seed), "
@@ -227,7 +227,7 @@ Adam(0.01, betas 0.5/0.999), real batch 256, initial inner lr 0.02, images from 
   `data: {{name: distilled, path: ...}}`).
 """
     notes = [f"Learned lrs (fixed init, per seed): {lrs_seen['fixed']}.",
-             f"The random-init budget ({random_steps} outer steps) is about a third of PAPERS.md's calibrated 3000-step run; "
+             f"The random-init budget ({random_steps} outer steps) is about a third of the calibrated (docs/methods/dataset_distillation.md) 3000-step run; "
              "the paper trains far longer, on MNIST with 60k images."]
     if quick:
         notes.insert(0, f"QUICK smoke run: outer steps cut to {fixed_steps} / {random_steps}; the numbers are not a reproduction."

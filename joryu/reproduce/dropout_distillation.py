@@ -67,14 +67,14 @@ def reproduce_dropout_distillation(seeds: list[int], quick: bool, progress: bool
     c1 = Claim(
         "The distilled deterministic network approximates the MC-dropout predictive much better than "
         "standard dropout (weight scaling) does, at the same test cost.",
-        "mean over seeds of KL_DD / KL_std < 0.5 (PAPERS.md section 16, primary criterion)",
+        "mean over seeds of KL_DD / KL_std < 0.5 (docs/methods/dropout_distillation.md, primary criterion)",
         mean_std(ratio)[0] < 0.5,
         f"KL_std x 1000 = {fmt(kl_std)}, KL_DD x 1000 = {fmt(kl_dd)}, ratio {fmt(ratio, 3)}")
     acc_std, acc_dd, acc_mc = tab.values(std_name), tab.values(dd_name), tab.values(mc_name)
     gain = [a - b for a, b in zip(acc_dd, acc_std)]
     c2 = Claim(
         "Dropout distillation is at least as accurate as standard dropout at equal test cost.",
-        "mean paired accuracy gain of DD over weight scaling >= 0 (PAPERS.md section 16, secondary)",
+        "mean paired accuracy gain of DD over weight scaling >= 0 (docs/methods/dropout_distillation.md, secondary)",
         mean_std(gain)[0] >= 0,
         f"standard {fmt(acc_std)}%, DD {fmt(acc_dd)}%, paired gain {fmt(gain)} points; "
         f"MC dropout ({mc_n} passes) {fmt(acc_mc)}%")
@@ -92,7 +92,7 @@ through joryu's engine (`supervised`, then `dropout_distillation`):
   MC-dropout predictive.
 """
     notes = ["The paper's numbers (CIFAR / MNIST, reconstructed from reviews) are unverified; this is the "
-             "calibrated CPU proxy of PAPERS.md section 16. KL is the primary measure: accuracy gaps here "
+             "calibrated CPU proxy of docs/methods/dropout_distillation.md. KL is the primary measure: accuracy gaps here "
              "are about one point, inside the seed spread."]
     if quick:
         notes.insert(0, "QUICK smoke run: epochs cut 20x and 20 MC masks; the numbers are not a reproduction.")

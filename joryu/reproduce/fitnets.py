@@ -97,7 +97,7 @@ initialisation per seed:
         "Learning rates chosen on validation, per seed: "
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in chosen.items()) + " (FitNets: stage-1 / stage-2).",
         "Calibration before this run (seed 0): with Adam every student trains and the gap vanishes (11 layers: "
-        "scratch 78.7%, KD 79.5%, FitNets 49% test), as PAPERS.md warns; with RMSProp at 13 layers all three "
+        "scratch 78.7%, KD 79.5%, FitNets 49% test), as docs/methods/fitnets.md warns; with RMSProp at 13 layers all three "
         "fail (17%). A first full run at 11 layers with SGD (lr grids as here, FitNets stage-2 lr fixed at 0.02) "
         "did not reproduce: the best-lr scratch student trained fine (87.7 +- 1.3% test, 97.6% train) and beat "
         "FitNets (71.2 +- 10.0%); the student was therefore deepened to 16 layers, where a validation-only "

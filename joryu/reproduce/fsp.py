@@ -59,7 +59,7 @@ def reproduce_fsp(seeds: list[int], quick: bool, progress: bool) -> Report:
             f"A student initialised by FSP transfer reaches higher accuracy than one from scratch with the same "
             f"main-training budget ({b} epochs; paper: 1/3 of the teacher's iterations, and the student beats the "
             "teacher).",
-            "mean paired gain >= +1 point at an equal stage-2 budget (PAPERS.md section 8)",
+            "mean paired gain >= +1 point at an equal stage-2 budget (docs/methods/fsp.md)",
             mean_std(g1)[0] >= 1.0,
             f"FSP init + {b} epochs {fmt(fsp)}%, scratch {b} epochs {fmt(same)}%, paired gain {fmt(g1)} points"))
         claims.append(Claim(
@@ -81,7 +81,7 @@ so every section has the same channel counts (FSP's requirement). Adam, cosine s
   per seed (scratch) or from the FSP-initialised weights.
 """
     notes = ["The paper's setting is CIFAR-10 with ResNet-26/8 and a 64k-iteration teacher; the calibration in "
-             "PAPERS.md used MNIST-5000 at 28x28 with widths 16/32/64, too slow for this shared 2-core machine "
+             "The calibration in docs/methods/fsp.md used MNIST-5000 at 28x28 with widths 16/32/64, too slow for this shared 2-core machine "
              "(about 12 processes on 2 cores while this ran), so this runs on 8x8 digits with half the widths."]
     if quick:
         notes.insert(0, "QUICK smoke run: epochs cut; the numbers are not a reproduction.")

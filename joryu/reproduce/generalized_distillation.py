@@ -9,7 +9,7 @@ from joryu.reproduce.common import accuracy, predict, seeded, train
 from joryu.reproduce.registry import Claim, Report, Table, fmt, mean_std, register_reproduction
 from joryu.teachers import FrozenTeacher
 
-SETTINGS = ((1e-2, 1e-2), (1e-2, 1e-1))  # (gamma_A, gamma_I) of PAPERS.md section 13
+SETTINGS = ((1e-2, 1e-2), (1e-2, 1e-1))  # (gamma_A, gamma_I) of docs/methods/generalized_distillation.md
 LAMBDAS = (0.0, 0.3, 0.5, 1.0)
 T_LAPRLS = 0.1
 
@@ -67,7 +67,7 @@ def reproduce_gd(seeds: list[int], quick: bool, progress: bool) -> Report:
 
     sweep.note = (f"On the labelled rows the teacher's S differs from the one-hot labels by at most "
                   f"{max(s_vs_y):.1e} (largest entry over all draws), so P = (1 - lambda) Y + lambda S "
-                  "barely depends on lambda; PAPERS.md predicted this (lambda in [0.3, 1] identical).")
+                  "barely depends on lambda; the calibration in docs/methods/generalized_distillation.md predicted this (lambda in [0.3, 1] identical).")
     claims = []
     for ga, gi in SETTINGS:
         row = f"gamma_A={ga:g}, gamma_I={gi:g}"
@@ -75,7 +75,7 @@ def reproduce_gd(seeds: list[int], quick: bool, progress: bool) -> Report:
         gain = [g - b_ for g, b_ in zip(gd, base)]
         claims.append(Claim(
             f"A teacher on privileged features improves a semi-supervised learner that never sees them "
-            f"(LapRLS, {row}; PAPERS.md expects +10 to +15 points).",
+            f"(LapRLS, {row}; docs/methods/generalized_distillation.md expects +10 to +15 points).",
             "mean paired gain of GD-LapRLS over LapRLS >= +5 points (half the expected gain), "
             "fixed before the run",
             mean_std(gain)[0] >= 5.0,
@@ -96,7 +96,7 @@ stratified). Images are standardised with the training split's statistics; the *
 the 2x2 average-pooled image (4x4 = 16 features) plus fixed N(0, 0.3^2) noise, the **privileged
 view** is the clean 8x8 image. Each seed is one label draw: 3 labels per class (30 labelled,
 1267 unlabelled training samples). Test accuracy is measured once, on the 500 test images,
-from the regular view only; nothing was tuned on the test split (the settings are PAPERS.md's).
+from the regular view only; nothing was tuned on the test split (the settings are the calibration's (docs/methods/generalized_distillation.md)).
 
 - LapRLS (closed form): RBF kernel (median-heuristic width), symmetric 10-NN graph, normalised
   Laplacian, alpha = (JK + gamma_A I + gamma_I LK)^-1 JP. Teacher: the same learner on the privileged
@@ -107,9 +107,9 @@ from the regular view only; nothing was tuned on the test split (the settings ar
   weight decay 5e-4; rows without a label contribute nothing to the supervised loss). The student
   alone and the distilled student share the initialisation of each draw.
 """
-    notes = ["Gong et al.'s own learner, datasets and numbers were not available (PAPERS.md marks them "
+    notes = ["Gong et al.'s own learner, datasets and numbers were not available (docs/methods/generalized_distillation.md marks them "
              "unverified); this reproduces the mechanism (generalized distillation fed to an SSL "
-             "learner) on PAPERS.md's calibrated digits task, not the paper's tables."]
+             "learner) on the calibrated (docs/methods/generalized_distillation.md) digits task, not the paper's tables."]
     if quick:
         notes.insert(0, "QUICK smoke run: one label draw, neural epochs cut to 10; not a reproduction.")
     return Report(

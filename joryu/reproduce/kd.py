@@ -116,7 +116,7 @@ def reproduce_kd(seeds: list[int], quick: bool, progress: bool) -> Report:
     c1 = Claim(
         "A student distilled on a transfer set with no 3s still recognises most test 3s once the "
         "class-3 bias is raised (paper: 98.6% of 3s after a +3.5 bias).",
-        "mean share of test 3s correct after the bias shift >= 70% (PAPERS.md section 1)",
+        "mean share of test 3s correct after the bias shift >= 70% (docs/methods/kd.md)",
         mean_std(r3)[0] >= 70.0,
         f"{fmt(r3)}% of test 3s after the bias ({fmt(r3_raw)}% before it); the hard-label student on the same "
         f"transfer set gets {fmt(r3_hard)}% with the same bias rule")
@@ -125,7 +125,7 @@ def reproduce_kd(seeds: list[int], quick: bool, progress: bool) -> Report:
     c2 = Claim(
         "Soft targets carry much more information per sample than hard labels: with 3% of the data, "
         "a student trained on soft targets generalises far better (paper, speech: 57.0% vs 44.5%).",
-        "mean gain of soft over hard targets >= +2 points (PAPERS.md section 1)",
+        "mean gain of soft over hard targets >= +2 points (docs/methods/kd.md)",
         mean_std(gain2)[0] >= 2.0,
         f"hard {fmt(hard)}%, soft {fmt(soft)}%, paired gain {fmt(gain2)} points")
     alone = mn1d.values("MLP 64-64 alone")

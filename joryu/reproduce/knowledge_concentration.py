@@ -117,7 +117,7 @@ def reproduce_knowledge_concentration(seeds: list[int], quick: bool, progress: b
     claims = [
         Claim("Knowledge concentration (specialists -> one generalist, self-paced, structurally connected layers) "
               "is significantly better than the baseline generalist trained on the labels.",
-              crit + " (PAPERS.md section 4 expects +1-3 points on the synthetic proxy)", ok1,
+              crit + " (docs/methods/knowledge_concentration.md expects +1-3 points on the synthetic proxy)", ok1,
               f"CE {fmt(ce)}%, KC {fmt(kc)}%, paired gain {fmt(g1)} points"),
         Claim("Distilling from the specialists (each sample from its vertical's specialist, on its vertical's "
               "logits) helps the same student without extra capacity.",
@@ -148,7 +148,7 @@ from the same initialisation (MLP 32-32-100, Adam 3e-3, cosine, {s_cfg.epochs} e
   (16 units per vertical -> its 20 logits).
 - Accuracy measured once at the end on the test split; nothing was tuned on it.
 """
-    notes = ["Only the paper's abstract was available (PAPERS.md section 4): the self-paced rule, the structurally "
+    notes = ["Only the paper's abstract was available (docs/methods/knowledge_concentration.md): the self-paced rule, the structurally "
              "connected layer and the loss are documented best guesses, not the paper's verified method. The paper "
              "works at 100K classes (OpenImage, EFT); this is a 100-class synthetic proxy."]
     if quick:

@@ -56,7 +56,7 @@ def reproduce_meal(seeds: list[int], quick: bool, progress: bool) -> Report:
         "A student trained by MEAL from several teachers (no labels) beats the same student trained on the labels "
         "(paper: ResNet-50 ImageNet top-1 error 23.85 -> 21.79).",
         "mean paired gain of MEAL (with discriminator) over CE > 0 and larger than the standard deviation of the "
-        "paired gains (PAPERS.md section 7)",
+        "paired gains (docs/methods/meal.md)",
         m1 > 0 and m1 > s1,
         f"CE {fmt(ce)}%, MEAL {fmt(adv)}%, paired gain {fmt(g1)} points")
     g2 = [a - b for a, b in zip(adv, noadv)]
@@ -81,7 +81,7 @@ ensemble is shown for reference only. Three students share one initialisation pe
 - Accuracy measured once at the end on the test split; nothing was tuned on it.
 """
     notes = ["The paper distils ImageNet ResNets at several blocks; this CPU proxy uses the logits block only, as in "
-             "the calibration of PAPERS.md section 7 (which found the discriminator neutral or harmful at small "
+             "the calibration of docs/methods/meal.md (which found the discriminator neutral or harmful at small "
              "scale). Multi-block similarity and discriminators are implemented (student_layers/teacher_layers) "
              "and unit-tested, but not part of this reproduction."]
     if quick:

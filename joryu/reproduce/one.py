@@ -28,7 +28,7 @@ def reproduce_one(seeds: list[int], quick: bool, progress: bool) -> Report:
     epochs = 2 if quick else 30
     cfg = dict(epochs=epochs, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                scheduler="onecycle")
-    # a hard task (1600 training signals, as in PAPERS.md's calibration) measured on a 2000-signal test
+    # a hard task (1600 training signals, as in the calibration in docs/methods/one.md) measured on a 2000-signal test
     # split, so that one test sample is 0.05 points rather than 0.25
     data = load("mnist1d", num_samples=10_000)
     tr, test = data.train.subset(torch.arange(N_TRAIN), "mnist1d/train1600"), data.test
@@ -73,7 +73,7 @@ def reproduce_one(seeds: list[int], quick: bool, progress: bool) -> Report:
             "Training a network as one branch of an on-the-fly native ensemble makes it better than the same "
             "network trained alone, and the branch ensemble (ONE-E) is better still (paper, CIFAR-100 "
             f"ResNet-32: 31.18% -> 26.61% error). Setting: {tag}.",
-            "mean(ONE) - mean(baseline) >= 1 point and mean(ONE-E) >= mean(ONE) (PAPERS.md section 10)",
+            "mean(ONE) - mean(baseline) >= 1 point and mean(ONE-E) >= mean(ONE) (docs/methods/one.md)",
             (mo - mb) >= 1.0 and me >= mo,
             f"baseline {fmt(base)}%, ONE {fmt(one)}% (paired gain {fmt(gain)} points), ONE-E {fmt(one_e)}%"))
     setup = f"""
@@ -90,7 +90,7 @@ the same data order: SGD lr 0.1, momentum 0.9, weight decay 1e-4, one-cycle sche
 with the official code's ramp-up of the KL weight (w(t) = exp(-5 (1 - t/{epochs})^2), here over the
 whole run; the code ramps over 80 of its 300 epochs) and once with the paper's equation (w = 1).
 """
-    notes = ["PAPERS.md's calibration (2 seeds, 400 test signals): baseline 92.5 ± 0.3%, ONE branch 0 94.5 ± 0.8%, "
+    notes = ["The calibration in docs/methods/one.md (2 seeds, 400 test signals): baseline 92.5 ± 0.3%, ONE branch 0 94.5 ± 0.8%, "
              "ONE-E 94.8 ± 0.5%.",
              "A first run of this reproduction used the calibration's split exactly (num_samples = 2000: 1600 train / "
              "400 test) and did not reproduce the claim: baseline 93.55 ± 1.11%, ONE 93.60 ± 1.49% (paired gain "

@@ -99,7 +99,7 @@ def reproduce_posterior_distillation(seeds: list[int], quick: bool, progress: bo
     c1 = Claim("The generator matches the SGLD sampler it distils on accuracy and out-of-distribution "
                "detection, without collapsing the posterior's spread.",
                "|Δacc| <= 1 point, |ΔAUROC| <= 0.03 for both OOD sets (means over seeds), and generated-θ "
-               "std >= 0.5x SGLD's (PAPERS.md section 12)",
+               "std >= 0.5x SGLD's (docs/methods/posterior_distillation.md)",
                abs(d_acc) <= 1.0 and abs(d_rot) <= 0.03 and abs(d_noise) <= 0.03 and std_ratio >= 0.5,
                f"Δacc {d_acc:+.2f} points, ΔAUROC rotated {d_rot:+.3f}, ΔAUROC noise {d_noise:+.3f}, "
                f"std ratio {std_ratio:.2f}")
@@ -133,7 +133,7 @@ same initialisation per seed and run through joryu's engine with the registered
 - OOD inputs: the 500 test digits rotated by 180 degrees, and 500 N(0, 1) noise images.
 """
     notes = [f"The reference trains the GAN for 100k generator iterations; this run uses {gan_epochs * batches} "
-             "(the CPU budget; PAPERS.md's calibration saw accuracy and noise AUROC approach SGLD's by 6k while "
+             "(the CPU budget; the calibration in docs/methods/posterior_distillation.md saw accuracy and noise AUROC approach SGLD's by 6k while "
              "the rotated-digit AUROC stayed at SGD's level).",
              "Storage: the generator holds ~|θ|·100 weights in its last layer, so it only saves space over many "
              "samples; the table counts stored floats."]

@@ -83,7 +83,7 @@ def reproduce_progressive_blockwise(seeds: list[int], quick: bool, progress: boo
         claims.append(Claim(
             f"The progressively distilled half-filter student is more accurate than the same architecture trained "
             f"as '{other}' at the same number of epochs (paper: large speed-ups at a small accuracy loss).",
-            "mean paired gain > 0 and larger than the standard deviation of the paired gains (PAPERS.md section 9: "
+            "mean paired gain > 0 and larger than the standard deviation of the paired gains (docs/methods/progressive_blockwise.md: "
             "reproduced when the blockwise student beats both scratch and plain KD at the same budget)",
             m > 0 and m > s,
             f"blockwise {fmt(pb)}%, {other} {fmt(base)}%, paired gain {fmt(gain)} points; MAC ratio "
@@ -103,9 +103,9 @@ teacher's. All students have the same architecture and train for {total} epochs 
   outputs (`local`); then a {ft}-epoch fine-tune of the whole student with KD. The blockwise student starts from
   the teacher's head and fresh student blocks.
 """
-    notes = ["The paper's step loss, freezing and fine-tuning are unverified (PAPERS.md section 9); the claim is "
+    notes = ["The paper's step loss, freezing and fine-tuning are unverified (docs/methods/progressive_blockwise.md); the claim is "
              "judged on the output-KD variant with frozen earlier blocks and a KD fine-tune, chosen before the run "
-             "from the calibration in PAPERS.md (output-KD 93.95% vs local-L2 90.95% after fine-tuning at 2 epochs "
+             "from the calibration in docs/methods/progressive_blockwise.md (output-KD 93.95% vs local-L2 90.95% after fine-tuning at 2 epochs "
              "per step on MNIST-5000); the local variant is reported beside it.",
              "MACs count convolutions and linear layers for one sample; the ratios are exact for these architectures "
              "(tests/test_progressive_blockwise.py checks the formula)."]

@@ -8,7 +8,8 @@ from torch import nn
 
 from joryu.data import load, split_validation
 from joryu.reproduce.common import accuracy, predict, seeded, train
-from joryu.reproduce.registry import Claim, Report, Table, fmt, mean_std, register_reproduction
+from joryu.reproduce.protocol import judge
+from joryu.reproduce.registry import Report, Table, fmt, register_reproduction
 from joryu.teachers import FrozenTeacher
 
 WIDTHS = (32, 64, 64, 64)
@@ -69,14 +70,11 @@ def reproduce_svd_kd(seeds: list[int], quick: bool, progress: bool) -> Report:
         svd = tab.values("KD-SVD (k=1)")
         for other in ("CE only", "Hinton KD (T=4, alpha=0.9)"):
             base = tab.values(other)
-            gain = [a - b for a, b in zip(svd, base)]
-            m, s = mean_std(gain)
-            claims.append(Claim(
-                f"KD-SVD improves the {kind} student over {other.split(' (')[0]} (paper, CIFAR-100 VGG: student "
-                "61.37 -> 65.05; VGG_stride 54.17 -> 61.15).",
-                "mean paired gain > 0 and larger than the standard deviation of the paired gains",
-                m > 0 and m > s,
-                f"KD-SVD {fmt(svd)}%, {other} {fmt(base)}%, paired gain {fmt(gain)} points"))
+            c = judge(f"KD-SVD improves the {kind} student over {other.split(' (')[0]} (paper, CIFAR-100 VGG: "
+                      "student 61.37 -> 65.05; VGG_stride 54.17 -> 61.15).", svd, base,
+                      names=("KD-SVD", other.split(" (")[0]))
+            c.evidence = f"KD-SVD {fmt(svd)}%, {other} {fmt(base)}%; {c.evidence}"
+            claims.append(c)
     setup = f"""
 MNIST-1D (3000 samples: 2400 train, of which 10% held out and unused, 600 test measured once at the end); the
 signal length plays the role of the spatial axis. 1-d CNNs with four stages of widths {WIDTHS} (equal at every
@@ -88,7 +86,7 @@ cosine schedule, batch 128 (the paper's optimiser). KD-SVD uses the paper's defa
 candidates, RBF between consecutive points, sqrt(k), the loss summed over the batch, and the authors' final
 gradient rule g = grad CE + clip_by_norm(grad L_svd, ||grad CE|| * sigmoid(epoch)) per variable.
 """
-    notes = ["PAPERS.md expects at most about 2 points here: the invariant tests (loss 0 under negation, scaling "
+    notes = ["docs/methods/svd_kd.md expects at most about 2 points here: the invariant tests (loss 0 under negation, scaling "
              "and spatial permutation; no teacher gradient) are the firm test of the implementation."]
     if quick:
         notes.insert(0, "QUICK smoke run: epochs divided by 10; the numbers are not a reproduction.")

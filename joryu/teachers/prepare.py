@@ -10,7 +10,14 @@ Decides, in one place, how a method's teacher runs:
 - **cache**: a deterministic teacher's outputs are stored per (sample, augmentation draw)
   (:class:`CachedTeacher`), sized from the dataset and the run's ``Augment(draws=K)``; the cache
   is invalidated when the teacher's weights or the data change. Stochastic teachers (MC dropout,
-  a random choice among teachers) are never cached.
+  a random choice among teachers) are never cached, and a teacher with feature taps only when
+  asked (``cache_features=True``): stored feature maps can outgrow memory.
+
+Used by kd, fitnets (stage 2), born_again, generalized and noisy-label distillation and
+progressive blockwise (its output-KD steps and fine-tune). The others keep their own teacher:
+MEAL and dropout distillation draw at random (stochastic), knowledge concentration routes through
+a ``SpecialistTeacher`` it inspects, data distillation runs its transform ensemble once offline,
+and the feature methods (FSP, KD-SVD, cross-modal, blockwise local steps) tap intermediate maps.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ def augment_draws(augment) -> int:
 
 
 def prepare(teacher, *, num_samples: int | None = None, augment=None, fold: bool = True,
-            cache: bool = True, input_key: str | None = None) -> Teacher:
+            cache: bool = True, input_key: str | None = None, cache_features: bool = False) -> Teacher:
     """The teacher a method should call (see the module docstring).
 
     teacher: a Teacher, an nn.Module or a list of modules (an ensemble).
@@ -39,7 +46,9 @@ def prepare(teacher, *, num_samples: int | None = None, augment=None, fold: bool
     t = as_teacher(teacher, input_key or "input")
     if fold and type(t) is FrozenTeacher and t.taps is None:
         t = FastTeacher(t.model, t.input_key)
-    if cache and num_samples and not getattr(t, "stochastic", False) and not isinstance(t, CachedTeacher):
+    tapped = getattr(t, "taps", None) is not None
+    if cache and num_samples and not getattr(t, "stochastic", False) and not isinstance(t, CachedTeacher) \
+            and (cache_features or not tapped):
         t = CachedTeacher(t, int(num_samples), draws=augment_draws(augment))
     return t
 
