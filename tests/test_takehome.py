@@ -426,8 +426,7 @@ COMPARISONS = {
 }
 
 
-SLOW = {"cross_modal_digits", "dropout_distillation_mnist1d", "posterior_distillation_digits",
-        "progressive_blockwise_mnist1d"}  # 10-30 s each on the shared machine: run with -m slow
+SLOW = {"cross_modal_digits"}  # ~9 s alone (LeNet-5 on paired digits): run with -m slow
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c

@@ -286,7 +286,8 @@ class PosteriorDistillation(Method):
             sample = {"epochs": p.sample_epochs, "batch_size": p.sample_batch_size, "scheduler": "constant",
                       "warmup_epochs": 0, "clip_grad_norm": None}
             return b.train(b.fresh_student(), train=sample, build=lambda ctx: SGLDDistiller(
-                ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, noise=False))
+                ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, False,
+                step=p.sgld_step))
 
         def sgld(b):
             return ParameterEnsemble(b.ctx.results["sample"]["distiller"].student, b.ctx.extras["samples"])
