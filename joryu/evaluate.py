@@ -134,10 +134,12 @@ def evaluate_model(model: torch.nn.Module, data, input_key="input", teacher: tor
     return scores.compute()
 
 
-def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
+def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path | None:
     """One panel per model: accuracy against confidence per bin, the gap shaded, ECE in the title."""
-    import matplotlib
-
+    try:  # matplotlib is the optional `plot` extra: without it, no figure
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -346,7 +348,7 @@ def evaluate_cli(args) -> int:
     print(f"{bundle.name} {args.split} split, {results[next(iter(results))]['n']} scored predictions"
           + (" (agreement and KL against the teacher)" if teacher else ""))
     print(format_results(results))
-    print(f"\nwrote {js} and {png}")
+    print(f"\nwrote {js}" + (f" and {png}" if png is not None else " (no reliability plot: pip install 'joryu[plot]')"))
     return 0
 
 

@@ -202,8 +202,10 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
 
 def plot_tradeoff(rows: dict[str, dict], path) -> object:
     """Test top-1 against CPU batch-1 latency, one labelled point per model."""
-    import matplotlib
-
+    try:  # matplotlib is the optional `plot` extra: without it, no figure
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

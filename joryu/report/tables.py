@@ -128,7 +128,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
                "", markdown_table(quality), ""]
         evals = {k: r["eval"] for k, r in rows.items() if "eval" in r}
         rel = reliability_diagram(evals, run_dir / "reliability.png")
-        md += [f"![reliability]({rel.name})", ""]
+        if rel is not None:  # None without matplotlib (the `plot` extra)
+            md += [f"![reliability]({rel.name})", ""]
     deploy = deployment_rows(rows)
     if deploy:
         d0 = next(r["deploy"] for r in rows.values() if "deploy" in r)
