@@ -29,6 +29,28 @@ COMMANDS = {
 }
 
 
+# More commands from other modules: name -> (module, help); ``module.add_parser(subparsers)`` adds
+# the command's parser (with ``set_defaults(func=...)``). Empty here: eval and export are in
+# COMMANDS; this is the hook for a command whose module is optional.
+PLUGINS: dict[str, tuple[str, str]] = {}
+
+
+def _plugins() -> dict[str, str]:
+    import importlib.util
+
+    found = {}
+    for name, (module, help_text) in PLUGINS.items():
+        if name in COMMANDS:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None and "add_parser" in (spec.loader.get_source(module) or ""):
+            found[name] = help_text
+    return found
+
+
 class UsageError(ConfigError):
     """A malformed command line."""
 
@@ -208,11 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (for --help); each command is parsed by ``command_parser``."""
     p = Parser(prog="joryu", description="Distill a large teacher into a small, fast student.",
                formatter_class=argparse.RawDescriptionHelpFormatter,
-               epilog="commands:\n" + "\n".join(f"  {k:<10} {v}" for k, v in COMMANDS.items())
+               epilog="commands:\n" + "\n".join(f"  {k:<10} {v}" for k, v in {**COMMANDS, **_plugins()}.items())
                + "\n\nWith no command (or only flags and key=value overrides) joryu runs `distill`."
                "\nExit status: 0 ok, 2 a mistake in the input (one line on stderr), 1 a bug.")
     p.add_argument("--version", action="version", version=f"joryu {_version()}")
     return p
+
+
+def _plugin_args(command: str, argv: list[str]):
+    import importlib
+
+    top = Parser(prog="joryu")
+    sub = top.add_subparsers(dest="command", parser_class=Parser)
+    importlib.import_module(PLUGINS[command][0]).add_parser(sub)
+    return top.parse_args([command, *argv])
 
 
 def command_parser(command: str) -> argparse.ArgumentParser:
@@ -290,12 +321,18 @@ def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         argv = ["distill", *argv]
     command = argv[0]
+    plugins = _plugins()
+    if command in plugins:
+        args = _plugin_args(command, argv[1:])
+        _set_threads()
+        return args.func(args)
     if command not in COMMANDS:
         import difflib
 
-        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        names = [*COMMANDS, *plugins]
+        close = difflib.get_close_matches(command, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)} "
+        raise UsageError(f"unknown command {command!r}.{hint} Commands: {', '.join(names)} "
                          "(joryu --help)")
     if command == "bench":  # its own options: see joryu/bench.py
         _set_threads()
@@ -336,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    from joryu.errors import one_line
+
+    if "Original Traceback" in str(e):  # re-raised from a DataLoader worker
+        return one_line(e)
     return " ".join(str(e).split()) or type(e).__name__
 
 

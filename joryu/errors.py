@@ -41,6 +41,10 @@ def one_line(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, KeyError) and e.args:
         text = str(e.args[0])
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the original message
+        last = [x for x in text.splitlines() if x.strip()][-1].strip()
+        head, sep, rest = last.partition(": ")
+        return rest if sep and " " not in head else last
     first = text.splitlines()[0] if text else ""
     return first or type(e).__name__
 

@@ -51,9 +51,17 @@ def _same_on_all_processes(fn):
         return fn()
     import torch.distributed as dist
 
-    box = [fn() if state.is_main_process else None]
+    box = [None]
+    if state.is_main_process:
+        try:
+            box = [("ok", fn())]
+        except JoryuError as e:  # every process stops with the same one-line error, none hangs
+            box = [("error", e)]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def build_model(cfg: ModelConfig, num_classes: int, input_shape, role: str = "model") -> torch.nn.Module:

@@ -39,3 +39,10 @@ def returns_scalar(**kw):
             return self.w * x.sum()
 
     return Scalar()
+
+
+def add_parser(sub):
+    """A command in another module (the way ``joryu eval``/``export`` plug into the CLI)."""
+    p = sub.add_parser("hello", help="say hello")
+    p.add_argument("--times", type=int, default=1)
+    p.set_defaults(func=lambda args: print("hello " * args.times) or 0)

@@ -256,3 +256,35 @@ def test_an_atomic_write_that_fails_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         rundir.atomic_write_text(p, "new")
     assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == ["report.md"]
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from joryu.errors import DataError
+
+        raise DataError("Image /data/bee/9.png is 9x7 but /data/ant/0.png is 5x4: mixed sizes")
+
+
+def test_a_data_error_raised_in_a_loader_worker_stays_one_line():
+    from joryu.cli import _one_line
+    from joryu.errors import DataError
+
+    with pytest.raises(DataError) as e:
+        next(iter(torch.utils.data.DataLoader(_BadImages(), num_workers=1)))
+    assert "Original Traceback" in str(e.value)  # what the DataLoader makes of it
+    assert _one_line(e.value) == "Image /data/bee/9.png is 9x7 but /data/ant/0.png is 5x4: mixed sizes"
+
+
+def test_a_command_from_another_module_plugs_in(capsys, monkeypatch):
+    import joryu.cli
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setitem(joryu.cli.PLUGINS, "hello", ("_malformed_models", "say hello"))
+    code, out, _ = cli(capsys, "hello", "--times", "2")
+    assert code == 0 and out.strip() == "hello hello"
+    code, _, err = cli(capsys, "hello", "--times", "x")
+    assert code == 2 and err.strip().splitlines() == [
+        "joryu: error: argument --times: invalid int value: 'x' (see joryu hello --help)"]

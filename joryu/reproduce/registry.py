@@ -166,9 +166,11 @@ def run_reproduction(name: str, seeds: int | None = None, quick: bool = False,
             "seed_list": seed_list, "wall_time_s": wall, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.system()}",
             "python": sys.version.split()[0], "quick": quick, "command": command}
+    from joryu.rundir import atomic_write_text
+
     md = out / f"{name}.md"
-    md.write_text(render_markdown(name, report, command, meta))
+    atomic_write_text(md, render_markdown(name, report, command, meta))
     data = {"name": name, "meta": meta, **asdict(report),
             "claims": [{**asdict(c), "verdict": c.verdict} for c in report.claims]}
-    md.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    atomic_write_text(md.with_suffix(".json"), json.dumps(data, indent=1))
     return md
