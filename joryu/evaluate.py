@@ -186,15 +186,21 @@ def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
     return path
 
 
+_SAID = set()
+
+
 def pyplot(purpose: str):
-    """matplotlib.pyplot (Agg backend), or None with one line on stderr when it is not installed."""
+    """matplotlib.pyplot (Agg backend), or None when it is not installed, saying so once per
+    process in one line on stderr."""
     try:
         import matplotlib
     except ImportError:
         import sys
 
-        print(f"joryu: {purpose} skipped: it needs matplotlib, which is not installed; "
-              "pip install 'joryu[plot]' (or pip install matplotlib)", file=sys.stderr)
+        if "matplotlib" not in _SAID:
+            _SAID.add("matplotlib")
+            print(f"joryu: figures skipped ({purpose} and any other): they need matplotlib, which is not "
+                  "installed; pip install 'joryu[plot]' (or pip install matplotlib)", file=sys.stderr)
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -492,6 +492,9 @@ def test_without_onnxruntime_or_matplotlib_one_line_says_what_to_install(main_ru
     one_line_exit_2(code, err, "pip install 'joryu[onnx]'")
     assert not out.exists()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    import joryu.evaluate
+
+    monkeypatch.setattr(joryu.evaluate, "_SAID", set())
     code, text, err = run_cli(["eval", str(main_run), "--out", str(tmp_path / "e")], capsys)
     assert code == 0 and (tmp_path / "e" / "eval.json").is_file() and not (tmp_path / "e" / "reliability.png").exists()
     assert "pip install 'joryu[plot]'" in err and len(err.strip().splitlines()) == 1
