@@ -25,6 +25,7 @@ COMMANDS = {
     "reproduce": "run a paper's small-scale reproduction; writes results/NAME.md",
     "eval": "evaluate a run folder's networks, or a model + weights, on any dataset",
     "export": "export a run's student (or a model + weights) to ONNX, TorchScript or torch.export",
+    "report": "print a run folder's results, calibration and deployment tables",
     "bench": "training-throughput benchmark (writes benchmarks/RESULTS.md); bench --help",
 }
 
@@ -280,16 +281,17 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         sp.add_argument("target", nargs="?", help="show: a config file; schema: a method name")
         sp.add_argument("overrides", nargs="*", help="show: key=value overrides")
         sp.set_defaults(func=cmd_config)
-    elif command in ("eval", "export"):
+    elif command in ("eval", "export", "report"):
         from joryu.evaluate import add_parser as add_eval
         from joryu.export import add_parser as add_export
+        from joryu.report.tables import add_parser as add_report
 
         class _One:  # lets the command's own add_parser(sub) fill this parser
             def add_parser(self, name, help=None, description=None, **kw):
                 sp.description = description or help
                 return sp
 
-        (add_eval if command == "eval" else add_export)(_One())
+        {"eval": add_eval, "export": add_export, "report": add_report}[command](_One())
     elif command == "reproduce":
         sp.add_argument("name", nargs="?", help="reproduction name (omit to list)")
         sp.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the reproduction's)")

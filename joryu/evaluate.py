@@ -4,7 +4,9 @@ Per prediction (a row of flattened ``[N, C]`` logits with a validity mask, so ``
 ``[B, L, C]`` and ``[B, C, H, W]`` outputs all reduce to it; targets of -100 and rows with
 ``labeled`` False are not scored):
 
-- top-1 and top-5 accuracy (%); top-k with k = min(5, C);
+- top-1 and top-5 accuracy (%); top-k with k = min(5, C) (per position: token or pixel accuracy);
+- the metric of the output shape: perplexity exp(NLL) for ``[B, L, C]``; mean IoU (%) over the
+  classes present in the targets or predictions for ``[B, C, H, W]``;
 - NLL: mean cross-entropy with the labels (nats);
 - ECE, expected calibration error (%): confidence c = max softmax, 15 equal-width bins on
   [0, 1], ECE = sum_b (n_b / N) |acc_b - conf_b| (Guo et al. 2017); with the per-bin
@@ -17,6 +19,7 @@ Per prediction (a row of flattened ``[N, C]`` logits with a validity mask, so ``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -57,10 +60,14 @@ class Scores:
         self.t_n = 0
         self.agree = 0.0
         self.kl = 0.0
+        self.kind = None  # "classification" [B, C], "sequence" [B, L, C] or "dense" [B, C, H, W]
+        self.confusion = None  # dense outputs: [C, C] counts (target, prediction) for the mIoU
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
                valid: torch.Tensor | None = None) -> None:
+        if self.kind is None:
+            self.kind = {2: "classification", 3: "sequence", 4: "dense"}.get(logits.dim(), "classification")
         logits, target, ok = flatten_positions(logits, target, valid)
         if teacher_logits is not None:
             teacher_logits = flatten_positions(teacher_logits, torch.zeros_like(target))[0]
@@ -81,6 +88,11 @@ class Scores:
         self.bin_count += torch.bincount(b, minlength=self.num_bins).double()
         self.bin_conf += torch.bincount(b, weights=conf.cpu(), minlength=self.num_bins)
         self.bin_correct += torch.bincount(b, weights=correct.cpu(), minlength=self.num_bins)
+        if self.kind == "dense":
+            c = logits.shape[-1]
+            if self.confusion is None:
+                self.confusion = torch.zeros(c, c, dtype=torch.float64)
+            self.confusion += torch.bincount((target * c + pred).cpu(), minlength=c * c).double().view(c, c)
         if teacher_logits is not None:
             logq = F.log_softmax(teacher_logits, -1)
             self.t_n += len(target)
@@ -100,6 +112,14 @@ class Scores:
         out["ece"] = 100.0 * float(((cnt / n) * (acc - conf).abs()).sum())
         out["ece_bins"] = self.num_bins
         out["reliability"] = {"count": cnt.long().tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()}
+        out["kind"] = self.kind or "classification"
+        if self.kind == "sequence":
+            out["perplexity"] = math.exp(min(out["nll"], 700.0))
+        if self.confusion is not None:  # mean IoU over the classes that occur (in target or prediction)
+            inter = self.confusion.diag()
+            union = self.confusion.sum(0) + self.confusion.sum(1) - inter
+            seen = union > 0
+            out["miou"] = 100.0 * float((inter[seen] / union[seen]).mean()) if bool(seen.any()) else 0.0
         if self.t_n:
             out["agreement"] = 100.0 * self.agree / self.t_n
             out["kl_teacher"] = self.kl / self.t_n
@@ -135,12 +155,11 @@ def evaluate_model(model: torch.nn.Module, data, input_key="input", teacher: tor
 
 
 def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
-    """One panel per model: accuracy against confidence per bin, the gap shaded, ECE in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One panel per model: accuracy against confidence per bin, the gap shaded, ECE in the title
+    (None, with a one-line notice, when matplotlib is not installed)."""
+    plt = pyplot("the reliability diagram")
+    if plt is None:
+        return None
     path = Path(path)
     k = len(results)
     fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.6), dpi=100, squeeze=False)
@@ -167,6 +186,28 @@ def reliability_diagram(results: dict[str, dict], path: str | Path) -> Path:
     return path
 
 
+_SAID = set()
+
+
+def pyplot(purpose: str):
+    """matplotlib.pyplot (Agg backend), or None when it is not installed, saying so once per
+    process in one line on stderr."""
+    try:
+        import matplotlib
+    except ImportError:
+        import sys
+
+        if "matplotlib" not in _SAID:
+            _SAID.add("matplotlib")
+            print(f"joryu: figures skipped ({purpose} and any other): they need matplotlib, which is not "
+                  "installed; pip install 'joryu[plot]' (or pip install matplotlib)", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save_fig(fig, path: Path) -> None:
     """Write a figure atomically (a temporary file, then rename)."""
     from joryu.rundir import atomic_path
@@ -180,12 +221,15 @@ def format_results(results: dict[str, dict]) -> str:
     from joryu.report.tables import format_table
 
     has_t = any("agreement" in r for r in results.values())
+    extra = [k for k in ("perplexity", "miou") if any(k in r for r in results.values())]
     head = ["model", "n", "top-1 (%)", "top-5 (%)", "NLL", f"ECE (%, {ECE_BINS} bins)"]
+    head += [{"perplexity": "perplexity", "miou": "mIoU (%)"}[k] for k in extra]
     if has_t:
         head += ["agreement (%)", "KL(teacher ‖ model)"]
     table = [head]
     for name, r in results.items():
         row = [name, str(r["n"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['nll']:.4f}", f"{r['ece']:.2f}"]
+        row += [f"{r[k]:.2f}" if k in r else "-" for k in extra]
         if has_t:
             row += [f"{r['agreement']:.2f}" if "agreement" in r else "-",
                     f"{r['kl_teacher']:.4f}" if "kl_teacher" in r else "-"]
@@ -201,7 +245,7 @@ def write_results(results: dict[str, dict], out_dir: str | Path, meta: dict) -> 
     from joryu.rundir import atomic_write_text
 
     atomic_write_text(js, json.dumps({**meta, "ece_bins": ECE_BINS, "results": results}, indent=1))
-    return js, png
+    return js, png  # png is None without matplotlib
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -246,12 +290,24 @@ def split_of(bundle, split: str, cfg=None):
 def build_with_weights(name: str, weights, kwargs: dict, bundle, what: str, input_key: str = "input"):
     """A zoo / import-path model with ``weights`` loaded (see joryu.weights for the layouts)."""
     from joryu.config import ModelConfig
-    from joryu.errors import ConfigError
-    from joryu.experiment import build_model, input_shape_of, output_classes
+    from joryu.experiment import build_model, input_shape_of
 
     cfg = ModelConfig(name=name, kwargs=kwargs or {}, checkpoint=str(weights) if weights else None)
     model = build_model(cfg, bundle.num_classes, input_shape_of(bundle.test, input_key, bundle.input_shape))
-    classes = output_classes(model, bundle.test, input_key)
+    return check_fits(model, bundle, what, input_key)
+
+
+def check_fits(model, bundle, what: str, input_key: str = "input"):
+    """``model`` reads the data's inputs and predicts its number of classes, else one ConfigError line."""
+    from joryu.errors import ConfigError
+    from joryu.experiment import output_classes
+
+    try:
+        classes = output_classes(model, bundle.test, input_key)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ConfigError(f"{what} cannot read {bundle.name}'s inputs of shape {tuple(bundle.input_shape)} "
+                          f"({str(e).strip().splitlines()[0]}); evaluate it on data shaped like its training "
+                          "data") from None
     if classes != bundle.num_classes:
         raise ConfigError(f"{what} predicts {classes} classes but the data has {bundle.num_classes}; "
                           "evaluate it on data with its classes, or fix num_classes in its kwargs")
@@ -284,8 +340,10 @@ class RunFolder:
         else:
             self.bundle = load_data(cfg.data.name, cfg.data.path, cfg.data.kwargs)
         self.models: dict[str, tuple] = {}
-        teacher_file = next((f for f in (path / "teacher.safetensors", cfg.teacher.checkpoint,
-                                         path / "teacher" / "final.safetensors") if f and Path(f).exists()), None)
+        t_cfg = getattr(cfg, "teacher", None)
+        teacher_file = None if t_cfg is None else next(
+            (f for f in (path / "teacher.safetensors", t_cfg.checkpoint, path / "teacher" / "final.safetensors")
+             if f and Path(f).exists()), None)
         if teacher_file is not None:
             self.models["teacher"] = (build_with_weights(cfg.teacher.name, teacher_file, cfg.teacher.kwargs,
                                                          self.bundle, "the teacher", cfg.teacher.input_key),
@@ -298,14 +356,30 @@ class RunFolder:
                     cfg.student.input_key), cfg.student.input_key)
             except ConfigError:
                 pass  # e.g. a baseline of another architecture: reported by the run, skipped here
-        try:
-            student = build_with_weights(cfg.student.name, student_file, cfg.student.kwargs, self.bundle,
-                                         f"the student ({cfg.student.name})", cfg.student.input_key)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (method {cfg.method.name!r} may deploy another network than the configured "
-                              "student; pass --model and --weights)") from None
+        student = self._deployed(cfg, student_file)
         self.label = f"student + {cfg.method.name}"
         self.models[self.label] = (student, cfg.student.input_key)
+
+    def _deployed(self, cfg, weights):
+        """The network the run deployed (``Method.deployed_network``) with its weights loaded."""
+        from joryu.errors import ConfigError
+        from joryu.experiment import build_model, input_shape_of
+        from joryu.methods import get_method
+        from joryu.weights import load_into
+
+        b = self.bundle
+        plain = cfg.student.model_copy(update={"checkpoint": None})
+        student = build_model(plain, b.num_classes, input_shape_of(b.test, cfg.student.input_key, b.input_shape))
+        teacher = self.models.get("teacher", (None,))[0]
+        if teacher is None and getattr(cfg, "teacher", None) is not None:
+            teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": None}), b.num_classes,
+                                  input_shape_of(b.test, cfg.teacher.input_key, b.input_shape))
+        net = get_method(cfg.method.name, cfg.method.params).deployed_network(student, teacher)
+        try:
+            load_into(net, weights, f"the network method {cfg.method.name!r} deploys ({type(net).__name__})")
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or pass --model and --weights") from None
+        return check_fits(net, b, f"the student ({cfg.student.name})", cfg.student.input_key)
 
     @property
     def student(self):
@@ -346,7 +420,7 @@ def evaluate_cli(args) -> int:
     print(f"{bundle.name} {args.split} split, {results[next(iter(results))]['n']} scored predictions"
           + (" (agreement and KL against the teacher)" if teacher else ""))
     print(format_results(results))
-    print(f"\nwrote {js} and {png}")
+    print(f"\nwrote {js}" + (f" and {png}" if png is not None else ""))
     return 0
 
 

@@ -271,6 +271,7 @@ class BaselineContext:
         self.num_classes = bundle.num_classes
         self.teacher = ctx.teacher
         self.histories: dict[str, list] = {}
+        self.ce_runs: set[str] = set()
         self.label, self.folder = "baseline", "baseline"
 
     def fresh_student(self) -> torch.nn.Module:
@@ -292,6 +293,8 @@ class BaselineContext:
                                 cfg, rd / self.folder if rd else None, self.cfg.seed, self.augment,
                                 self.exp.progress, self.exp.resume, self.label, self.num_classes)
         self.histories[self.label] = res["train"]["history"]
+        if build is None:
+            self.ce_runs.add(self.label)  # its training loss is the label cross-entropy
         return model
 
 
@@ -410,6 +413,7 @@ class Experiment:
 
         nets: dict[str, tuple] = {}  # label -> (network, input key)
         histories = {}
+        ce_runs = {"teacher"}  # runs whose training loss is the label cross-entropy
         if teacher is not None:
             nets["teacher"] = (teacher_model, cfg.teacher.input_key)
             if teacher_result:
@@ -439,6 +443,7 @@ class Experiment:
                 net = b.run(bctx)
                 nets[b.label] = (net, b.input_key or cfg.student.input_key)
             histories.update(bctx.histories)
+            ce_runs |= bctx.ce_runs
         histories.update(method_histories)
 
         rows = {}
@@ -457,7 +462,9 @@ class Experiment:
             save_weights(student, rd / "student.safetensors")
             if teacher_model is not None:
                 save_weights(teacher_model, rd / "teacher.safetensors")
-            report = write_run_report(rd, cfg, rows, histories)
+            if cfg.method.name == "supervised":
+                ce_runs |= set(method_histories)
+            report = write_run_report(rd, cfg, rows, histories, ce_runs)
             tracking.log_report(cfg.model_copy(update={"train": train_cfg}), rd, rows, report)
         self.student = student
         self.summary = summary

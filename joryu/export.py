@@ -94,9 +94,18 @@ def _export_onnx(wrapped, example, tmp: Path, opset: int) -> None:
         raise ExportError(f"cannot export to ONNX: {first}; try --format torch-export") from None
 
 
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({e.name} is not installed); "
+                          "pip install 'joryu[onnx]' (or pip install onnx onnxruntime)") from None
+    return onnx, onnxruntime
+
+
 def _validate_onnx(wrapped, tmp: Path, check_x) -> float:
-    import onnx
-    import onnxruntime as ort
+    onnx, ort = _onnx_modules()
 
     try:
         onnx.checker.check_model(str(tmp))
@@ -126,6 +135,7 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, fmt:
     tmp = _tmp(path)
     try:
         if fmt == "onnx":
+            _onnx_modules()  # before any work: the checks need both packages
             _export_onnx(wrapped, example, tmp, opset)
             worst = _validate_onnx(wrapped, tmp, check_x)
             checked = "onnx.checker + onnxruntime"

@@ -53,3 +53,18 @@ def test_pyproject_core_dependencies_are_lean():
     extras = meta["optional-dependencies"]
     assert {"demo", "plot", "test", "all"} <= set(extras)
     assert any("demo" in d and "plot" in d for d in extras["test"])
+
+
+def test_a_run_without_matplotlib_writes_its_report_without_figures(tmp_path):
+    """The `plot` extra is optional: a whole run (learning curves, reliability and deployment
+    figures) completes without matplotlib and says once how to get the figures."""
+    code = ("import sys; sys.modules['matplotlib'] = None; from joryu.cli import main; "
+            f"sys.exit(main(['run', 'configs/user_dataset.yaml', '--out', {str(tmp_path / 'r')!r}, '--quiet', "
+            "'train.epochs=1', 'teacher.train.epochs=1', 'data.kwargs.n=200', 'data.kwargs.n_test=50']))")
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "r" / "report.md").is_file() and not list((tmp_path / "r").glob("*.png"))
+    assert "joryu[plot]" in out.stderr

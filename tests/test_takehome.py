@@ -1,6 +1,7 @@
 """What a user takes home: weights in and out, joryu eval, joryu export, the deployment report,
 trackers."""
 
+import importlib.util
 import json
 import math
 import textwrap
@@ -20,6 +21,8 @@ from joryu.models import create
 from joryu.report.deploy import count_macs, deployment_stats, peak_forward_bytes, state_dict_bytes
 from joryu.weights import load_into, read_state_dict
 
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx and onnxruntime (pip install 'joryu[onnx]')")
 FAST = ["--quiet", "train.epochs=1", "teacher.train.epochs=1", "data.kwargs.num_samples=600"]
 
 
@@ -204,7 +207,12 @@ def test_per_position_outputs_flatten_with_the_ignore_mask():
     assert lf.shape == (32, 3) and torch.equal(lf[5], seg[0, :, 1, 1])
     s = Scores()
     s.update(logits, target)
-    assert s.compute()["n"] == 8
+    r = s.compute()
+    assert r["n"] == 8 and r["kind"] == "sequence" and r["perplexity"] == pytest.approx(math.exp(r["nll"]))
+    # a 2-class 1x2 "image": prediction [0, 0], target [0, 1] -> IoU(0) = 1/2, IoU(1) = 0/1 -> mIoU 25%
+    d = Scores()
+    d.update(torch.tensor([[[[2.0, 1.0]], [[0.0, 0.0]]]]), torch.tensor([[[0, 1]]]))
+    assert d.compute()["miou"] == pytest.approx(25.0) and d.compute()["top1"] == pytest.approx(50.0)
 
 
 def test_evaluate_model_matches_the_engine(tiny_data):
@@ -258,10 +266,13 @@ def test_joryu_eval_bad_input_is_one_line_exit_2(main_run, tmp_path, capsys):
     code, _, err = run_cli(["eval", "--model", "mlp", "--weights", str(main_run / "teacher.safetensors"),
                             "--data", "mnist1d", "--data-kwarg", "num_samples=600"], capsys)
     one_line_exit_2(code, err, "do not fit model 'mlp'")
+    code, _, err = run_cli(["eval", str(main_run), "--data", "digits"], capsys)  # 8x8 images, not 1x40 signals
+    one_line_exit_2(code, err, "cannot run on the data")
 
 
 # ------------------------------------------------------------------ joryu export
-@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("torch-export", ".pt2")])
+@pytest.mark.parametrize("fmt,suffix", [pytest.param("onnx", ".onnx", marks=needs_onnx), ("torchscript", ".pt"),
+                                        ("torch-export", ".pt2")])
 def test_joryu_export_checks_the_file_against_pytorch(main_run, tmp_path, capsys, fmt, suffix):
     out = tmp_path / f"s{suffix}"
     code, text, err = run_cli(["export", str(main_run), "--format", fmt, "--out", str(out)], capsys)
@@ -284,6 +295,7 @@ def test_joryu_export_checks_the_file_against_pytorch(main_run, tmp_path, capsys
     assert torch.allclose(got, want, atol=1e-4)
 
 
+@needs_onnx
 def test_export_keeps_an_existing_file_unless_overwrite(main_run, tmp_path, capsys):
     out = tmp_path / "s.onnx"
     out.write_bytes(b"keep me")
@@ -294,6 +306,7 @@ def test_export_keeps_an_existing_file_unless_overwrite(main_run, tmp_path, caps
     assert code == 0 and out.read_bytes() != b"keep me"
 
 
+@needs_onnx
 def test_a_model_that_cannot_be_exported_names_the_operator(tmp_path, monkeypatch, capsys):
     (tmp_path / "odd_models.py").write_text(textwrap.dedent("""
         import torch
@@ -347,7 +360,8 @@ def test_every_run_report_has_quality_and_deployment_numbers(main_run):
     for r in rows.values():
         assert r["deploy"]["macs"] > 0 and r["deploy"]["file_bytes"] > 0 and math.isfinite(r["eval"]["ece"])
     assert rows["teacher"]["deploy"]["macs"] > rows["student + kd"]["deploy"]["macs"]
-    for png in ("deployment.png", "reliability.png", "val_accuracy.png", "val_cross_entropy.png"):
+    for png in ("deployment.png", "reliability.png", "val_accuracy.png", "val_cross_entropy.png",
+                "train_cross_entropy.png"):
         assert (main_run / png).stat().st_size > 1000, png
     assert not (main_run / "train_loss.png").exists()  # the incomparable objective plot is gone
 
@@ -412,8 +426,7 @@ COMPARISONS = {
 }
 
 
-SLOW = {"cross_modal_digits", "dropout_distillation_mnist1d", "posterior_distillation_digits",
-        "progressive_blockwise_mnist1d"}  # 10-30 s each on the shared machine: run with -m slow
+SLOW = {"cross_modal_digits"}  # ~9 s alone (LeNet-5 on paired digits): run with -m slow
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
@@ -436,9 +449,52 @@ def test_every_method_run_answers_did_it_help(config, tmp_path):
         assert 0 <= rows[label]["test_acc"] <= 100 and rows[label]["deploy"]["macs"] > 0
     md = (tmp_path / "run" / "report.md").read_text()
     assert all(label in md for label in labels)
+    # the run folder's deployed network loads back (Method.deployed_network) and scores the same
+    from joryu.evaluate import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    net, key = run.student
+    again = evaluate_model(net, run.bundle.test, key)
+    assert again["top1"] == pytest.approx(rows[method_row]["eval"]["top1"], abs=1e-9)
     if cfg.method.name == "posterior_distillation":  # the deployed predictor, not the generator alone
         from joryu.models import count_parameters
 
         dep = rows[method_row]["deploy"]
         assert dep["params"] > count_parameters(create("mlp", hidden=[50], num_classes=10, input_shape=(1, 8, 8)))
         assert dep["macs"] >= 8 * rows["SGD (MAP, same iterations)"]["deploy"]["macs"]  # 8 generated networks
+
+
+def test_joryu_report_prints_the_run_tables(main_run, tmp_path, capsys):
+    code, out, err = run_cli(["report", str(main_run)], capsys)
+    assert code == 0, err
+    assert "MACs/sample" in out and "ECE (%)" in out and "student + kd" in out and "1 thread(s)" in out
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    one_line_exit_2(code, err, "has no results.json")
+
+
+def test_training_curves_plot_the_label_cross_entropy_of_every_run():
+    from joryu.report.plots import train_ce_series
+
+    hist = {"teacher": [{"epoch": 1, "train/loss": 2.0}],
+            "student alone": [{"epoch": 1, "train/loss": 1.5}],
+            "student + kd": [{"epoch": 1, "train/loss": 9.0, "train/kd": 10.0, "train/ce": 1.2}],
+            "student + fsp": [{"epoch": 1, "train/loss": 0.3}]}
+    series = train_ce_series(hist, {"teacher", "student alone"})
+    assert series == {"teacher": [(1, 2.0)], "student alone": [(1, 1.5)], "student + kd": [(1, 1.2)]}
+
+
+def test_without_onnxruntime_or_matplotlib_one_line_says_what_to_install(main_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    out = tmp_path / "s.onnx"
+    code, _, err = run_cli(["export", str(main_run), "--out", str(out)], capsys)
+    one_line_exit_2(code, err, "pip install 'joryu[onnx]'")
+    assert not out.exists()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    import joryu.evaluate
+
+    monkeypatch.setattr(joryu.evaluate, "_SAID", set())
+    code, text, err = run_cli(["eval", str(main_run), "--out", str(tmp_path / "e")], capsys)
+    assert code == 0 and (tmp_path / "e" / "eval.json").is_file() and not (tmp_path / "e" / "reliability.png").exists()
+    assert "pip install 'joryu[plot]'" in err and len(err.strip().splitlines()) == 1

@@ -133,6 +133,13 @@ class Method:
     def stages(self) -> list[Stage]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def deployed_network(self, student, teacher):
+        """An untrained network of the architecture ``deployable()`` returns, built from the run's
+        configured ``student`` and ``teacher`` networks, so that the weights of a finished run
+        (``student.safetensors``) can be loaded back (``joryu eval`` / ``joryu export``). By
+        default the deployed network is the configured student."""
+        return student
+
     def baselines(self) -> list[Baseline]:
         """The rows a run compares this method against (run when the config's ``baseline`` is on):
         by default the student alone on the same data and budget. A method where "alone" has no

@@ -269,6 +269,13 @@ class PosteriorDistillation(Method):
                                            "batch_size": p.sample_batch_size}),
         ]
 
+    def deployed_network(self, student, teacher):
+        """A ``GeneratorEnsemble`` shaped like the one the gan stage builds (weights to be loaded)."""
+        p = self.params
+        d = flatten_params(student).numel()
+        gen = mlp_net([p.z_dim] + [p.hidden] * p.layers + [d])
+        return GeneratorEnsemble(student, gen, torch.zeros(d), torch.ones(d), p.num_predictive, p.z_dim)
+
     def baselines(self):
         """The paper's comparisons: SGD (the MAP point estimate: the same sampler without noise, same
         init, iterations and step) and the SGLD samples' own ensemble (what the generator distils,
@@ -279,7 +286,8 @@ class PosteriorDistillation(Method):
             sample = {"epochs": p.sample_epochs, "batch_size": p.sample_batch_size, "scheduler": "constant",
                       "warmup_epochs": 0, "clip_grad_norm": None}
             return b.train(b.fresh_student(), train=sample, build=lambda ctx: SGLDDistiller(
-                ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, noise=False))
+                ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, False,
+                step=p.sgld_step))
 
         def sgld(b):
             return ParameterEnsemble(b.ctx.results["sample"]["distiller"].student, b.ctx.extras["samples"])

@@ -296,6 +296,15 @@ class ProgressiveBlockwise(Method):
             stages.append(Stage("finetune", build_finetune, ft))
         return stages
 
+
+    def deployed_network(self, student, teacher):
+        """The all-student network: the teacher with every block replaced by its student block."""
+        model = getattr(teacher, "model", teacher)
+        hybrid = copy.deepcopy(model)
+        for b in self.params.blocks:
+            replace_module(hybrid, b, student_block(resolve(model, b), self.params.ratio))
+        return hybrid
+
     def baselines(self):
         """The student alone: the network the method builds (derived from the teacher), every
         parameter re-initialised, trained with cross-entropy under the run's train config."""

@@ -10,7 +10,8 @@ Measured on the network the user keeps (``Distiller.deployable()``), in eval mod
   (and attention); element-wise operations, norms and activations are not counted;
 - CPU latency at batch 1 and at a throughput batch (``throughput_batch``, default 256): wall
   time of whole forward passes, median and 90th percentile over ``repeats`` timed runs after
-  warm-up, with ``threads`` intra-op threads (default 1; stated in the result);
+  warm-up (fewer, at least 5, for a network slower than 5 s per measurement; ``runs`` says how
+  many), with ``threads`` intra-op threads (default 1; stated in the result);
 - ``peak_bytes``: peak memory the forward pass of one batch-1 input allocates on top of what was
   allocated before it (weights and input excluded): a TorchDispatchMode sees every aten
   operator's outputs and counts each new tensor storage from its creation until the last tensor
@@ -85,23 +86,30 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, key: str = "input") -> i
 
 def _quantiles(times: list[float]) -> dict:
     s = sorted(times)
-    return {"median_ms": 1000 * s[len(s) // 2], "p90_ms": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))]}
+    return {"median_ms": 1000 * s[len(s) // 2], "p90_ms": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))],
+            "runs": len(s)}
 
 
 @torch.no_grad()
-def time_forward(model, x, key: str = "input", repeats: int = 30, warmup: int = 3, sync=None) -> dict:
+def time_forward(model, x, key: str = "input", repeats: int = 30, warmup: int = 3, sync=None,
+                 budget_s: float = 5.0, min_repeats: int = 5) -> dict:
+    """Median and p90 wall time of ``repeats`` forward passes (fewer, but at least ``min_repeats``,
+    when they would take more than ``budget_s``); ``runs`` says how many were timed."""
     batch = _as_batch(x, key)
     for _ in range(warmup):
         forward(model, batch, key)
     if sync:
         sync()
     times = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(repeats):
         t = time.perf_counter()
         forward(model, batch, key)
         if sync:
             sync()
         times.append(time.perf_counter() - t)
+        if i + 1 >= min_repeats and time.perf_counter() - start > budget_s:
+            break
     return _quantiles(times)
 
 
@@ -211,7 +219,7 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
     torch.set_num_threads(threads)
     try:
         out["cpu_batch1"] = time_forward(m, x1, key, repeats)
-        out["cpu_batch"] = time_forward(m, xb, key, batch_repeats, warmup=1)
+        out["cpu_batch"] = time_forward(m, xb, key, batch_repeats, warmup=1, min_repeats=3)
     finally:
         torch.set_num_threads(before)
     out["cpu_batch"]["samples_per_s"] = throughput_batch / max(1e-12, out["cpu_batch"]["median_ms"] / 1000)
@@ -224,16 +232,15 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
 
 
 def plot_tradeoff(rows: dict[str, dict], path) -> object:
-    """Test top-1 against CPU batch-1 latency, one labelled point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from joryu.evaluate import _save_fig
+    """Test top-1 against CPU batch-1 latency, one labelled point per model (None without
+    matplotlib)."""
+    from joryu.evaluate import _save_fig, pyplot
 
     pts = {k: r for k, r in rows.items() if "deploy" in r and "test_acc" in r}
     if not pts:
+        return None
+    plt = pyplot("the accuracy-latency plot")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, r in pts.items():

@@ -5,36 +5,47 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """Validation top-1 accuracy and validation cross-entropy with the labels per epoch, one line per
-    run; returns the PNG paths.
+def train_ce_series(histories: dict[str, list[dict]], ce_runs=()) -> dict[str, list]:
+    """Per run, the training cross-entropy with the labels per epoch: the ``train/ce`` term a method
+    logs (e.g. KD's hard-label term), or ``train/loss`` for runs whose objective *is* that
+    cross-entropy (``ce_runs``: the teacher and the supervised baselines). Runs with neither are
+    left out rather than plotted on another quantity."""
+    out = {}
+    for name, h in histories.items():
+        key = "train/ce" if any("train/ce" in r for r in h) else ("train/loss" if name in ce_runs else None)
+        if key is not None:
+            pts = [(r["epoch"], r[key]) for r in h if key in r]
+            if pts:
+                out[name] = pts
+    return out
 
-    Both are measured the same way for every run (the engine's ``val/acc`` and ``val/loss``: the
-    network's own predictions on the validation split), so a KD run and the student alone are
-    compared on one axis; each method's training objective (e.g. the T^2-scaled KD loss) is not
-    comparable across methods and stays in ``metrics.jsonl``. Without matplotlib (the ``plot``
-    extra) no plot is drawn: one line says how to get them."""
-    try:
-        import matplotlib
-    except ImportError:
-        import sys
 
-        from joryu._optional import missing_message
+def plot_curves(histories: dict[str, list[dict]], out_dir: Path, ce_runs=()) -> list[Path]:
+    """Validation top-1 accuracy, validation cross-entropy with the labels and training
+    cross-entropy with the labels, per epoch, one line per run; returns the PNG paths.
 
-        print(f"joryu: plots skipped: {missing_message('matplotlib', 'drawing learning curves')}",
-              file=sys.stderr)
+    The validation curves are measured the same way for every run (the engine's ``val/acc`` and
+    ``val/loss``: the network's own predictions on the validation split); the training curve is
+    the label cross-entropy on the training batches (see ``train_ce_series``). Each method's own
+    training objective (e.g. the T^2-scaled KD loss) is not comparable across methods and stays
+    in ``metrics.jsonl``."""
+    from joryu.evaluate import _save_fig, pyplot
+
+    plt = pyplot("the learning curves")
+    if plt is None:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from joryu.evaluate import _save_fig
-
     out_dir = Path(out_dir)
     paths = []
+    plots = []
     for key, ylabel, fname in (("val/acc", "validation top-1 accuracy (%)", "val_accuracy.png"),
                                ("val/loss", "validation cross-entropy with the labels (nats/sample)",
                                 "val_cross_entropy.png")):
         series = {name: [(r["epoch"], r[key]) for r in h if key in r] for name, h in histories.items()}
+        plots.append((series, ylabel, fname))
+    plots.append((train_ce_series(histories, ce_runs),
+                  "training cross-entropy with the labels\n(epoch mean over training batches, nats/sample)",
+                  "train_cross_entropy.png"))
+    for series, ylabel, fname in plots:
         series = {k: v for k, v in series.items() if v}
         if not series:
             continue

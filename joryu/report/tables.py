@@ -101,7 +101,7 @@ def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only 
     return out
 
 
-def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
+def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()) -> str:
     """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
     markdown text."""
     from joryu.evaluate import ECE_BINS, reliability_diagram
@@ -110,7 +110,7 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
 
     run_dir = Path(run_dir)
     table = comparison_rows(rows)
-    pngs = plot_curves(histories, run_dir)
+    pngs = plot_curves(histories, run_dir, ce_runs)
     md = [f"# {cfg.name}", "",
           f"Method `{cfg.method.name}` on `{cfg.data.name}`: teacher "
           f"`{cfg.teacher.name if cfg.teacher is not None else 'none'}`, "
@@ -128,7 +128,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
                "", markdown_table(quality), ""]
         evals = {k: r["eval"] for k, r in rows.items() if "eval" in r}
         rel = reliability_diagram(evals, run_dir / "reliability.png")
-        md += [f"![reliability]({rel.name})", ""]
+        if rel is not None:
+            md += [f"![reliability]({rel.name})", ""]
     deploy = deployment_rows(rows)
     if deploy:
         d0 = next(r["deploy"] for r in rows.values() if "deploy" in r)
@@ -136,8 +137,9 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
                f"The network each row deploys, in eval mode. File: its state dict as safetensors. MACs per "
                "sample: counted by torch.utils.flop_counter.FlopCounterMode at batch 1 (matrix products "
                "and convolutions; MACs = FLOPs / 2). CPU latency: wall time of a whole forward pass, "
-               f"median and 90th percentile of {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at batch "
-               f"{d0['throughput_batch']}, {d0['threads']} thread(s), on real test inputs. Peak forward "
+               f"median and 90th percentile of up to {d0['repeats']} runs at batch 1 and {d0['batch_repeats']} at "
+               f"batch {d0['throughput_batch']} (fewer for a network slower than 5 s a measurement; results.json "
+               f"has the count), {d0['threads']} thread(s), on real test inputs. Peak forward "
                "memory: the most memory one batch-1 forward pass allocates beyond the weights and input "
                "(tensor storages created by the operators, counted until released; operator scratch space "
                "not seen).", "", markdown_table(deploy), ""]
@@ -152,9 +154,11 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
             md += [f"![accuracy against latency]({trade.name})", ""]
     if pngs:
         md += ["## Learning curves", "",
-               "Per epoch, on the validation split, for every model: top-1 accuracy, and the label "
-               "cross-entropy of the network being trained (the engine's val/loss): the same quantity for "
-               "every method, unlike each method's training objective.", ""]
+               "Per epoch, for every model: top-1 accuracy and cross-entropy with the labels on the "
+               "validation split (the engine's val/acc and val/loss), and the cross-entropy with the labels "
+               "on the training batches (a method's logged label term, train/ce, or the loss of a run trained "
+               "on the labels alone; a run with neither is not drawn). The same quantities for every "
+               "method, unlike each method's training objective (in metrics.jsonl).", ""]
     for p in pngs:
         md += [f"![{p.stem}]({p.name})", ""]
     md += ["## Configuration", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip(),
@@ -163,3 +167,33 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict) -> str:
     atomic_write_text(run_dir / "report.md", text)
     atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=1))
     return text
+
+
+def report_cli(args) -> int:
+    """``joryu report RUN``: the run's tables (results, accuracy/calibration/agreement, deployment)
+    on the console, from its ``results.json``; ``report.md`` has the same with the plots."""
+    from joryu.errors import ConfigError
+
+    path = Path(args.run) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{args.run} has no results.json (not a finished joryu run folder); finish the run "
+                          "with --resume, or give the folder a run wrote (e.g. runs/kd-mnist1d)")
+    rows = json.loads(path.read_text())["rows"]
+    print(format_table(comparison_rows(rows)))
+    for title, table in (("accuracy, calibration (ECE, 15 bins) and agreement with the teacher, test split",
+                          quality_rows(rows)),
+                         ("deployment (CPU; MACs = FLOPs / 2 from FlopCounterMode)", deployment_rows(rows))):
+        if table:
+            print(f"\n{title}:\n{format_table(table)}")
+    d0 = next((r["deploy"] for r in rows.values() if "deploy" in r), None)
+    if d0:
+        print(f"\nlatency: median / p90 of up to {d0['repeats']} runs at batch 1 and {d0.get('batch_repeats', 10)} "
+              f"at batch {d0['throughput_batch']}, {d0['threads']} thread(s); peak memory: one batch-1 forward pass")
+    print(f"\nreport: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("report", help="print a run folder's results, calibration and deployment tables")
+    r.add_argument("run", help="a run folder (e.g. runs/kd-mnist1d)")
+    r.set_defaults(func=report_cli)
