@@ -19,16 +19,22 @@ def _transformers():
     return transformers
 
 
+def _bert_config(tf, vocab_size, num_classes, hidden_size, layers, heads, intermediate_size, max_len,
+                 dropout):
+    """The small ``BertConfig`` both BERT factories build (padding id 0)."""
+    return tf.BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=intermediate_size or 4 * hidden_size,
+                         max_position_embeddings=max_len, num_labels=num_classes,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=0)
+
+
 def bert_classifier(vocab_size: int = 64, num_classes: int = 2, hidden_size: int = 32, layers: int = 2,
                     heads: int = 2, intermediate_size: int | None = None, max_len: int = 64,
                     dropout: float = 0.0):
     """``BertForSequenceClassification``: logits ``[B, num_classes]`` from ``input_ids`` (+ mask)."""
     tf = _transformers()
-    cfg = tf.BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate_size or 4 * hidden_size,
-                        max_position_embeddings=max_len, num_labels=num_classes,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=0)
-    return tf.BertForSequenceClassification(cfg)
+    return tf.BertForSequenceClassification(_bert_config(tf, vocab_size, num_classes, hidden_size, layers,
+                                                         heads, intermediate_size, max_len, dropout))
 
 
 def bert_token_classifier(vocab_size: int = 64, num_classes: int = 2, hidden_size: int = 32, layers: int = 2,
@@ -36,11 +42,8 @@ def bert_token_classifier(vocab_size: int = 64, num_classes: int = 2, hidden_siz
                           dropout: float = 0.0):
     """``BertForTokenClassification``: logits ``[B, L, num_classes]``."""
     tf = _transformers()
-    cfg = tf.BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate_size or 4 * hidden_size,
-                        max_position_embeddings=max_len, num_labels=num_classes,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=0)
-    return tf.BertForTokenClassification(cfg)
+    return tf.BertForTokenClassification(_bert_config(tf, vocab_size, num_classes, hidden_size, layers,
+                                                      heads, intermediate_size, max_len, dropout))
 
 
 def gpt2_lm(vocab_size: int = 64, hidden_size: int = 32, layers: int = 2, heads: int = 2, max_len: int = 64,
