@@ -6,7 +6,7 @@ import torch
 from accelerate.utils import set_seed
 
 from joryu.config import TrainConfig
-from joryu.data import Augment, TensorData, TensorLoader
+from joryu.data import Augment, TensorData, TensorLoader, split_validation
 from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.outputs import forward
@@ -44,3 +44,20 @@ def seeded(seed: int, factory, *args, **kwargs):
     """Build a model with ``seed`` fixed, so runs that share a seed share the initialisation."""
     set_seed(seed)
     return factory(*args, **kwargs)
+
+
+def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, seed: int = 0):
+    """Train / validation / test splits for the protocol: pool a bundle's train and test data, hold
+    out a class-stratified test split of ``test_size`` samples (fixed ``seed``), and carve a
+    validation split off the rest. Returns ``(train, val, test)`` TensorData."""
+    from joryu.data import TensorData
+
+    tr, te = bundle.train, bundle.test
+    keys = [k for k in tr.tensors if k in te.tensors]
+    pooled = TensorData({k: torch.cat([tr.tensors[k], te.tensors[k]]) for k in keys}, bundle.num_classes,
+                        name=bundle.name, mean=tr.mean, std=tr.std)
+    if test_size >= len(pooled):
+        raise ValueError(f"{bundle.name} has {len(pooled)} samples; a test split of {test_size} leaves none to train on")
+    rest, test = split_validation(pooled, test_size / len(pooled), seed=seed)
+    train_, val = split_validation(rest, val_fraction, seed=seed + 1)
+    return train_, val, test

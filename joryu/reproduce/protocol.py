@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from joryu.reproduce.registry import Claim
 
@@ -106,3 +106,161 @@ def run_paired(arms: Mapping[str, Callable[[int], float]], seeds: Iterable[int])
     """Run every arm on every seed (arm(seed) -> score), seeds in the same order for all arms."""
     seeds = list(seeds)
     return {name: [float(fn(s)) for s in seeds] for name, fn in arms.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared runner: a reproduction declares a Study (its data, budget, arms and claims); the
+# runner trains every arm on every paired seed, times it, tabulates it and judges every claim by
+# the one rule above.
+
+
+@dataclass
+class Arm:
+    """One arm of a study: ``run(ctx)`` trains and measures it for ``ctx.seed``.
+
+    It returns a score, or a dict of named scores (the study's ``metrics`` are its columns). Arms of
+    a seed run in the order declared and share ``ctx``, so an arm may reuse what an earlier arm left
+    there (e.g. Born-Again generation 2 learns from generation 1)."""
+
+    name: str
+    run: Callable[[Context], float | Mapping[str, float]]
+
+
+@dataclass
+class Compare:
+    """A claim of the paper, judged as ``method`` arm against ``baseline`` arm on ``metric``.
+
+    ``sign`` is the paper's direction (+1 higher is better); ``margin`` (> 0, stated before the
+    run) turns a "no worse" claim into a non-inferiority test."""
+
+    claim: str
+    method: str
+    baseline: str
+    metric: str | None = None  # default: the study's first metric
+    sign: int = 1
+    margin: float | None = None
+
+
+class Context(dict):
+    """What a seed's arms share: ``seed``, ``quick``, the study's shared objects, and anything an
+    arm leaves for a later one. Keys read as attributes (``ctx.teacher``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+@dataclass
+class Study:
+    """A reproduction as a declaration: what it trains on, with what budget, which arms, which claims.
+
+    - ``data``: the splits and their sizes, in words (shown in the result file);
+    - ``budget``: the training budget of every arm in the same units (epochs or updates);
+    - ``choices``: which settings were chosen on a validation split (never the test split) and why;
+    - ``shared(quick)``: built once for all seeds (data splits, a fixed teacher) -> dict;
+    - ``per_seed(ctx)``: built per seed before the arms (a seed's own teacher) -> dict or None;
+    - ``test_size``: samples in the test split; the protocol asks for >= 2000 (one sample <= 0.05
+      points), and the result file says so when it has fewer;
+    - ``tried``: for claims that do not reproduce, what was tried (shown next to the verdicts);
+    - ``tables(results)``: extra tables from the per-seed results (optional).
+    """
+
+    title: str
+    paper: str
+    data: str
+    budget: str
+    choices: str
+    arms: list[Arm]
+    claims: list[Compare]
+    test_size: int
+    shared: Callable[[bool], Mapping] = lambda quick: {}
+    per_seed: Callable[[Context], Mapping | None] = lambda ctx: None
+    metrics: list[str] = field(default_factory=lambda: ["test acc (%)"])
+    unit: str = "points"
+    setup: str = ""
+    notes: list[str] = field(default_factory=list)
+    tried: str = ""
+    tables: Callable[[dict], list] | None = None
+    table_title: str = "Arms (paired seeds: every arm of a seed shares its initialisation and data order)"
+
+
+MIN_TEST = 2000
+
+
+def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = False):
+    """Run ``study`` on ``seeds`` and return its ``Report`` (the registry writes it)."""
+    import time
+
+    from joryu.reproduce.registry import Report, Table
+
+    if not study.arms:
+        raise ValueError(f"study {study.title!r} declares no arms")
+    names = [a.name for a in study.arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"study {study.title!r}: arm names must be unique, got {names}")
+    for c in study.claims:
+        for arm in (c.method, c.baseline):
+            if arm not in names:
+                raise ValueError(f"claim {c.claim[:40]!r} names arm {arm!r}; arms: {', '.join(names)}")
+    shared = dict(study.shared(quick) or {})
+    results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    contexts = []
+    for i, seed in enumerate(seeds):
+        ctx = Context(shared, seed=seed, quick=quick)
+        ctx.update(study.per_seed(ctx) or {})
+        for arm in study.arms:
+            t0 = time.perf_counter()
+            out = arm.run(ctx)
+            seconds[arm.name].append(time.perf_counter() - t0)
+            scores = out if isinstance(out, Mapping) else {study.metrics[0]: out}
+            for k, v in scores.items():
+                results[arm.name].setdefault(k, []).append(float(v))
+            if progress:
+                shown = ", ".join(f"{k} {float(v):.2f}" for k, v in scores.items())
+                print(f"[seed {seed} ({i + 1}/{len(seeds)})] {arm.name}: {shown} "
+                      f"({seconds[arm.name][-1]:.0f} s)", flush=True)
+        contexts.append(ctx)
+
+    table = Table(study.table_title, [*study.metrics, "train + eval time (s)"])
+    for n in names:
+        for k in study.metrics:
+            for v in results[n].get(k, []):
+                table.add(n, k, v)
+        for s in seconds[n]:
+            table.add(n, "train + eval time (s)", s)
+    claims = []
+    for c in study.claims:
+        metric = c.metric or study.metrics[0]
+        m, b = results[c.method].get(metric), results[c.baseline].get(metric)
+        if not m or not b:
+            raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
+        from joryu.reproduce.registry import fmt
+
+        j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=study.unit, names=(c.method, c.baseline))
+        j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
+        claims.append(j)
+    size_note = (f"Test split: {study.test_size} samples, so one sample is {100.0 / study.test_size:.3f} points"
+                 + ("" if study.test_size >= MIN_TEST else
+                    f" (the protocol asks for >= {MIN_TEST}, i.e. <= 0.05 points; this dataset has no more)"))
+    setup = "\n\n".join(p for p in (
+        "**Protocol** (docs/reproduction-protocol.md): paired seeds, every claim judged by one rule, the paired "
+        "mean effect in the paper's direction minus 2 standard errors > 0 (a stated margin for \"no worse\" "
+        f"claims); at least {MIN_SEEDS} seeds; the test split is read once, at the end.",
+        f"**Data.** {study.data.strip()} {size_note}.",
+        f"**Budget.** {study.budget.strip()} The time column of the arms table is each arm's measured wall time.",
+        f"**Settings chosen on validation.** {study.choices.strip()}",
+        study.setup.strip()) if p)
+    notes = list(study.notes)
+    if study.tried and not all(c.reproduced for c in claims):
+        notes.insert(0, f"What was tried for the claims that did not reproduce: {study.tried.strip()}")
+    if quick:
+        notes.insert(0, "QUICK smoke run: reduced budget and seeds; the numbers are not a reproduction.")
+    extra = list(study.tables({"results": results, "seconds": seconds, "contexts": contexts})) if study.tables else []
+    return Report(title=study.title, paper=study.paper, setup=setup, tables=[table, *extra], claims=claims,
+                  notes=notes)

@@ -1,7 +1,8 @@
 """Registry of paper reproductions and the writer of ``results/NAME.md`` / ``.json``.
 
-A reproduction is a function ``fn(seeds: list[int], quick: bool, progress: bool) -> Report``
-registered with ``@register_reproduction(name, default_seeds=..., doc=...)``. It trains the
+A reproduction is a function ``fn(seeds: list[int], quick: bool, progress: bool)`` that returns a
+``joryu.reproduce.protocol.Study`` (a declaration the shared runner trains and judges; the norm) or
+a finished ``Report``, registered with ``@register_reproduction(name, default_seeds=..., doc=...)``. It trains the
 method and a baseline with the same code and budget on every seed, measures on a test split
 that nothing was tuned on, and states each claim's verdict from the numbers it measured.
 """
@@ -103,7 +104,7 @@ _REPROS: dict[str, ReproInfo] = {}
 def register_reproduction(name: str, default_seeds: int = 3, quick_seeds: int = 2, doc: str = ""):
     def wrap(fn):
         _REPROS[name] = ReproInfo(name, fn, default_seeds, quick_seeds,
-                                  doc or (fn.__doc__ or "").strip().splitlines()[0])
+                                  doc or ((fn.__doc__ or "").strip().splitlines() or [name])[0])
         return fn
 
     return wrap
@@ -160,6 +161,10 @@ def run_reproduction(name: str, seeds: int | None = None, quick: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"out_dir": out} if "out_dir" in inspect.signature(info.fn).parameters else {}
     report = info.fn(seed_list, quick, progress, **kwargs)  # out_dir: for figures a report links to
+    from joryu.reproduce.protocol import Study, run_study
+
+    if isinstance(report, Study):  # a declaration: the shared runner trains and judges it
+        report = run_study(report, seed_list, quick, progress)
     wall = time.time() - t0
     command = f"joryu reproduce {name}" + (f" --seeds {seeds}" if seeds is not None else "") + (" --quick" if quick else "")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seeds": n,
