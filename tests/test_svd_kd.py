@@ -204,3 +204,30 @@ def test_svd_kd_default_points_on_zoo_resnets():
     net, res = run_stages(get_method("svd_kd"), student, FrozenTeacher(teacher), data, None,
                           TrainConfig(epochs=1, batch_size=8), None, 0, None, progress=False)
     assert torch.isfinite(torch.tensor(res["distill"]["history"][0]["train/loss"]))
+
+
+def test_svd_kd_accumulates_gradients_over_the_engines_window(monkeypatch):
+    """With grad_accum = 2 the update uses the mean of both micro-batches' combined gradients
+    (the old step overwrote p.grad, so only the last micro-batch counted, at full weight)."""
+    import joryu.methods.svd_kd as mod
+
+    calls = []
+
+    def fake_combine(g_ce, g_svd, epoch, mode, shift):
+        calls.append(1)
+        return [torch.full_like(g, float(len(calls))) if g is not None else None for g in g_ce]
+
+    monkeypatch.setattr(mod, "combine_gradients", fake_combine)
+    g = torch.Generator().manual_seed(0)
+    data = TensorData({"input": torch.randn(32, 1, 16, generator=g), "target": torch.randint(0, 3, (32,), generator=g)},
+                      3, "sig")
+    torch.manual_seed(0)
+    teacher, student = Net1D(2), Net1D(1)
+    before = student.fc.bias.detach().clone()
+    pts = ["stages.0", "stages.1", "stages.2"]
+    m = get_method("svd_kd", {"student_points": pts, "teacher_points": pts})
+    cfg = TrainConfig(epochs=1, batch_size=16, grad_accum=2, optimizer="sgd", lr=0.1, momentum=0.0,
+                      scheduler="constant")
+    run_stages(m, student, FrozenTeacher(teacher), data, None, cfg, None, 0, None, progress=False)
+    assert len(calls) == 2
+    assert torch.allclose(student.fc.bias.detach(), before - 0.1 * 1.5)  # mean of 1 and 2

@@ -32,6 +32,8 @@ Deviations and best guesses:
   each model's ``feature_layers``). Widths must be equal at every point (no adapter, as the paper).
 - fp16 mixed precision is not supported with clipping (the two gradients are taken with
   ``torch.autograd.grad``, outside the grad scaler); bf16 and fp32 are.
+- With ``grad_accum > 1`` the rule is applied per micro-batch and the combined gradients are
+  averaged over the engine's accumulation window (the authors do not accumulate).
 """
 
 from __future__ import annotations
@@ -117,8 +119,12 @@ class SVDKDDistiller(Distiller):
         params = self.trainable_parameters()
         g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
         g_svd = torch.autograd.grad(svd, params, allow_unused=True) if svd.requires_grad else [None] * len(params)
+        accum = self.ctx.engine.cfg.grad_accum  # the engine's window: average the micro-batches
         for p, g in zip(params, combine_gradients(g_ce, g_svd, self.epoch, self.clip, self.shift)):
-            p.grad = g
+            if g is None:
+                continue
+            g = g / accum if accum > 1 else g
+            p.grad = g if p.grad is None else p.grad + g
         for opt in self.ctx.optimizers:
             self.ctx.step(opt)
         return {"loss": (ce + svd).detach(), "ce": ce.detach(), "svd": svd.detach()}
