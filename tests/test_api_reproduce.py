@@ -78,4 +78,4 @@ def test_kd_reproduction_quick(tmp_path):
     text = md.read_text()
     assert text.count("- **") == 3 and "QUICK smoke run" in text
     data = json.loads(md.with_suffix(".json").read_text())
-    assert data["meta"]["quick"] and len(data["tables"]) == 4
+    assert data["meta"]["quick"] and len(data["tables"]) == 2

@@ -5,12 +5,29 @@ from __future__ import annotations
 import torch
 
 from joryu import models
-from joryu.data import Augment, load, split_validation
-from joryu.reproduce.common import accuracy, predict, seeded, train
-from joryu.reproduce.registry import Claim, Report, Table, fmt, mean_std, register_reproduction
+from joryu.data import Augment, load
+from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
+from joryu.reproduce.protocol import Arm, Compare, Study
+from joryu.reproduce.registry import Table, register_reproduction
 from joryu.teachers import FrozenTeacher
 
 OMIT = 3
+PER_CLASS = 12          # labelled samples per class in the "3% of the data" claim
+T_OMIT, T_FEW = 8.0, 4.0
+T_1D, ALPHA_1D = 2.0, 0.5     # chosen on validation (see PILOT)
+EPOCHS = dict(teacher=30, student=30, few=200, teacher_1d=30, student_1d=40)
+CHOICES = """
+Pilot on the validation splits only (seed 0, the test splits unread):
+(a) the class-3 bias rule is fixed on the *validation* inputs (no labels): the bias that makes 10% of the
+validation predictions 3s, then applied unchanged to the test split (the rule itself, not a tuned value);
+(b) 3% of the labels: soft-target temperature T = 4 vs T = 8 on MNIST-5000 validation accuracy;
+(c) MNIST-1D: KD (T = 4, alpha = 0.9) vs (T = 2, alpha = 0.5) on MNIST-1D validation accuracy.
+PILOT_RESULT
+"""
+PILOT = ("Pilot result (validation accuracy, seed 0, one run each): few-label students T = 4 84.00%, T = 8 83.33% "
+         "-> T = 4; MNIST-1D (T = 4, alpha = 0.9) 59.83%, (T = 2, alpha = 0.5) 60.83% -> (2, 0.5), the better on "
+         "validation (the previous version used (4, 0.9)). T = 8 for the omitted-class transfer is the paper's "
+         "setting (not piloted).")
 
 
 def bias_for_fraction(logits: torch.Tensor, cls: int, fraction: float) -> float:
@@ -34,128 +51,126 @@ def class_recall(logits: torch.Tensor, targets: torch.Tensor, cls: int, bias: fl
     return 100.0 * float((z[mask].argmax(-1) == cls).float().mean())
 
 
+def _ep(key: str, quick: bool) -> int:
+    return max(1, EPOCHS[key] // 10) if quick else EPOCHS[key]
+
+
+def _shared(quick: bool) -> dict:
+    mnist = load("mnist5k")
+    tr, va, te = protocol_splits(mnist)
+    shape, k = mnist.input_shape, mnist.num_classes
+    # one teacher for all seeds: MLP 1200-1200, dropout, +-2 px jitter, all classes
+    t_net = seeded(100, models.create, "mlp", input_shape=shape, num_classes=k, hidden=(1200, 1200),
+                   dropout=0.5, input_dropout=0.2)
+    t_net = train("supervised", t_net, tr, dict(epochs=_ep("teacher", quick), batch_size=128, optimizer="adam",
+                                                lr=1e-3, scheduler="cosine"), 100, augment=Augment(shift=2))
+    keep = torch.nonzero(tr.targets != OMIT).flatten()
+    d1 = load("mnist1d", num_samples=8000)
+    tr1, va1, te1 = protocol_splits(d1)
+    t1 = seeded(100, models.create, "cnn1d", input_shape=d1.input_shape, num_classes=10, width=32)
+    t1 = train("supervised", t1, tr1, dict(epochs=_ep("teacher_1d", quick), lr=3e-3, weight_decay=1e-4), 100)
+    return {"shape": shape, "k": k, "tr": tr, "va": va, "te": te, "transfer": tr.subset(keep, "mnist5k/no-3"),
+            "teacher": FrozenTeacher(t_net), "teacher_acc": accuracy(predict(t_net, te), te.targets),
+            "shape1d": d1.input_shape, "tr1": tr1, "va1": va1, "te1": te1, "teacher1d": FrozenTeacher(t1),
+            "teacher1d_acc": accuracy(predict(t1, te1), te1.targets)}
+
+
+def _student(ctx, seed):
+    return seeded(seed, models.create, "mlp", input_shape=ctx.shape, num_classes=ctx.k, hidden=(800, 800))
+
+
+def _omitted(method: str, params: dict, eval_key: str = "te"):
+    def run(ctx):
+        cfg = dict(epochs=_ep("student", ctx.quick), batch_size=128, optimizer="adam", lr=1e-3, scheduler="cosine")
+        s = train(method, _student(ctx, ctx.seed), ctx.transfer, cfg, ctx.seed, teacher=ctx.teacher, params=params)
+        ev = ctx[eval_key]
+        tl, vl = predict(s, ev), predict(s, ctx.va)
+        b = bias_for_fraction(vl, OMIT, 0.10)   # set on the validation inputs, no labels
+        return {"test acc (%)": accuracy(tl, ev.targets), "test 3s correct (%)": class_recall(tl, ev.targets, OMIT),
+                "test 3s correct after bias (%)": class_recall(tl, ev.targets, OMIT, b)}
+    return run
+
+
+def _few(method: str, params: dict, eval_key: str = "te"):
+    def run(ctx):
+        g = torch.Generator().manual_seed(1000 + ctx.seed)
+        idx = torch.cat([torch.nonzero(ctx.tr.targets == c).flatten()[
+            torch.randperm(int((ctx.tr.targets == c).sum()), generator=g)[:PER_CLASS]] for c in range(ctx.k)])
+        small = ctx.tr.subset(idx, "mnist5k/few")
+        cfg = dict(epochs=_ep("few", ctx.quick), batch_size=32, optimizer="adam", lr=1e-3, scheduler="cosine")
+        s = train(method, _student(ctx, ctx.seed), small, cfg, ctx.seed, teacher=ctx.teacher, params=params)
+        ev = ctx[eval_key]
+        return accuracy(predict(s, ev), ev.targets)
+    return run
+
+
+def _mnist1d(method: str, params: dict, eval_key: str = "te1"):
+    def run(ctx):
+        s = seeded(ctx.seed, models.create, "mlp", input_shape=ctx.shape1d, num_classes=10, hidden=(64, 64))
+        s = train(method, s, ctx.tr1, dict(epochs=_ep("student_1d", ctx.quick), lr=2e-3), ctx.seed,
+                  teacher=ctx.teacher1d, params=params)
+        ev = ctx[eval_key]
+        return accuracy(predict(s, ev), ev.targets)
+    return run
+
+
+ARM_OMIT_HARD, ARM_OMIT_SOFT = "no 3s: hard labels", f"no 3s: soft targets T={T_OMIT:g}"
+ARM_FEW_HARD, ARM_FEW_SOFT = "12 labels/class: hard labels", f"12 labels/class: soft targets T={T_FEW:g}"
+ARM_1D_ALONE, ARM_1D_KD = "MNIST-1D MLP 64-64 alone", f"MNIST-1D MLP 64-64 + KD (T={T_1D:g}, alpha={ALPHA_1D:g})"
+
+
 @register_reproduction("kd", default_seeds=5, quick_seeds=2,
                        doc="Hinton et al. 2015: omitted-class transfer, 3% of the labels, KD vs alone on MNIST-1D")
-def reproduce_kd(seeds: list[int], quick: bool, progress: bool) -> Report:
-    ep = (lambda n: max(1, n // 10)) if quick else (lambda n: n)
-    mnist = load("mnist5k")
-    train_all, val = split_validation(mnist.train, 0.1, seed=0)
-    test = mnist.test
-    shape, k = mnist.input_shape, mnist.num_classes
+def reproduce_kd(seeds: list[int], quick: bool, progress: bool) -> Study:
+    arms = [Arm(ARM_OMIT_HARD, _omitted("supervised", {})),
+            Arm(ARM_OMIT_SOFT, _omitted("kd", {"temperature": T_OMIT, "alpha": 1.0})),
+            Arm(ARM_FEW_HARD, _few("supervised", {})),
+            Arm(ARM_FEW_SOFT, _few("kd", {"temperature": T_FEW, "alpha": 1.0})),
+            Arm(ARM_1D_ALONE, _mnist1d("supervised", {})),
+            Arm(ARM_1D_KD, _mnist1d("kd", {"temperature": T_1D, "alpha": ALPHA_1D}))]
+    claims = [
+        Compare("A student distilled on a transfer set with no 3s still recognises the test 3s once the class-3 "
+                "bias is raised, which a student trained on the same set's hard labels cannot (paper: 98.6% of "
+                "3s after a +3.5 bias).", ARM_OMIT_SOFT, ARM_OMIT_HARD, metric="test 3s correct after bias (%)"),
+        Compare("Soft targets carry much more information per sample than hard labels: with a few percent of "
+                "the labels, a student trained on the full-data teacher's soft targets generalises far better "
+                "(paper, speech, 3% of the data: 57.0% vs 44.5%).", ARM_FEW_SOFT, ARM_FEW_HARD),
+        Compare("A small student trained with KD beats the same student trained alone with the same budget "
+                "(paper, MNIST: 74 vs 146 test errors).", ARM_1D_KD, ARM_1D_ALONE),
+    ]
 
-    teacher_cfg = dict(epochs=ep(30), batch_size=128, optimizer="adam", lr=1e-3, scheduler="cosine")
-    student_cfg = dict(epochs=ep(30), batch_size=128, optimizer="adam", lr=1e-3, scheduler="cosine")
-    few_cfg = dict(epochs=ep(200), batch_size=32, optimizer="adam", lr=1e-3, scheduler="cosine")
+    def tables(res):
+        ctx = res["contexts"][0]
+        t = Table("Teachers (one per dataset, trained once for all seeds)", ["test acc (%)"])
+        t.add("MNIST-5000 teacher, MLP 1200-1200 + dropout + jitter", "test acc (%)", ctx["teacher_acc"])
+        t.add("MNIST-1D teacher, cnn1d width 32", "test acc (%)", ctx["teacher1d_acc"])
+        return [t]
 
-    omitted = Table("Claim 1: a student that never saw a 3 (MNIST-5000)",
-                    ["test acc (%)", "test 3s correct (%)", "test 3s correct after bias (%)"],
-                    note="Transfer set = the training split with every 3 removed. The bias on the class-3 "
-                         "logit is set on the *validation* split's inputs (no labels) so that 10% of its "
-                         "predictions are 3, then applied unchanged to the test split.")
-    few = Table("Claim 2: 3% of the training labels (120 samples, 12 per class)", ["test acc (%)"])
-    mn1d = Table("Claim 3: student + KD vs student alone (MNIST-1D, CNN teacher -> MLP student)",
-                 ["test acc (%)"])
-    teacher_tab = Table("Teachers", ["test acc (%)"])
-
-    d1 = load("mnist1d")
-    tr1, va1 = split_validation(d1.train, 0.1, seed=0)
-
-    for seed in seeds:
-        # ---- teacher: 1200-1200 MLP, dropout, +-2 px jitter, all classes
-        t_net = seeded(seed, models.create, "mlp", input_shape=shape, num_classes=k, hidden=(1200, 1200),
-                       dropout=0.5, input_dropout=0.2)
-        t_net = train("supervised", t_net, train_all, teacher_cfg, seed, augment=Augment(shift=2))
-        teacher = FrozenTeacher(t_net)
-        teacher_tab.add("MNIST-5000 teacher, MLP 1200-1200 + dropout + jitter", "test acc (%)",
-                        accuracy(predict(t_net, test), test.targets))
-
-        # ---- claim 1: omitted class
-        keep = torch.nonzero(train_all.targets != OMIT).flatten()
-        transfer = train_all.subset(keep, "mnist5k/no-3")
-        val_logits_cache = {}
-        for label, method, params in (("student, hard labels (no 3s)", "supervised", {}),
-                                      ("student, soft targets T=8 (no 3s)", "kd",
-                                       {"temperature": 8.0, "alpha": 1.0})):
-            s = seeded(seed, models.create, "mlp", input_shape=shape, num_classes=k, hidden=(800, 800))
-            s = train(method, s, transfer, student_cfg, seed, teacher=teacher, params=params)
-            tl, vl = predict(s, test), predict(s, val)
-            val_logits_cache[label] = vl
-            b = bias_for_fraction(vl, OMIT, 0.10)
-            omitted.add(label, "test acc (%)", accuracy(tl, test.targets))
-            omitted.add(label, "test 3s correct (%)", class_recall(tl, test.targets, OMIT))
-            omitted.add(label, "test 3s correct after bias (%)", class_recall(tl, test.targets, OMIT, b))
-
-        # ---- claim 2: 3% of the labels
-        g = torch.Generator().manual_seed(1000 + seed)
-        idx = torch.cat([torch.nonzero(train_all.targets == c).flatten()[
-            torch.randperm(int((train_all.targets == c).sum()), generator=g)[:12]] for c in range(k)])
-        small = train_all.subset(idx, "mnist5k/3pct")
-        for label, method, params in (("hard labels", "supervised", {}),
-                                      ("soft targets from the full-data teacher (T=4)", "kd",
-                                       {"temperature": 4.0, "alpha": 1.0})):
-            s = seeded(seed, models.create, "mlp", input_shape=shape, num_classes=k, hidden=(800, 800))
-            s = train(method, s, small, few_cfg, seed, teacher=teacher, params=params)
-            few.add(label, "test acc (%)", accuracy(predict(s, test), test.targets))
-
-        # ---- claim 3: MNIST-1D
-        t1 = seeded(seed, models.create, "cnn1d", input_shape=d1.input_shape, num_classes=10, width=32)
-        t1 = train("supervised", t1, tr1, dict(epochs=ep(30), lr=3e-3, weight_decay=1e-4), seed)
-        teacher_tab.add("MNIST-1D teacher, cnn1d width 32", "test acc (%)",
-                        accuracy(predict(t1, d1.test), d1.test.targets))
-        for label, method, params in (("MLP 64-64 alone", "supervised", {}),
-                                      ("MLP 64-64 + KD (T=4, alpha=0.9)", "kd", {"temperature": 4.0, "alpha": 0.9})):
-            s = seeded(seed, models.create, "mlp", input_shape=d1.input_shape, num_classes=10, hidden=(64, 64))
-            s = train(method, s, tr1, dict(epochs=ep(40), lr=2e-3), seed, teacher=FrozenTeacher(t1), params=params)
-            mn1d.add(label, "test acc (%)", accuracy(predict(s, d1.test), d1.test.targets))
-
-    soft_row = "student, soft targets T=8 (no 3s)"
-    hard_row = "student, hard labels (no 3s)"
-    r3 = omitted.values(soft_row, "test 3s correct after bias (%)")
-    r3_raw = omitted.values(soft_row, "test 3s correct (%)")
-    r3_hard = omitted.values(hard_row, "test 3s correct after bias (%)")
-    c1 = Claim(
-        "A student distilled on a transfer set with no 3s still recognises most test 3s once the "
-        "class-3 bias is raised (paper: 98.6% of 3s after a +3.5 bias).",
-        "mean share of test 3s correct after the bias shift >= 70% (docs/methods/kd.md)",
-        mean_std(r3)[0] >= 70.0,
-        f"{fmt(r3)}% of test 3s after the bias ({fmt(r3_raw)}% before it); the hard-label student on the same "
-        f"transfer set gets {fmt(r3_hard)}% with the same bias rule")
-    hard, soft = few.values("hard labels"), few.values("soft targets from the full-data teacher (T=4)")
-    gain2 = [s - h for s, h in zip(soft, hard)]
-    c2 = Claim(
-        "Soft targets carry much more information per sample than hard labels: with 3% of the data, "
-        "a student trained on soft targets generalises far better (paper, speech: 57.0% vs 44.5%).",
-        "mean gain of soft over hard targets >= +2 points (docs/methods/kd.md)",
-        mean_std(gain2)[0] >= 2.0,
-        f"hard {fmt(hard)}%, soft {fmt(soft)}%, paired gain {fmt(gain2)} points")
-    alone = mn1d.values("MLP 64-64 alone")
-    kd = mn1d.values("MLP 64-64 + KD (T=4, alpha=0.9)")
-    gain3 = [a - b for a, b in zip(kd, alone)]
-    m3, s3 = mean_std(gain3)
-    c3 = Claim(
-        "A small student trained with KD beats the same student trained alone with the same budget.",
-        "mean paired gain > 0 and larger than the standard deviation of the paired gains",
-        m3 > 0 and m3 > s3,
-        f"alone {fmt(alone)}%, KD {fmt(kd)}%, paired gain {fmt(gain3)} points")
-    setup = f"""
-All runs use joryu's engine and the registered `supervised` and `kd` methods; each seed trains its own
-teachers, and every student of a seed starts from the same initialisation. Accuracy is measured once,
-at the end, on test splits that nothing was tuned on (MNIST-5000: 1000 images, 100 per class;
-MNIST-1D: the generator's 1000-sample test split). Validation splits (10% of the training data) are
-used only for the class-3 bias rule.
-
-- MNIST-5000 teacher: MLP 784-1200-1200-10, dropout 0.5 (0.2 on the input), +-2 px random shifts,
-  Adam 1e-3, cosine schedule, {teacher_cfg['epochs']} epochs.
-- Students: MLP 784-800-800-10, no regularisation, Adam 1e-3, {student_cfg['epochs']} epochs
-  (3% setting: {few_cfg['epochs']} epochs at batch 32, i.e. the same number of epochs for hard and soft).
-- MNIST-1D: teacher cnn1d (width 32, {ep(30)} epochs, Adam 3e-3); students MLP 40-64-64-10,
-  {ep(40)} epochs, Adam 2e-3; KD with T = 4, alpha = 0.9.
-"""
-    notes = ["The paper's MNIST numbers come from 60k images and 3000-epoch-scale training; this is a "
-             "5000-image, minutes-long analogue, so absolute errors are higher."]
-    if quick:
-        notes.insert(0, "QUICK smoke run: epochs divided by 10; the numbers are not a reproduction.")
-    return Report(
+    ep = {k: _ep(k, quick) for k in EPOCHS}
+    return Study(
         title="Distilling the Knowledge in a Neural Network (KD)",
         paper="Hinton, Vinyals & Dean 2015, arXiv:1503.02531",
-        setup=setup, tables=[teacher_tab, omitted, few, mn1d], claims=[c1, c2, c3], notes=notes)
+        data="MNIST-5000 (joryu's 5000-image MNIST subset, train and test pooled and split by `protocol_splits`: "
+             "2700 train, 300 validation, 2000 test; the omitted-class transfer set is the training split without "
+             "its 3s; the few-label set is 12 training images per class, drawn per seed) and MNIST-1D (8000 "
+             "generated samples: 5400 train, 600 validation, 2000 test). Claims 1-2 use the MNIST-5000 test split, "
+             "claim 3 the MNIST-1D one.",
+        budget=f"Paired arms have equal budgets: omitted-class students {ep['student']} epochs over the transfer set "
+               f"(batch 128, Adam 1e-3, cosine); few-label students {ep['few']} epochs over their 120 images (batch "
+               f"32); MNIST-1D students {ep['student_1d']} epochs (Adam 2e-3). Teachers, trained once: MNIST-5000 "
+               f"MLP 784-1200-1200-10 with dropout 0.5 (0.2 on the input) and +-2 px shifts, {ep['teacher']} "
+               f"epochs; MNIST-1D cnn1d width 32, {ep['teacher_1d']} epochs, Adam 3e-3.",
+        choices=CHOICES.replace("PILOT_RESULT", PILOT),
+        setup="Students: MLP 784-800-800-10 without regularisation (MNIST-5000), MLP 40-64-64-10 (MNIST-1D). "
+              "Soft-target students use the soft loss only (alpha = 1) as in the paper's omitted-class and 3% "
+              "experiments; the MNIST-1D student mixes hard and soft losses.",
+        arms=arms, claims=claims, test_size=2000, shared=_shared, tables=tables,
+        metrics=["test acc (%)", "test 3s correct (%)", "test 3s correct after bias (%)"],
+        tried="Temperatures and alpha were piloted on validation only (see the settings); no change after the test "
+              "split was read.",
+        notes=["The paper's MNIST numbers come from 60k images and long training; this is a 2700-image, "
+               "minutes-long analogue, so absolute errors are higher.",
+               "The previous version judged claim 1 by a fixed threshold (>= 70% of 3s after the bias) and claims "
+               "2-3 by per-claim rules on 1000-sample test splits; here every claim is a paired comparison under "
+               "the shared rule."],
+    )
