@@ -44,7 +44,7 @@ class RecordingCtx:
 def make(adversarial=True, k=3, layers=True):
     teachers = [net(10 + i, 32) for i in range(k)]
     kw = dict(student_layers=["1"], teacher_layers=["1"], pooled_dim=8) if layers else {}
-    p = {**MEAL_DEFAULTS, "adversarial": adversarial, **kw}
+    p = {**MEAL_DEFAULTS, "adversarial": adversarial, "label_weight": 0.0, **kw}  # the paper's loss
     d = MEALDistiller(net(0), teachers, 3, seed=1, **p)
     opts = d.configure_optimizers(lambda ps: torch.optim.SGD(ps, lr=0.1))
     d.ctx = RecordingCtx(opts, d)
@@ -110,7 +110,8 @@ def test_teachers_unchanged_and_chosen_uniformly():
 
 
 def test_meal_trains_missing_teachers_then_distils_through_the_engine(tiny_data):
-    m = get_method("meal", {"num_teachers": 3, "student_layers": ["1"], "teacher_layers": ["1"], "pooled_dim": 4})
+    m = get_method("meal", {"num_teachers": 3, "adversarial": True, "student_layers": ["1"], "teacher_layers": ["1"],
+                            "pooled_dim": 4})
     given = EnsembleTeacher([net(5, 32), net(6, 32)])
     before = [p.clone() for p in given.models()[0].parameters()]
     student, res = run_stages(m, net(0), given, tiny_data, None, TrainConfig(epochs=2, batch_size=40), None, 0,

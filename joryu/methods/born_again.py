@@ -109,9 +109,9 @@ class BornAgainDistiller(Distiller):
 
 
 class BornAgainParams(Params):
-    generations: int = Field(3, ge=1, description="networks trained in sequence, generation 1 included")
+    generations: int = Field(2, ge=1, description="networks trained in sequence, generation 1 included")
     variant: Literal["kd", "kd_labels", "cwtm", "dkpp"] = Field(
-        "kd", description="loss of generations 2..: KD only (BAN), KD + labels (BAN+L), CWTM or DKPP")
+        "kd_labels", description="loss of generations 2..: KD only (BAN), KD + labels (BAN+L), CWTM or DKPP")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of the KD/DKPP terms")
     label_weight: float = Field(1.0, ge=0, description="weight of the label CE in kd_labels")
     teacher_cache: bool = Field(True, description="reuse teacher outputs per (sample, augmentation draw)")

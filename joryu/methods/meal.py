@@ -7,8 +7,9 @@ and the teacher's outputs are pooled to a fixed size, s_j and t_j, and
     L_student = Σ_j γ_j · CE(softmax(t_j), s_j)  +  Σ_j η_j · (−log D_j(s_j))
     L_D       = Σ_j [ −log D_j(t_j) − log(1 − D_j(s_j)) ]
 
-with one binary discriminator D_j per block. There is no ground-truth label term
-(``label_weight`` = 0, as in the paper). The min-max is a true one: the discriminators have
+with one binary discriminator D_j per block. The paper has no ground-truth label term
+(``label_weight: 0, adversarial: true``); the defaults here are ``adversarial: false,
+label_weight: 1``, chosen on validation by the defaults check (docs/methods/meal.md). The min-max is a true one: the discriminators have
 their own optimizer and take their step on the student's outputs *detached*; the student's
 optimizer then steps on L_student only, and the gradient that L_student leaves on the
 discriminators is discarded (manual optimization through ``self.ctx``).
@@ -157,7 +158,7 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
 
 class MEALParams(Params):
     num_teachers: int = Field(3, ge=1, description="teachers to choose from; missing ones are trained first")
-    adversarial: bool = Field(True, description="add the per-block discriminators (min-max)")
+    adversarial: bool = Field(False, description="add the per-block discriminators (min-max; the paper: on)")
     similarity: Literal["ce", "l1", "l2"] = "ce"
     student_layers: list[str] = Field(default_factory=list, description="student module paths of extra blocks")
     teacher_layers: list[str] = Field(default_factory=list, description="teacher module paths, paired in order")
@@ -166,7 +167,7 @@ class MEALParams(Params):
     etas: list[float] | None = Field(None, description="adversarial weight per block")
     d_lr: float = Field(1e-3, gt=0, description="discriminators' Adam learning rate (official --d_lr)")
     d_hidden: int = Field(64, ge=1, description="discriminators' hidden width (independent of the block size)")
-    label_weight: float = Field(0.0, ge=0, description="weight of a CE label term (0: none, as the paper)")
+    label_weight: float = Field(1.0, ge=0, description="weight of a CE label term (the paper: 0, none)")
 
     @model_validator(mode="after")
     def _pairs(self):
