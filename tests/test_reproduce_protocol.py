@@ -129,3 +129,12 @@ def test_a_declared_study_is_run_and_written_by_the_registry(tmp_path):
     data = json.loads(md.with_suffix(".json").read_text())
     assert [c["verdict"] for c in data["claims"]] == ["reproduced", "reproduced"]
     assert "REPRODUCED" in md.read_text()
+
+
+def test_a_claim_may_state_its_own_unit():
+    from joryu.reproduce.protocol import Compare, run_study
+
+    s = _toy_study(1.0)
+    s.claims[0] = Compare("method beats alone", "method", "alone", unit="x 1e-3 nats")
+    r = run_study(s, seeds=range(5), quick=False)
+    assert "x 1e-3 nats" in r.claims[0].evidence and "points" in r.claims[1].evidence

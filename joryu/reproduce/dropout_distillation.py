@@ -96,7 +96,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
         claims=[
             Compare("The distilled deterministic network approximates the MC-dropout predictive better than "
                     "standard dropout (weight scaling) does, at the same test cost (lower KL to the MC predictive).",
-                    DD, STD, metric=KL, sign=-1),
+                    DD, STD, metric=KL, sign=-1, unit="x 1e-3 nats"),
             Compare(f"Dropout distillation is at least as accurate as standard dropout at equal test cost "
                     f"(non-inferiority, margin {MARGIN:g} points fixed before the run).", DD, STD, margin=MARGIN),
         ],

@@ -139,6 +139,7 @@ class Compare:
     metric: str | None = None  # default: the study's first metric
     sign: int = 1
     margin: float | None = None
+    unit: str | None = None  # default: the study's unit ("points")
 
 
 class Context(dict):
@@ -242,7 +243,8 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
             raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
         from joryu.reproduce.registry import fmt
 
-        j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=study.unit, names=(c.method, c.baseline))
+        j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
+                  names=(c.method, c.baseline))
         j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
         claims.append(j)
     size_note = (f"Test split: {study.test_size} samples, so one sample is {100.0 / study.test_size:.3f} points"
