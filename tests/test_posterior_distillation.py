@@ -160,9 +160,9 @@ def test_posterior_distillation_reproduction_quick(tmp_path):
 
     md = run_reproduction("posterior_distillation", quick=True, out_dir=tmp_path, progress=False)
     text = md.read_text()
-    assert text.count("- **") == 3 and "QUICK smoke run" in text
+    assert text.count("- **") == 9 and "QUICK smoke run" in text
     data = json.loads(md.with_suffix(".json").read_text())
-    assert len(data["claims"]) == 3 and len(data["tables"]) == 2
+    assert len(data["claims"]) == 9 and len(data["tables"]) == 2
 
 
 def test_sgld_step_and_gan_betas_come_from_the_params(tiny_data):
