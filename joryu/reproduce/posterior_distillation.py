@@ -108,7 +108,7 @@ def reproduce_posterior_distillation(seeds: list[int], quick: bool, progress: bo
     for arm, what in ((SGLD, "The SGLD posterior"), (APD, "The distilled generator")):
         claims += [
             Compare(f"{what} beats the single SGD network on test NLL (paper: the Bayesian ensembles are better "
-                    "calibrated than SGD).", arm, SGD, metric="test NLL", sign=-1),
+                    "calibrated than SGD).", arm, SGD, metric="test NLL", sign=-1, unit="nats"),
             Compare(f"{what} beats the single SGD network at detecting rotated digits by predictive entropy "
                     "(paper: anomaly detection AUROC above SGD's).", arm, SGD, metric="AUROC rotated (%)"),
             Compare(f"{what} beats the single SGD network at detecting noise images by predictive entropy.",
