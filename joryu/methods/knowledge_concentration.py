@@ -31,8 +31,8 @@ units per vertical feeding only that vertical's logits (``models.grouped.Vertica
 1/K of the weights of a dense layer of the same width. It is **off by default**: it makes the
 student larger than the student alone (4,356 -> 8,696 parameters for the reproduction's MLP
 32-32-100), so a comparison with the head must give the plain student the same parameter budget;
-in the reproduction a dense student of about that size (MLP 32-64-100, CE) beat the grouped head
-(90.8% vs 83.8% with CE).
+in the reproduction (results/knowledge_concentration.md) a dense student of about that size
+(MLP 32-64-100) beat the grouped head with the same loss (88.6% vs 84.2%).
 
 Specialists: ``specialists: train`` (default) trains one specialist per vertical first, as stages
 ``specialist1``...: a copy of the run's teacher architecture (initialised from the teacher's weights
