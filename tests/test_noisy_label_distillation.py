@@ -129,7 +129,7 @@ def test_quick_reproduction_reports_its_claims(tmp_path):
 
     md = run_reproduction("noisy_label_distillation", quick=True, out_dir=tmp_path, progress=False)
     text = md.read_text()
-    assert "## Verdicts" in text and text.count("REPRODUCED") == 3
+    assert "## Verdicts" in text and text.count("REPRODUCED") == 4
 
 
 def test_example_config_runs(tmp_path):

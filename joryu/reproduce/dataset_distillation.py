@@ -10,7 +10,7 @@ import torch
 
 from joryu import models
 from joryu.config import TrainConfig
-from joryu.data import load, split_validation
+from joryu.data import load
 from joryu.data.distilled import DistilledSet, save_distilled, save_image_grid
 from joryu.experiment import run_stages
 from joryu.losses.dataset_distillation import (
@@ -20,8 +20,9 @@ from joryu.losses.dataset_distillation import (
 )
 from joryu.methods import get_method
 from joryu.methods.dataset_distillation import reinit, train_on_distilled
-from joryu.reproduce.common import accuracy, predict, seeded
-from joryu.reproduce.registry import Claim, Report, Table, fmt, mean_std, register_reproduction
+from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
+from joryu.reproduce.protocol import Arm, Compare, Study
+from joryu.reproduce.registry import Table, register_reproduction
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -94,143 +95,161 @@ def _memory(model, train, steps: int, epochs: int) -> dict:
     return out
 
 
-@register_reproduction("dataset_distillation", default_seeds=3, quick_seeds=1,
+FIXED_STEPS, RANDOM_STEPS = 800, 200  # outer steps of the default run (set on validation, see choices)
+EVAL = "te"  # the split the arms are scored on; a validation pilot sets "va"
+
+
+@register_reproduction("dataset_distillation", default_seeds=5, quick_seeds=2,
                        doc="Wang et al. 2018: 10 distilled digits (fixed init) vs real images and class means; random init")
-def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool, out_dir: Path | None = None) -> Report:
-    fixed_steps = 100 if quick else 4000
-    random_steps = 20 if quick else 1000
-    n_eval = 3 if quick else 20
-    n_tune = 2 if quick else 5
+def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool, out_dir: Path | None = None) -> Study:
+    fixed_steps = 20 if quick else FIXED_STEPS
+    random_steps = 4 if quick else RANDOM_STEPS
+    n_eval = 3 if quick else 10
+    n_tune = 2 if quick else 3
     n_draws = 2 if quick else 5
-    bundle = load("digits")
-    train, val = split_validation(bundle.train, 0.1, seed=0)
-    test = bundle.test
-    shape = bundle.input_shape
 
-    def lenet():
-        return models.create("lenet5", input_shape=shape, num_classes=10)
+    def shared(quick):
+        bundle = load("digits")
+        # all 1797 images pooled: 797 test, the rest 90/10 train/validation
+        train, val, test = protocol_splits(bundle, test_size=797)
+        return {"train": train, "va": val, "te": test, "shape": bundle.input_shape, "lrs": [], "secs": {}}
 
-    fixed = Table("Fixed initialisation: 10 images (1 per class), 3 steps, LeNet-5, same theta_0",
-                  ["test acc (%)"],
-                  note="Each cell is one seed's test accuracy after training its theta_0 with the listed data. "
-                       "Real-image baselines average over several random draws per seed; their single fixed lr "
-                       f"is chosen per draw from {list(LR_GRID)} on the validation split.")
-    transfer = Table("Fixed-init distilled images on fresh initialisations (pitfall check)", ["test acc (%)"])
-    rnd = Table(f"Random initialisation: 100 images (10 steps x 1 per class), 3 epochs = 30 steps, "
-                f"{n_eval} fresh inits per seed", ["test acc (%)", "std over inits"])
-    mem = Table("Cost of one outer step (autograd saved-tensor memory, MiB; wall seconds)",
-                ["saved MiB", "seconds"],
-                note="Saved-tensor memory counts every tensor autograd keeps for the backward pass "
-                     "(the unrolled graph), measured with saved_tensors_hooks; it is what grows with T.")
-    lrs_seen = {}
-    for seed in seeds:
-        # ---------------- fixed initialisation
-        net = seeded(seed, lenet)
-        d_fixed, theta0, secs_fixed = _distill(
-            net, train, {"images_per_class": 1, "steps": 1, "epochs": 3, "random_init": False}, fixed_steps,
-            seed, progress)
-        lrs_seen.setdefault("fixed", []).append([round(float(v), 3) for v in d_fixed.lrs])
-        fixed.add("dataset distillation (learned images + lrs)", "test acc (%)", _acc_after(theta0, d_fixed, test))
-        fixed.add("theta_0 alone (no training)", "test acc (%)", accuracy(predict(theta0, test), test.targets))
-        gen = torch.Generator().manual_seed(5000 + seed)
-        real_accs = []
+    def lenet(ctx):
+        return models.create("lenet5", input_shape=ctx.shape, num_classes=10)
+
+    def acc_after(theta0, d, ctx):
+        return _acc_after(theta0, d, ctx[EVAL])
+
+    def dd_fixed(ctx):
+        net = seeded(ctx.seed, lenet, ctx)
+        ctx.d_fixed, ctx.theta0, secs = _distill(
+            net, ctx.train, {"images_per_class": 1, "steps": 1, "epochs": 3, "random_init": False}, fixed_steps,
+            ctx.seed, progress)
+        ctx.secs.setdefault("fixed", []).append(secs)
+        ctx.lrs.append([round(float(v), 3) for v in ctx.d_fixed.lrs])
+        if ctx.seed == seeds[0] and out_dir is not None:
+            ctx.d_fixed.source = "digits"
+            save_distilled(Path(out_dir) / "dataset_distillation_fixed.safetensors", ctx.d_fixed)
+            save_image_grid(ctx.d_fixed, Path(out_dir) / "dataset_distillation_fixed.png")
+        return acc_after(ctx.theta0, ctx.d_fixed, ctx)
+
+    def theta0_alone(ctx):
+        return accuracy(predict(ctx.theta0, ctx[EVAL]), ctx[EVAL].targets)
+
+    def real_fixed(ctx):
+        gen = torch.Generator().manual_seed(5000 + ctx.seed)
+        accs = []
         for _ in range(n_draws):
-            imgs, labels = _pick_images(train, 1, 1, gen)
-            lr, _ = _tuned(imgs, labels, 3, [theta0], val)
-            real_accs.append(_acc_after(theta0, _real_set(imgs, labels, 3, lr), test))
-        fixed.add("random real images (1 per class), tuned lr", "test acc (%)", sum(real_accs) / len(real_accs))
-        means = torch.stack([train.tensors["input"][train.targets == c].mean(0) for c in range(10)])[None]
+            imgs, labels = _pick_images(ctx.train, 1, 1, gen)
+            lr, _ = _tuned(imgs, labels, 3, [ctx.theta0], ctx.va)
+            accs.append(acc_after(ctx.theta0, _real_set(imgs, labels, 3, lr), ctx))
+        return sum(accs) / len(accs)
+
+    def means_fixed(ctx):
+        tr = ctx.train
+        means = torch.stack([tr.tensors["input"][tr.targets == c].mean(0) for c in range(10)])[None]
         mlabels = torch.arange(10)[None]
-        lr, _ = _tuned(means, mlabels, 3, [theta0], val)
-        fixed.add("per-class mean images, tuned lr", "test acc (%)", _acc_after(theta0, _real_set(means, mlabels, 3, lr), test))
-        fresh = [_acc_after(_fresh(theta0, 20000 + 100 * seed + i), d_fixed, test) for i in range(n_eval)]
-        transfer.add("training theta_0", "test acc (%)", fixed.values("dataset distillation (learned images + lrs)")[-1])
-        transfer.add(f"{n_eval} fresh xavier inits (mean)", "test acc (%)", sum(fresh) / len(fresh))
-        if seed == seeds[0] and out_dir is not None:
-            d_fixed.source = "digits"
-            save_distilled(Path(out_dir) / "dataset_distillation_fixed.safetensors", d_fixed)
-            save_image_grid(d_fixed, Path(out_dir) / "dataset_distillation_fixed.png")
+        lr, _ = _tuned(means, mlabels, 3, [ctx.theta0], ctx.va)
+        return acc_after(ctx.theta0, _real_set(means, mlabels, 3, lr), ctx)
 
-        # ---------------- random initialisation
-        net = seeded(seed, lenet)
-        d_rand, theta0, secs_rand = _distill(
-            net, train, {"images_per_class": 1, "steps": 10, "epochs": 3, "random_init": True}, random_steps,
-            seed, progress)
-        inits = [_fresh(theta0, 30000 + 100 * seed + i) for i in range(n_eval)]
-        accs = [_acc_after(m, d_rand, test) for m in inits]
-        rnd.add("dataset distillation (learned images + lrs)", "test acc (%)", mean_std(accs)[0])
-        rnd.add("dataset distillation (learned images + lrs)", "std over inits", mean_std(accs)[1])
-        tune_inits = [_fresh(theta0, 40000 + 100 * seed + i) for i in range(n_tune)]
-        imgs, labels = _pick_images(train, 1, 10, torch.Generator().manual_seed(6000 + seed))
-        lr, _ = _tuned(imgs, labels, 3, tune_inits, val)
-        accs = [_acc_after(m, _real_set(imgs, labels, 3, lr), test) for m in inits]
-        rnd.add("random real images (10 per class), tuned lr", "test acc (%)", mean_std(accs)[0])
-        rnd.add("random real images (10 per class), tuned lr", "std over inits", mean_std(accs)[1])
-        if seed == seeds[0] and out_dir is not None:
-            d_rand.source = "digits"
-            save_distilled(Path(out_dir) / "dataset_distillation_random.safetensors", d_rand)
-            save_image_grid(d_rand, Path(out_dir) / "dataset_distillation_random.png")
+    def fixed_on_fresh(ctx):
+        accs = [acc_after(_fresh(ctx.theta0, 20000 + 100 * ctx.seed + i), ctx.d_fixed, ctx) for i in range(n_eval)]
+        return sum(accs) / len(accs)
 
-        for label, steps, secs, n in (("fixed init, T = 3", 1, secs_fixed, fixed_steps),
-                                      ("random init, T = 30", 10, secs_rand, random_steps)):
-            m = _memory(lenet(), train, steps, 3)
-            for ck in (False, True):
-                row = f"{label}{', checkpointed' if ck else ''}"
-                mem.add(row, "saved MiB", m[ck][0])
-                mem.add(row, "seconds", m[ck][1])
-            mem.add(f"{label}: whole distillation run ({n} outer steps)", "seconds", secs)
+    def dd_random(ctx):
+        net = seeded(ctx.seed, lenet, ctx)
+        ctx.d_rand, theta0, secs = _distill(
+            net, ctx.train, {"images_per_class": 1, "steps": 10, "epochs": 3, "random_init": True}, random_steps,
+            ctx.seed, progress)
+        ctx.secs.setdefault("random", []).append(secs)
+        ctx.rand_theta0 = theta0
+        if ctx.seed == seeds[0] and out_dir is not None:
+            ctx.d_rand.source = "digits"
+            save_distilled(Path(out_dir) / "dataset_distillation_random.safetensors", ctx.d_rand)
+            save_image_grid(ctx.d_rand, Path(out_dir) / "dataset_distillation_random.png")
+        ctx.inits = [_fresh(theta0, 30000 + 100 * ctx.seed + i) for i in range(n_eval)]
+        accs = [acc_after(m, ctx.d_rand, ctx) for m in ctx.inits]
+        return sum(accs) / len(accs)
 
-    dd = fixed.values("dataset distillation (learned images + lrs)")
-    real = fixed.values("random real images (1 per class), tuned lr")
-    avg = fixed.values("per-class mean images, tuned lr")
-    gap_real = [a - b for a, b in zip(dd, real)]
-    gap_avg = [a - b for a, b in zip(dd, avg)]
-    c1 = Claim("With a fixed initialisation, ten distilled images (one per class) and three learned SGD "
-               "steps train LeNet to far higher accuracy than ten random real images with the same steps "
-               "(paper, MNIST: 93.8% vs 12.9% at init; random real far lower).",
-               "mean paired gap DD − random real >= 30 points (docs/methods/dataset_distillation.md)",
-               mean_std(gap_real)[0] >= 30.0,
-               f"DD {fmt(dd)}%, random real {fmt(real)}%, paired gap {fmt(gap_real)} points")
-    c2 = Claim("The distilled images also beat the per-class mean images (the 'average real' baseline) "
-               "trained with the same steps and a tuned rate, by tens of points.",
-               "mean paired gap DD − per-class means >= 10 points",
-               mean_std(gap_avg)[0] >= 10.0,
-               f"DD {fmt(dd)}%, per-class means {fmt(avg)}%, paired gap {fmt(gap_avg)} points")
-    dr = rnd.values("dataset distillation (learned images + lrs)")
-    rr = rnd.values("random real images (10 per class), tuned lr")
-    gap_r = [a - b for a, b in zip(dr, rr)]
-    c3 = Claim("In the random-initialisation regime, 100 distilled images (10 steps x 3 epochs) train "
-               "unseen initialisations better than 100 random real images with the same steps "
-               "(paper, MNIST: 79.5 ± 8.1% vs random real ≈ 68.6%).",
-               "mean over seeds of DD − random real >= 0 (docs/methods/dataset_distillation.md: only require DD >= random "
-               "real at CPU budgets)",
-               mean_std(gap_r)[0] >= 0.0,
-               f"DD {fmt(dr)}%, random real {fmt(rr)}% (means over {n_eval} fresh inits per seed), "
-               f"gap {fmt(gap_r)} points")
-    setup = f"""
-scikit-learn digits (8x8, standardised): the 1297 training images are split into {len(train)} train /
-{len(val)} validation (stratified, fixed seed); the 500-image test split is used once per model.
-Network: LeNet-5 from the zoo (21.4k parameters, no BatchNorm), xavier-normal theta_0 as the reference
-code. Distillation runs through joryu's engine with the registered `dataset_distillation` method:
-Adam(0.01, betas 0.5/0.999), real batch 256, initial inner lr 0.02, images from N(0, 1).
+    def real_random(ctx):
+        tune_inits = [_fresh(ctx.rand_theta0, 40000 + 100 * ctx.seed + i) for i in range(n_tune)]
+        imgs, labels = _pick_images(ctx.train, 1, 10, torch.Generator().manual_seed(6000 + ctx.seed))
+        lr, _ = _tuned(imgs, labels, 3, tune_inits, ctx.va)
+        accs = [acc_after(m, _real_set(imgs, labels, 3, lr), ctx) for m in ctx.inits]
+        return sum(accs) / len(accs)
 
-- Fixed init: 1 step x 1 image per class x 3 epochs (T = 3 learned lrs), {fixed_steps} outer steps.
-  Baselines start from the same theta_0 and take the same 3 SGD steps on 10 real images (random draws,
-  or the per-class mean images) with one fixed lr picked on the validation split from {list(LR_GRID)}.
-- Random init: 10 steps x 1 image per class x 3 epochs (100 images, T = 30), theta_0 re-drawn every
-  outer step, {random_steps} outer steps; evaluated on {n_eval} fresh xavier inits never seen in training.
-  Baseline: 10 random real images per class, one per class per step, same 30 steps, lr picked on the
-  validation split over {n_tune} other inits.
-- Figures for seed 0: ![fixed init](dataset_distillation_fixed.png) ![random init](dataset_distillation_random.png)
-  (rows = steps, labelled with that step's learned lr in each epoch); the sets themselves are in
-  `dataset_distillation_fixed.safetensors` / `dataset_distillation_random.safetensors` (train on them with
-  `data: {{name: distilled, path: ...}}`).
-"""
-    notes = [f"Learned lrs (fixed init, per seed): {lrs_seen['fixed']}.",
-             f"The random-init budget ({random_steps} outer steps) is about a third of the calibrated (docs/methods/dataset_distillation.md) 3000-step run; "
-             "the paper trains far longer, on MNIST with 60k images."]
-    if quick:
-        notes.insert(0, f"QUICK smoke run: outer steps cut to {fixed_steps} / {random_steps}; the numbers are not a reproduction."
-                     )
-    return Report(title="Dataset Distillation", paper="Wang, Zhu, Torralba & Efros 2018, arXiv:1811.10959",
-                  setup=setup, tables=[fixed, transfer, rnd, mem], claims=[c1, c2, c3], notes=notes)
+    dd_f = "DD fixed init: 10 learned images + 3 lrs"
+    real_f = "fixed init: 10 random real images, tuned lr"
+    mean_f = "fixed init: per-class mean images, tuned lr"
+    dd_r = f"DD random init: 100 learned images + 30 lrs, {n_eval} fresh inits"
+    real_r = f"random init: 100 random real images, tuned lr, same {n_eval} inits"
+    arms = [Arm(dd_f, dd_fixed), Arm("fixed init: theta_0 alone (no training)", theta0_alone),
+            Arm(real_f, real_fixed), Arm(mean_f, means_fixed),
+            Arm(f"fixed-init DD images on {n_eval} fresh inits (pitfall check)", fixed_on_fresh),
+            Arm(dd_r, dd_random), Arm(real_r, real_random)]
+    claims = [
+        Compare("With a fixed initialisation, ten distilled images (one per class) and three learned SGD steps "
+                "train LeNet to higher accuracy than ten random real images with the same steps (paper, MNIST: "
+                "93.8% from a 12.9% init; random real far lower).", dd_f, real_f),
+        Compare("The distilled images also beat the per-class mean images trained with the same steps and a "
+                "tuned rate.", dd_f, mean_f),
+        Compare("In the random-initialisation regime, 100 distilled images (10 steps x 3 epochs) train unseen "
+                "initialisations better than 100 random real images with the same steps (paper, MNIST: "
+                "79.5 ± 8.1% vs about 68.6%).", dd_r, real_r),
+    ]
+
+    def tables(res):
+        first = res["contexts"][0] if res["contexts"] else {}
+        mem = Table("Cost of one outer step (autograd saved-tensor memory, MiB; wall seconds), and whole runs",
+                    ["saved MiB", "seconds"],
+                    note="Saved-tensor memory counts every tensor autograd keeps for the backward pass (the "
+                         "unrolled graph), measured with saved_tensors_hooks; it is what grows with T.")
+        if first:
+            for label, steps, key, n in (("fixed init, T = 3", 1, "fixed", fixed_steps),
+                                         ("random init, T = 30", 10, "random", random_steps)):
+                m = _memory(lenet(first), first["train"], steps, 3)
+                for ck in (False, True):
+                    row = f"{label}{', checkpointed' if ck else ''}"
+                    mem.add(row, "saved MiB", m[ck][0])
+                    mem.add(row, "seconds", m[ck][1])
+                for s in first["secs"].get(key, []):
+                    mem.add(f"{label}: whole distillation run ({n} outer steps)", "seconds", s)
+        lrs = Table("Learned inner learning rates (fixed init), per seed", ["step 1", "step 2", "step 3"])
+        for row in (first["lrs"] if first else []):
+            for j, v in enumerate(row[:3]):
+                lrs.add("learned lr", f"step {j + 1}", v)
+        return [mem, lrs]
+
+    notes = [f"The outer-step budgets ({fixed_steps} fixed init, {random_steps} random init) are cut from the "
+             "earlier 4000 / 1000 to fit the protocol's time budget; the paper trains far longer, on MNIST with "
+             "60k images."]
+    return Study(
+        title="Dataset Distillation", paper="Wang, Zhu, Torralba & Efros 2018, arXiv:1811.10959",
+        data=("scikit-learn digits (8x8, standardised), all 1797 images pooled by `protocol_splits`: 797 test, "
+              "900 train / 100 validation (stratified, fixed seed). digits is kept (not MNIST-5000 or MNIST-1D) "
+              "because the unrolled LeNet-5 outer steps on 28x28 images do not fit the time budget and LeNet-5 "
+              "is a 2-d network; the test split is as large as digits allows."),
+        budget=(f"LeNet-5 (21.4k parameters, no BatchNorm), xavier-normal theta_0 as the reference code. Every "
+                "compared arm trains its network with the same number of SGD steps on 10 images per step: 3 "
+                "steps (fixed init; 1 step x 3 epochs) or 30 steps (random init; 10 steps x 3 epochs). "
+                f"Distillation: {fixed_steps} (fixed init) / {random_steps} (random init) outer Adam steps "
+                "(lr 0.01, betas 0.5/0.999) on real batches of 256, initial inner lr 0.02, images from N(0, 1). "
+                f"Real-image baselines: {n_draws} random draws per seed (fixed init) with one fixed lr chosen "
+                f"per draw from {list(LR_GRID)}."),
+        choices=(f"The baselines' fixed learning rate is chosen per draw from {list(LR_GRID)} on the validation "
+                 f"split (random init: over {n_tune} initialisations not used for testing). The distillation's "
+                 "own settings are the reference code's. The outer-step counts were set on the validation split "
+                 "(seed 0, before the test split was read) to fit the time budget: at 400 / 80 steps the fixed-"
+                 "init set reached 39.0% (random real 21.0%) but the random-init set only 15.5% (random real "
+                 "40.5%); at 200 random-init steps with the paper's 10 steps x 3 epochs it reached 63.2% "
+                 "(random real 41.4%), while 10 steps x 1 epoch at 600 steps (the same time) reached 39.8% "
+                 "(random real 27.0%). So: 800 fixed-init and 200 random-init outer steps, the paper's "
+                 "regime. Nothing was chosen on test numbers."),
+        arms=arms, claims=claims, test_size=797, shared=shared, tables=tables,
+        setup=("Figures for the first seed: ![fixed init](dataset_distillation_fixed.png) "
+               "![random init](dataset_distillation_random.png) (rows = steps, labelled with that step's learned "
+               "lr in each epoch); the sets themselves are in `dataset_distillation_fixed.safetensors` / "
+               "`dataset_distillation_random.safetensors` (train on them with `data: {name: distilled, path: ...}`)."),
+        tried=("The previous run used 4000 / 1000 outer steps on 3 seeds (2600 s); this one cuts them to fit the "
+               "budget, so a claim that fails here may pass with more outer steps."),
+        notes=notes)
