@@ -151,4 +151,4 @@ def test_dml_reproduction_quick(tmp_path):
     md = run_reproduction("dml", quick=True, out_dir=tmp_path, progress=False)
     data = json.loads(md.with_suffix(".json").read_text())
     assert len(data["claims"]) == 1 and "QUICK smoke run" in md.read_text()
-    assert "independent: network 1" in md.read_text()
+    assert "independent: the two networks trained alone" in md.read_text() and "network 1 (%)" in md.read_text()

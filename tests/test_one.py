@@ -160,4 +160,4 @@ def test_one_reproduction_quick(tmp_path):
 
     md = run_reproduction("one", quick=True, out_dir=tmp_path, progress=False)
     data = json.loads(md.with_suffix(".json").read_text())
-    assert len(data["claims"]) == 1 and "ONE-E" in md.read_text() and "QUICK smoke run" in md.read_text()
+    assert len(data["claims"]) == 2 and "ONE-E" in md.read_text() and "QUICK smoke run" in md.read_text()
