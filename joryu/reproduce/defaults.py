@@ -84,7 +84,9 @@ def sweep(method: str, grid: list[dict], seeds: int = 2, quick: bool = False, fi
           fields: dict | None = None, pairs: list[str] | None = None, progress: bool = True) -> dict:
     """Validation accuracy of the student alone and with ``method`` at each grid point, per pair and seed."""
     from joryu.data.fields import apply_fields
+    from joryu.methods import get_method
 
+    needs_teacher = getattr(get_method(method, fixed or {}), "needs_teacher", True)
     out = {"method": method, "fixed": fixed or {}, "fields": fields or {}, "grid": grid, "pairs": {}}
     for pname, p in _pairs(quick).items():
         if pairs and pname not in pairs:
@@ -96,9 +98,10 @@ def sweep(method: str, grid: list[dict], seeds: int = 2, quick: bool = False, fi
         shape = bundle.input_shape
         rows = {"alone": [], **{json.dumps(g, sort_keys=True): [] for g in grid}}
         for seed in range(seeds):
-            t = seeded(seed, p["teacher"], shape)
-            t = train("supervised", t, tr, p["teacher_cfg"], seed)
-            teacher = FrozenTeacher(t)
+            teacher = None
+            if needs_teacher:  # teacherless methods (born_again, dml, one) skip the teacher's training
+                t = seeded(seed, p["teacher"], shape)
+                teacher = FrozenTeacher(train("supervised", t, tr, p["teacher_cfg"], seed))
             init = seeded(seed, p["student"], shape)
             rows["alone"].append(accuracy(predict(train("supervised", copy.deepcopy(init), tr, p["cfg"], seed), va),
                                           va.targets))
