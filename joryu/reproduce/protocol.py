@@ -197,7 +197,7 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
     """Run ``study`` on ``seeds`` and return its ``Report`` (the registry writes it)."""
     import time
 
-    from joryu.reproduce.registry import Report, Table
+    from joryu.reproduce.registry import Report, Table, fmt
 
     if not study.arms:
         raise ValueError(f"study {study.title!r} declares no arms")
@@ -241,8 +241,6 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
         m, b = results[c.method].get(metric), results[c.baseline].get(metric)
         if not m or not b:
             raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
-        from joryu.reproduce.registry import fmt
-
         j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
                   names=(c.method, c.baseline))
         j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
