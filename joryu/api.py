@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from joryu.config import TrainConfig
-from joryu.data import Augment, TensorData, as_source, build_transform, split_any
-from joryu.errors import ConfigError
+from joryu.config import AugmentConfig, TrainConfig, validate_params
+from joryu.data import Augment, LoaderOptions, TensorData, as_source, build_transform, split_any
+from joryu.errors import ConfigError, DataError, one_line
+from joryu.losses.positions import num_classes
+from joryu.methods import get_method, method_info
+from joryu.models.build import output_classes, probe_logits
+from joryu.outputs import declare_inputs, example_batch
+from joryu.run.stages import run_stages
+from joryu.teachers import as_teacher
 
 
 def as_tensor_data(data, num_classes: int | None = None):
@@ -26,14 +33,7 @@ def as_tensor_data(data, num_classes: int | None = None):
 def _split_overrides(method: str, overrides: dict):
     """Training settings and method parameters from ``distill``'s keyword arguments; an unknown
     key is one ConfigError naming both sets and the closest spelling."""
-    import difflib
-
-    from joryu.config import validate_params
-    from joryu.methods import get_method
-    from joryu.methods.base import _METHODS
-
-    get_method(method)  # unknown method: one line with suggestions
-    params_cls = _METHODS[method].cls.Params
+    params_cls = method_info(method).cls.Params  # unknown method: one line with suggestions
     train_keys, method_keys = set(TrainConfig.model_fields), set(params_cls.model_fields)
     unknown = [k for k in overrides if k not in train_keys | method_keys]
     if unknown:
@@ -58,8 +58,6 @@ def _split_overrides(method: str, overrides: dict):
 
 def _check_shapes(teacher, student, train) -> None:
     """Each network runs on two training samples, or one ConfigError names it and the shapes."""
-    from joryu.experiment import output_classes
-
     shape = train.input_shape if isinstance(train, TensorData) else None  # first input if no 'input' key
     nets = [("student", student)] + ([("teacher", teacher)] if isinstance(teacher, nn.Module) else [])
     for role, net in nets:
@@ -77,9 +75,6 @@ def _teacher_modules(teacher) -> list[nn.Module]:
 
 
 def _check_same_classes(teacher, student, data) -> None:
-    from joryu.experiment import probe_logits
-    from joryu.losses.positions import num_classes
-
     if not isinstance(teacher, nn.Module):
         return
     k_t, k_s = num_classes(probe_logits(teacher, data)), num_classes(probe_logits(student, data))
@@ -98,7 +93,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
     see ``joryu.config.TrainConfig``) or the method's parameters (``temperature``, ``alpha``...);
     a misspelled one is a ``ConfigError`` that says which kind it looks like. Before training,
-    every stage is dry-run on one batch (``joryu.preflight``), so a mistake is a one-line
+    every stage is dry-run on one batch (``joryu.run.stages``, ``dry=True``), so a mistake is a one-line
     ``ConfigError`` before any time is spent.
     ``metrics`` holds the per-epoch history and the final validation metrics of every stage.
 
@@ -117,11 +112,6 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
     the same as the student's). Integer tensors (token ids) are passed as they are.
     """
-    from joryu.experiment import run_stages
-    from joryu.outputs import declare_inputs
-    from joryu.preflight import dry_run
-    from joryu.teachers import as_teacher
-
     train_cfg, m = _split_overrides(method, overrides)
     stream_opts = {}
     if transform is not None or eval_transform is not None or views or loader:
@@ -131,12 +121,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         stream_opts = dict(transform=tf, eval_transform=etf,
                            views={k: build_transform(v) for k, v in (views or {}).items()})
         if loader:
-            from joryu.data import LoaderOptions
-
             stream_opts["loader"] = LoaderOptions.of(loader)
-    from joryu.errors import DataError, one_line
-    from joryu.outputs import example_batch
-
     try:  # a bad sample is reported against the argument
         data = as_source(train_data, num_classes, **stream_opts)
         if not isinstance(data, TensorData):
@@ -162,8 +147,6 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         train, val = split_any(data, val_fraction, seed)
     if isinstance(augment, dict):
-        from joryu.config import AugmentConfig, validate_params
-
         augment = Augment(**validate_params(AugmentConfig, augment, "augment").model_dump())
     if inputs is not None:
         declare_inputs(student, inputs)
@@ -182,11 +165,12 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             raise ConfigError(str(e)) from None
         _check_shapes(teacher, student, train)
         _check_same_classes(teacher, student, train)
-        dry_run(m, student, t, train, train_cfg, seed, augment, data.num_classes)
+        plan = dict(student=student, teacher=t, train=train, train_cfg=train_cfg, seed=seed, augment=augment,
+                    num_classes=data.num_classes)
+        run_stages(m, **plan, dry=True)  # the check before training: the same loop, one dry batch
         torch.manual_seed(seed)
-        student, results = run_stages(m, student, t, train, val, train_cfg,
-                                      Path(run_dir) if run_dir else None, seed, augment, progress, resume,
-                                      num_classes=data.num_classes)
+        student, results = run_stages(m, **plan, val=val, run_dir=Path(run_dir) if run_dir else None,
+                                      progress=progress, resume=resume)
     finally:
         for _, modes, grads in saved:
             for mm, was in modes:

@@ -424,7 +424,7 @@ def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, 
                 "2 loader workers; MLP student, batch 32), images per second:", "",
                 "| joryu (Engine.fit over the streamed folder) | plain DataLoader loop | ratio [>= 0.97] |",
                 "|---|---|---|", f"| {j:.0f} | {p:.0f} | {j / p:.3f} |", ""]
-    from joryu.rundir import atomic_write_text
+    from joryu.atomic import atomic_write_text
 
     atomic_write_text(path, "\n".join(out) + "\n" + NOTES)
 

@@ -32,6 +32,10 @@ class CheckpointError(ConfigError):
     """A weights file or a training checkpoint is missing, corrupt, unsafe or does not fit."""
 
 
+class UsageError(ConfigError):
+    """A malformed command line."""
+
+
 class RunDirError(ConfigError):
     """A run folder cannot be created, would overwrite a run, or does not match the config."""
 

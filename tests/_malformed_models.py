@@ -41,8 +41,13 @@ def returns_scalar(**kw):
     return Scalar()
 
 
-def add_parser(sub):
-    """A command in another module (the way ``joryu eval``/``export`` plug into the CLI)."""
-    p = sub.add_parser("hello", help="say hello")
+HELP = "say hello"  # a command in another module, shaped like those in joryu.commands
+
+
+def configure(p):
     p.add_argument("--times", type=int, default=1)
-    p.set_defaults(func=lambda args: print("hello " * args.times) or 0)
+
+
+def run(args):
+    print("hello " * args.times)
+    return 0

@@ -37,7 +37,7 @@ def test_a_method_from_a_single_file_trains_through_distill(tmp_path, tiny_data)
         assert len(hist) == 1 and {"train/kd", "train/ce"} <= set(hist[0])
         assert base.get_method("toy_floor_kd").params.label_floor == 0.2  # the Params default
     finally:
-        base._METHODS.pop("toy_floor_kd", None)
+        base.METHODS.unregister("toy_floor_kd")
         sys.modules.pop("toy_floor_kd", None)
 
 

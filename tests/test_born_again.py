@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from joryu.config import TrainConfig
-from joryu.experiment import run_stages
 from joryu.losses import confidence_weights, cwtm_loss, dkpp_target, ensemble_logits
 from joryu.methods import get_method
 from joryu.methods.born_again import born_again_loss
+from joryu.run.stages import run_stages
 from joryu.teachers.base import weights_fingerprint
 
 
@@ -66,7 +66,7 @@ def test_generations_chain(tiny_data, variant):
     init = weights_fingerprint(student)
     m = get_method("born_again", {"generations": 3, "variant": variant})
     cfg = TrainConfig(epochs=6, lr=0.02, batch_size=64)
-    out, res = run_stages(m, student, None, tiny_data, tiny_data, cfg, None, 0, None, False)
+    out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["gen1", "gen2", "gen3"]
     d1, d2, d3 = (res[g]["distiller"] for g in ("gen1", "gen2", "gen3"))
     assert d1.student is student and out is d3.student and out is not student
@@ -92,13 +92,13 @@ def test_resume_rebuilds_the_same_generations(tiny_data, tmp_path):
     cfg = TrainConfig(epochs=3, lr=0.01, batch_size=64)
     m = get_method("born_again", {"generations": 2})
     torch.manual_seed(0)
-    a, _ = run_stages(m, _net(), None, tiny_data, None, cfg, tmp_path / "a", 0, None, False)
+    a, _ = run_stages(m, student=_net(), teacher=None, train=tiny_data, val=None, train_cfg=cfg, run_dir=tmp_path / "a", seed=0, augment=None, progress=False)
     torch.manual_seed(0)
     (tmp_path / "b").mkdir()
-    b, _ = run_stages(m, _net(), None, tiny_data, None, cfg, tmp_path / "b", 0, None, False)
+    b, _ = run_stages(m, student=_net(), teacher=None, train=tiny_data, val=None, train_cfg=cfg, run_dir=tmp_path / "b", seed=0, augment=None, progress=False)
     assert weights_fingerprint(a) == weights_fingerprint(b)
     torch.manual_seed(0)
-    c, _ = run_stages(m, _net(), None, tiny_data, None, cfg, tmp_path / "a", 0, None, False, resume=True)
+    c, _ = run_stages(m, student=_net(), teacher=None, train=tiny_data, val=None, train_cfg=cfg, run_dir=tmp_path / "a", seed=0, augment=None, progress=False, resume=True)
     assert weights_fingerprint(c) == weights_fingerprint(a)
 
 

@@ -7,10 +7,10 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.data import TensorData, load
 from joryu.errors import ConfigError
-from joryu.experiment import run_stages
 from joryu.losses import feature_l2_loss
 from joryu.methods import get_method
 from joryu.methods.cross_modal import SupervisionTransferDistiller, few_labels, make_adapter
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 
 
@@ -93,9 +93,8 @@ def test_cross_modal_end_to_end_with_different_label_spaces():
     student = SmallCNN(num_classes=4, width=4)
     m = get_method("cross_modal", {"teacher_layer": "pool2", "student_layer": "pool2", "adapter": "1x1",
                                    "transfer_epochs": 3, "finetune_labels_per_class": 2, "finetune_epochs": 2})
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1, batch_size=16,
-                                                                                     lr=0.01),
-                          None, 0, None, progress=False)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=16,
+                                                                                     lr=0.01), run_dir=None, seed=0, augment=None, progress=False)
     assert set(res) == {"transfer", "finetune"}
     h = res["transfer"]["history"]
     assert h[-1]["train/transfer"] < h[0]["train/transfer"]
@@ -118,8 +117,7 @@ def test_cross_modal_on_zoo_lenets_with_default_layers():
     teacher = create("lenet5", input_shape=(1, 8, 8), num_classes=10)
     student = create("lenet5", input_shape=(1, 8, 8), num_classes=10)
     m = get_method("cross_modal", {"transfer_epochs": 1, "finetune_labels_per_class": 1, "finetune_epochs": 1})
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1, batch_size=32),
-                          None, 0, None, progress=False)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert net is student and len(res["finetune"]["history"]) == 1
 
 
@@ -127,7 +125,7 @@ def test_student_alone_baseline_trains_and_tests_on_the_students_modality(monkey
     # with baseline: true the "student alone" trained on `input` and was tested on `input_b`
     import joryu.methods.supervised as sup
     from joryu.config import build_config
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     read = []
     real_step = sup.SupervisedDistiller.training_step
@@ -152,6 +150,6 @@ def test_student_alone_baseline_trains_and_tests_on_the_students_modality(monkey
     assert "student alone" in summary["rows"]
     # the baseline (30 labelled rows, batch 256: 1 step per epoch, 2 epochs) and the fine-tuning stage
     # (the same) read the student's input_b; only the teacher's training reads input
-    # plus the one-batch checks before training (joryu.preflight) of the baseline and the fine-tuning
+    # plus the one-batch checks before training (the dry mode of joryu.run.stages) of the baseline and the fine-tuning
     assert read.count("input_b") == 4 + 2
     assert summary["rows"]["student alone"]["params"] == summary["rows"]["student + cross_modal"]["params"]

@@ -4,7 +4,6 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import TensorData, TensorLoader
-from joryu.experiment import run_stages
 from joryu.losses import confident_pseudo_labels, mix_counts
 from joryu.methods import get_method
 from joryu.methods.data_distillation import (
@@ -14,6 +13,7 @@ from joryu.methods.data_distillation import (
     transforms_for,
 )
 from joryu.reproduce import run_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher, TransformEnsembleTeacher
 
 
@@ -93,8 +93,7 @@ def test_method_runs_two_stages_and_retrains_from_the_initial_weights(tiny_data)
 
     stages[1].build = spy
     m.stages = lambda: stages
-    net, res = run_stages(m, student, None, tiny_data, None, TrainConfig(epochs=2, batch_size=40), None, 0, None,
-                          progress=False)
+    net, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=40), run_dir=None, seed=0, augment=None, progress=False)
     for k in init:
         torch.testing.assert_close(at_start[k], init[k])  # a fresh student, not the stage-1 model
     stats = res["retrain"]["distiller"].pseudo_stats

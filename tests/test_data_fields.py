@@ -84,7 +84,7 @@ def test_bad_field_specs_are_config_errors(spec, needle):
 
 def test_fields_through_a_config():
     from joryu.config import build_config
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     raw = {"name": "f", "baseline": False, "method": {"name": "noisy_label_distillation"},
            "data": {"name": "joryu.data.examples:blobs", "kwargs": {"kind": "tensors", "n": 300, "n_test": 100},

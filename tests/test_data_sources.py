@@ -174,7 +174,7 @@ def test_dataloader_keeps_its_settings():
 # ---------------------------------------------------------------------- through a config
 def _exp(data: dict, **changes):
     from joryu.config import build_config
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     raw = {"name": "u", "data": data, "baseline": False,
            "teacher": {"name": "mlp", "kwargs": {"hidden": [32]},

@@ -145,13 +145,13 @@ def test_wrong_number_of_lrs_is_an_error():
 def test_distiller_learns_and_state_roundtrips(tiny_data, tmp_path):
     """Through the engine: the outer loss drops, theta_0 is untouched, the set saves and loads."""
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
+    from joryu.run.stages import run_stages
 
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     m = get_method("dataset_distillation", {"steps": 2, "epochs": 2, "init_lr": 0.1, "save_path": str(tmp_path / "d.safetensors")})
     cfg = TrainConfig(epochs=30, batch_size=120, lr=0.05, scheduler="constant")
-    net, res = run_stages(m, student, None, tiny_data, tiny_data, cfg, None, 0, None, False, False, "dd", 3)
+    net, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False, resume=False, label="dd", num_classes=3)
     dist = res["distill"]["distiller"]
     assert isinstance(dist, DatasetDistiller) and dist.images.shape == (2, 3, 8)
     hist = res["distill"]["history"]

@@ -119,13 +119,13 @@ def test_sequential_step_equals_manual_algorithm_1():
 
 def test_cohort_of_different_architectures_trains_and_reports_every_member(tiny_data):
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
+    from joryu.run.stages import run_stages
 
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
     m = get_method("dml", {"peers": [{"name": "mlp", "kwargs": {"hidden": [16]}}, {"name": "mlp"}]})
     cfg = TrainConfig(epochs=15, lr=0.01, batch_size=32)
-    out, res = run_stages(m, student, None, tiny_data, tiny_data, cfg, None, 0, None, False)
+    out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert out is student
     val = res["mutual"]["val"]
     assert {"val/net1/acc", "val/net2/acc", "val/net3/acc", "val/ensemble/acc"} <= set(val)

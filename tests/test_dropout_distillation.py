@@ -5,11 +5,11 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.errors import ConfigError
-from joryu.experiment import run_stages
 from joryu.losses import dropout_distillation_loss, predictive_kl
 from joryu.methods import get_method
 from joryu.methods.dropout_distillation import DropoutDistillationDistiller
 from joryu.reproduce import run_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher, MCDropoutTeacher, dropout_modules
 
 
@@ -71,8 +71,7 @@ def test_student_is_deterministic_initialised_from_the_teacher_and_trains(tiny_d
     torch.testing.assert_close(d.student(x), d.student(x))
     torch.testing.assert_close(d.student(x), teacher.eval()(x))  # the weight-scaled teacher
     before = [q.clone() for q in teacher.parameters()]
-    net, res = run_stages(m, dropnet(seed=6), FrozenTeacher(teacher), tiny_data, None,
-                          TrainConfig(epochs=2, batch_size=32), None, 0, None, progress=False)
+    net, res = run_stages(m, student=dropnet(seed=6), teacher=FrozenTeacher(teacher), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert not dropout_modules(net)
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
     assert res["distill"]["history"][-1]["train/loss"] > 0
@@ -81,11 +80,9 @@ def test_student_is_deterministic_initialised_from_the_teacher_and_trains(tiny_d
 def test_wrong_teacher_or_student_is_a_config_error(tiny_data):
     m = get_method("dropout_distillation")
     with pytest.raises(ConfigError, match="no dropout"):
-        run_stages(m, dropnet(), FrozenTeacher(nn.Linear(8, 3)), tiny_data, None, TrainConfig(epochs=1), None, 0,
-                   None, progress=False)
+        run_stages(m, student=dropnet(), teacher=FrozenTeacher(nn.Linear(8, 3)), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     with pytest.raises(ConfigError, match="architecture"):
-        run_stages(m, nn.Linear(8, 3), FrozenTeacher(dropnet()), tiny_data, None, TrainConfig(epochs=1), None, 0,
-                   None, progress=False)
+        run_stages(m, student=nn.Linear(8, 3), teacher=FrozenTeacher(dropnet()), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
 
 
 def test_quick_reproduction_reports_its_claims(tmp_path):

@@ -5,11 +5,11 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.data import TensorData
 from joryu.errors import ConfigError
-from joryu.experiment import run_stages
 from joryu.losses import hint_loss
 from joryu.methods import StageContext, get_method
 from joryu.methods.fitnets import FitNetsKDDistiller, HintDistiller, HintRegressor
 from joryu.models import create
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 
 
@@ -140,8 +140,7 @@ def test_fitnets_two_stages_end_to_end_on_a_custom_module(tiny_data):
             return st
 
     spy = Spy(m.params)
-    net, results = run_stages(spy, student, ft, tiny_data, None, TrainConfig(epochs=2, lr=0.01), None, 0,
-                              None, progress=False)
+    net, results = run_stages(spy, student=student, teacher=ft, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, lr=0.01), run_dir=None, seed=0, augment=None, progress=False)
     # layers after the guided one are bit-identical after stage 1 (weights and BN statistics)
     assert all(torch.equal(after[k], captured["after"][k]) for k in after)
     assert captured["regressor"] is None  # dropped after stage 1
@@ -163,8 +162,7 @@ def test_fitnets_on_zoo_resnets_with_default_layers():
     teacher = create("resnet14", num_classes=4)
     student = create("resnet8", num_classes=4)
     m = get_method("fitnets", {"regressor": "1x1", "hint_epochs": 1})
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None,
-                          TrainConfig(epochs=1, batch_size=16), None, 0, None, progress=False)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
     assert net is student and set(res) == {"hint", "kd"}
 
 
@@ -172,5 +170,4 @@ def test_fitnets_bad_layer_path_lists_valid_ones(tiny_data):
     teacher, student = _custom_pair()
     m = get_method("fitnets", {"hint_layer": "1", "guided_layer": "layer9"})
     with pytest.raises(Exception, match="Valid paths"):
-        run_stages(m, student, FrozenTeacher(teacher), tiny_data, None, TrainConfig(epochs=1), None, 0,
-                   None, progress=False)
+        run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)

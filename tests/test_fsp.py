@@ -5,10 +5,10 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.data import TensorData
 from joryu.errors import ConfigError
-from joryu.experiment import run_stages
 from joryu.losses import fsp_loss, fsp_matrix
 from joryu.methods import get_method
 from joryu.models import create
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 
 
@@ -64,8 +64,7 @@ def test_fsp_two_stages_on_zoo_resnets():
     pairs = [["relu", "layer1"], ["layer1", "layer2"], ["layer2", "layer3"]]
     m = get_method("fsp", {"teacher_pairs": pairs, "student_pairs": pairs, "fsp_epochs": 3, "fsp_lr": 0.01})
     fc = student.fc.weight.clone()
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1, batch_size=16),
-                          None, 0, None, progress=False)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
     hist = res["fsp"]["history"]
     assert hist[-1]["train/fsp"] < hist[0]["train/fsp"]
     assert "train/loss" in res["train"]["history"][0]
@@ -100,13 +99,10 @@ def test_fsp_stage1_leaves_the_head_alone_on_a_custom_module():
             st[0].after = after
             return st
 
-    run_stages(Spy(m.params), student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=1), None, 0, None,
-               progress=False)
+    run_stages(Spy(m.params), student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     assert torch.equal(seen["head"], head)  # no FSP gradient reaches the classifier
     bad = get_method("fsp", {"teacher_pairs": [["1", "5"]], "student_pairs": [["1", "3"]]})
     with pytest.raises(ValueError, match="channel"):
-        run_stages(bad, net(5), FrozenTeacher(net(16)), data, None, TrainConfig(epochs=1), None, 0, None,
-                   progress=False)
+        run_stages(bad, student=net(5), teacher=FrozenTeacher(net(16)), train=data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     with pytest.raises(ConfigError, match="feature_layers"):
-        run_stages(get_method("fsp"), net(5), FrozenTeacher(net(16)), data, None, TrainConfig(epochs=1), None, 0,
-                   None, progress=False)
+        run_stages(get_method("fsp"), student=net(5), teacher=FrozenTeacher(net(16)), train=data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)

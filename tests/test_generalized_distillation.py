@@ -131,7 +131,7 @@ def test_method_trains_through_the_engine_and_is_listed():
 
 
 def test_example_config_runs_with_a_privileged_teacher(tmp_path):
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     exp = Experiment.from_yaml("configs/generalized_distillation_digits.yaml",
                                ["train.epochs=1", "teacher.train.epochs=1"], run_dir=tmp_path, progress=False)

@@ -16,12 +16,12 @@ from joryu.config import (
 from joryu.data import TensorLoader, load  # noqa: E402
 from joryu.engine import Engine  # noqa: E402
 from joryu.errors import ConfigError  # noqa: E402
-from joryu.experiment import Experiment  # noqa: E402
 from joryu.losses import kd_loss, masked_cross_entropy  # noqa: E402
 from joryu.losses.positions import next_token_targets  # noqa: E402
 from joryu.methods.supervised import SupervisedDistiller  # noqa: E402
 from joryu.models.hf import bert_classifier, gpt2_lm  # noqa: E402
 from joryu.outputs import forward  # noqa: E402
+from joryu.run.experiment import Experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUTS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}

@@ -1,8 +1,8 @@
 """Kill a run at the k-th file write it makes (any file, not only checkpoints), resume it, and get
 bit-identical weights and the same metrics as a run never interrupted.
 
-Every write of a run goes through ``joryu.rundir``: atomic files end in ``rundir._replace`` and the
-append-only ``metrics.jsonl`` grows through ``rundir._append``. A small driver script patches those
+Every write of a run goes through ``joryu.atomic``: atomic files end in ``atomic.replace`` and the
+append-only ``metrics.jsonl`` grows through ``atomic._append``. A small driver script patches those
 two functions to SIGKILL its own process at the k-th call: before the rename (the new file is only
 a temporary), after it, or halfway through an append (a torn last line).
 """
@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
-    import joryu.rundir as r
+    import joryu.atomic as r
 
     k, mode, count_file = int(os.environ["KILL_AT"]), os.environ["KILL_MODE"], os.environ["COUNT_FILE"]
     n = [0]
     log = []
-    replace, append = r._replace, r._append
+    replace, append = r.replace, r._append
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -51,7 +51,7 @@ DRIVER = textwrap.dedent("""
             die()
         append(path, data)
 
-    r._replace, r._append = counted_replace, counted_append
+    r.replace, r._append = counted_replace, counted_append
     from joryu.cli import main
 
     code = main(sys.argv[1:])

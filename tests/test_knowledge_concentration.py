@@ -3,11 +3,11 @@ import torch
 from torch import nn
 
 from joryu.config import TrainConfig
-from joryu.experiment import run_stages
 from joryu.losses import self_paced_weights, vertical_kd_loss
 from joryu.methods import StageContext, get_method
 from joryu.models.grouped import GroupedLinear, VerticalHead, attach_vertical_head
 from joryu.reproduce import run_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher, SpecialistTeacher
 
 VERTICALS = [[0, 3], [1, 2, 4]]
@@ -104,8 +104,7 @@ def test_method_trains_specialists_then_concentrates(tiny_data):
     m = get_method("knowledge_concentration", {"verticals": VERTICALS, "specialist_init": "scratch",
                                                "group_width": 4, "pace": "gap", "grouped_head": True})
     before = [p.clone() for p in teacher.parameters()]
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=3, batch_size=50),
-                          None, 0, None, progress=False, num_classes=5)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=3, batch_size=50), run_dir=None, seed=0, augment=None, progress=False, num_classes=5)
     assert list(res) == ["specialist1", "specialist2", "distill"]
     assert res["specialist1"]["history"][0]["step"] == -(-int(torch.isin(data.targets, torch.tensor([0, 3])).sum()) // 50)
     assert isinstance(net.fc, VerticalHead)
@@ -122,11 +121,9 @@ def test_given_specialists_must_be_a_specialist_teacher(tiny_data):
 
     m = get_method("knowledge_concentration", {"specialists": "given", "num_verticals": 3, "grouped_head": False})
     with pytest.raises(ConfigError, match="SpecialistTeacher"):
-        run_stages(m, nn.Linear(8, 3), FrozenTeacher(nn.Linear(8, 3)), tiny_data, None, TrainConfig(epochs=1), None,
-                   0, None, progress=False)
+        run_stages(m, student=nn.Linear(8, 3), teacher=FrozenTeacher(nn.Linear(8, 3)), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     specs = SpecialistTeacher([nn.Linear(8, 1), nn.Linear(8, 1), nn.Linear(8, 1)], [[0], [1], [2]], 3)
-    net, res = run_stages(m, nn.Linear(8, 3), specs, tiny_data, None, TrainConfig(epochs=1), None, 0, None,
-                          progress=False)
+    net, res = run_stages(m, student=nn.Linear(8, 3), teacher=specs, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["distill"]
 
 

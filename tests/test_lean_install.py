@@ -13,7 +13,7 @@ HEAVY = ["sklearn", "matplotlib", "mnist1d", "mlxtend", "transformers", "dataset
 
 
 def test_import_joryu_is_free_of_heavy_imports():
-    code = ("import sys, joryu, joryu.data, joryu.engine, joryu.config, joryu.experiment; "
+    code = ("import sys, joryu, joryu.data, joryu.engine, joryu.config, joryu.run.experiment; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -25,7 +25,7 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, tmp_path, capsy
     with pytest.raises(ConfigError, match="pip install no_such_pkg_xyz") as e:
         require("no_such_pkg_xyz", "this feature")
     assert "\n" not in str(e.value)
-    from joryu.report.plots import plot_curves
+    from joryu.report.figures import plot_curves
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert plot_curves({"a": [{"epoch": 1, "val/acc": 50.0}]}, tmp_path) == []

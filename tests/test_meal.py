@@ -5,11 +5,11 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import TensorLoader
-from joryu.experiment import run_stages
 from joryu.losses import Discriminator, discriminator_loss, generator_loss, pool_to, similarity_loss
 from joryu.methods import get_method
 from joryu.methods.meal import MEALDistiller
 from joryu.reproduce import run_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import EnsembleTeacher, FrozenTeacher
 
 MEAL_DEFAULTS = {k: v for k, v in get_method("meal").params.model_dump().items() if k != "num_teachers"}
@@ -114,8 +114,7 @@ def test_meal_trains_missing_teachers_then_distils_through_the_engine(tiny_data)
                             "pooled_dim": 4})
     given = EnsembleTeacher([net(5, 32), net(6, 32)])
     before = [p.clone() for p in given.models()[0].parameters()]
-    student, res = run_stages(m, net(0), given, tiny_data, None, TrainConfig(epochs=2, batch_size=40), None, 0,
-                              None, progress=False)
+    student, res = run_stages(m, student=net(0), teacher=given, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=40), run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["teacher2", "teacher3", "distill"]
     assert res["teacher2"]["history"] == []  # already given: 0 epochs
     assert len(res["teacher3"]["history"]) == 2  # trained

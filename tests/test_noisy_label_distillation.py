@@ -99,13 +99,13 @@ def test_stages_train_an_auxiliary_on_the_clean_rows_then_the_student():
     assert torch.equal(sub.targets, truth[data.tensors["clean"]])
 
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
+    from joryu.run.stages import run_stages
 
     torch.manual_seed(0)
     student = nn.Linear(6, 3)
     init = [p.clone() for p in student.parameters()]
-    net, results = run_stages(m, student, None, data, None, TrainConfig(epochs=3, lr=0.05, batch_size=32,
-                                                                      device="cpu"), None, 0, None, False)
+    net, results = run_stages(m, student=student, teacher=None, train=data, val=None, train_cfg=TrainConfig(epochs=3, lr=0.05, batch_size=32,
+                                                                      device="cpu"), run_dir=None, seed=0, augment=None, progress=False)
     assert net is student and not all(torch.equal(a, b) for a, b in zip(init, student.parameters()))
     aux = results["distill"]["distiller"].auxiliary.models()[0]
     assert aux is not student
@@ -133,7 +133,7 @@ def test_quick_reproduction_reports_its_claims(tmp_path):
 
 
 def test_example_config_runs(tmp_path):
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     exp = Experiment.from_yaml("configs/noisy_label_distillation_mnist1d.yaml",
                                ["train.epochs=1", "method.params.pretrain_epochs=1", "method.params.aux_epochs=1",
@@ -157,8 +157,8 @@ def test_default_auxiliary_is_trained_on_the_clean_rows_only():
 
 def test_lambda_is_chosen_on_held_out_clean_rows():
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
     from joryu.methods.noisy_label_distillation import heldout_accuracy, split_clean
+    from joryu.run.stages import run_stages
 
     data, _ = _noisy_data()
     grid = [0.0, 0.5, 1.0]
@@ -168,7 +168,7 @@ def test_lambda_is_chosen_on_held_out_clean_rows():
     student = nn.Linear(6, 3)
     init = copy.deepcopy(student)
     cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, device="cpu")
-    net, res = run_stages(m, student, None, data, None, cfg, None, 0, None, False)
+    net, res = run_stages(m, student=student, teacher=None, train=data, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     keep, held = split_clean(data, 0.3, 0)
     assert len(held) == 9 and len(keep) == 291 and bool(data.tensors["clean"][held].all())
     # the auxiliary trained on the 21 remaining clean rows: one step per epoch at batch 32

@@ -134,7 +134,7 @@ def test_fallback_shares_the_trunk_when_the_head_reuses_trunk_values():
 
 def test_cifar_resnet_default_trunk_end_and_training(tiny_data):
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
+    from joryu.run.stages import run_stages
 
     r = models.create("resnet20", num_classes=10, input_shape=(3, 16, 16))
     net = MultiBranch(r, r.feature_layers[-2], 3, torch.randn(4, 3, 16, 16))
@@ -142,10 +142,9 @@ def test_cifar_resnet_default_trunk_end_and_training(tiny_data):
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
     with pytest.raises(ConfigError, match="trunk_end"):
-        run_stages(get_method("one"), student, None, tiny_data, None, TrainConfig(epochs=1), None, 0, None, False)
+        run_stages(get_method("one"), student=student, teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1), run_dir=None, seed=0, augment=None, progress=False)
     m = get_method("one", {"trunk_end": "2"})
-    out, res = run_stages(m, student, None, tiny_data, tiny_data, TrainConfig(epochs=10, lr=0.01, batch_size=32),
-                          None, 0, None, False)
+    out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=TrainConfig(epochs=10, lr=0.01, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert out is student
     val = res["one"]["val"]
     assert {"val/one/acc", "val/one_e/acc", "val/gated/acc", "val/branch2/acc"} <= set(val)

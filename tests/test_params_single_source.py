@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from joryu.distiller import Distiller
-from joryu.methods.base import _METHODS, available
+from joryu.methods.base import METHODS, available
 
 # Distiller parameters whose name differs from the Params field they receive
 ALIASES = {("HintDistiller", "activation"): "regressor_activation", ("SGLDDistiller", "lr"): "sgld_lr",
@@ -17,7 +17,7 @@ ALIASES = {("HintDistiller", "activation"): "regressor_activation", ("SGLDDistil
 
 def _distillers():
     available()
-    for name, info in sorted(_METHODS.items()):
+    for name, info in METHODS.items():
         mod = importlib.import_module(info.cls.__module__)
         for _cname, cls in sorted(vars(mod).items()):
             if isinstance(cls, type) and issubclass(cls, Distiller) and cls.__module__ == mod.__name__:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from joryu.config import TrainConfig
-from joryu.experiment import run_stages
 from joryu.losses.posterior import (
     SGLD,
     auroc,
@@ -21,6 +20,7 @@ from joryu.losses.posterior import (
 )
 from joryu.methods import StageContext, get_method
 from joryu.methods.posterior_distillation import APDDistiller, GeneratorEnsemble, ParameterEnsemble
+from joryu.run.stages import run_stages
 
 
 def net():
@@ -140,7 +140,7 @@ def test_posterior_distillation_two_stages_through_the_engine(tiny_data):
     m = get_method("posterior_distillation", {"sgld_lr": 0.5, "burn_in": 20, "thin": 5, "sample_epochs": 20,
                                               "gan_epochs": 2, "hidden": 16, "num_predictive": 20})
     cfg = TrainConfig(epochs=1)
-    ens, res = run_stages(m, student, None, tiny_data, tiny_data, cfg, None, 0, None, False, False, "apd", 3)
+    ens, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False, resume=False, label="apd", num_classes=3)
     sampler = res["sample"]["distiller"]
     # 240 samples / batch 100 = 3 iterations per epoch, 60 in all: (60 - 20) / 5 samples kept
     assert sampler.iteration == 60 and len(sampler.samples) == 8

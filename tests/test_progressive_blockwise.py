@@ -7,7 +7,6 @@ from torch import nn
 from joryu.config import TrainConfig
 from joryu.data import TensorData
 from joryu.errors import ConfigError
-from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.methods._features import count_macs
 from joryu.methods.progressive_blockwise import (
@@ -17,6 +16,7 @@ from joryu.methods.progressive_blockwise import (
     student_block,
 )
 from joryu.models import create
+from joryu.run.stages import run_stages
 from joryu.taps import resolve
 from joryu.teachers import FrozenTeacher
 
@@ -110,8 +110,7 @@ def test_blocks_are_replaced_from_the_input_side_and_later_blocks_stay_the_teach
                 s.after = after
             return st
 
-    net, res = run_stages(Spy(m.params), Net(), FrozenTeacher(teacher), _data(), None,
-                          TrainConfig(epochs=1, batch_size=16), None, 0, None, progress=False)
+    net, res = run_stages(Spy(m.params), student=Net(), teacher=FrozenTeacher(teacher), train=_data(), val=None, train_cfg=TrainConfig(epochs=1, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["block1", "block2", "block3", "finetune"]
     # after step i, the blocks after i (and the head) are bit-identical to the teacher's
     for i, name in enumerate(["block1", "block2"]):
@@ -135,8 +134,7 @@ def test_on_the_zoo_cnn1d_with_its_feature_layers():
     teacher = create("cnn1d", width=8, num_classes=3)
     m = get_method("progressive_blockwise", {"blocks": teacher.feature_layers, "finetune": False, "step_epochs": 1})
     d = _data(length=40)
-    net, res = run_stages(m, create("cnn1d", width=8, num_classes=3), FrozenTeacher(teacher), d, None,
-                          TrainConfig(epochs=1, batch_size=32), None, 0, None, progress=False)
+    net, res = run_stages(m, student=create("cnn1d", width=8, num_classes=3), teacher=FrozenTeacher(teacher), train=d, val=None, train_cfg=TrainConfig(epochs=1, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["block1", "block2", "block3"]
     assert net(torch.randn(2, 1, 40)).shape == (2, 3)
 
@@ -148,8 +146,7 @@ def test_a_configured_student_is_honoured_or_refused():
     halve = get_method("progressive_blockwise", {"blocks": teacher.feature_layers, "finetune": False,
                                                  "step_epochs": 1})
     with pytest.raises(ConfigError, match="not the teacher's architecture"):
-        run_stages(halve, create("mlp", input_shape=(1, 40), num_classes=3), FrozenTeacher(teacher), d, None, cfg,
-                   None, 0, None, progress=False)
+        run_stages(halve, student=create("mlp", input_shape=(1, 40), num_classes=3), teacher=FrozenTeacher(teacher), train=d, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     # student_blocks: student uses the student's own modules at the block paths
     student = create("cnn1d", width=8, num_classes=3)
     torch.manual_seed(5)
@@ -172,12 +169,11 @@ def test_a_configured_student_is_honoured_or_refused():
             st[0].build = spy
             return st
 
-    run_stages(Spy(m.params), student, FrozenTeacher(teacher), d, None, cfg, None, 0, None, progress=False)
+    run_stages(Spy(m.params), student=student, teacher=FrozenTeacher(teacher), train=d, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert all(torch.equal(seen["block"][k[len("blocks.0."):]], v) for k, v in own.items())
     wrong = create("cnn1d", width=4, num_classes=3)  # its blocks give 4 channels, the teacher's 8
     with pytest.raises(ConfigError, match="output shape"):
-        run_stages(get_method("progressive_blockwise", {"blocks": ["blocks.0"], "student_blocks": "student"}),
-                   wrong, FrozenTeacher(teacher), d, None, cfg, None, 0, None, progress=False)
+        run_stages(get_method("progressive_blockwise", {"blocks": ["blocks.0"], "student_blocks": "student"}), student=wrong, teacher=FrozenTeacher(teacher), train=d, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
 
 
 def test_halving_beyond_resnets_lenet5_shrinks_when_its_linear_blocks_are_included():

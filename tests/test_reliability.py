@@ -80,7 +80,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
 
 
 def test_resume_accepts_result_neutral_and_default_valued_differences(tmp_path):
-    from joryu.rundir import plan_run_dir
+    from joryu.run.rundir import plan_run_dir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -138,18 +138,18 @@ def test_every_zoo_model_rejects_an_unknown_option():
 
 
 def test_a_bug_exits_1_with_its_traceback(capsys, monkeypatch):
-    import joryu.cli
+    import joryu.commands.datasets
 
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(joryu.cli, "cmd_datasets", broken)
+    monkeypatch.setattr(joryu.commands.datasets, "run", broken)
     code, _, err = cli(capsys, "datasets")
     assert code == 1 and "Traceback" in err and "ZeroDivisionError" in err and "internal error" in err
 
 
 def test_teacher_is_optional_and_an_ignored_section_warns(capsys):
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     no_teacher = {k: v for k, v in TINY.items() if k != "teacher"}
     Experiment(build_config({**no_teacher, "method": {"name": "dml"}}), write=False)
@@ -198,7 +198,7 @@ def test_the_dry_run_changes_nothing(method):
     from joryu.data import load, split_validation
     from joryu.methods import get_method
     from joryu.models import create
-    from joryu.preflight import dry_run
+    from joryu.run.stages import run_stages
     from joryu.teachers import FrozenTeacher
 
     bundle = load("mnist1d", num_samples=300)
@@ -211,7 +211,9 @@ def test_the_dry_run_changes_nothing(method):
     state = {k: v.clone() for k, v in {**student.state_dict(), **{f"t.{k}": v for k, v in
                                                                    teacher_net.state_dict().items()}}.items()}
     rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    checked = dry_run(m, student, teacher, train, TrainConfig(epochs=1, batch_size=32), 0, bundle.augment, 10)
+    _, checked = run_stages(m, student=student, teacher=teacher, train=train,
+                            train_cfg=TrainConfig(epochs=1, batch_size=32), augment=bundle.augment,
+                            num_classes=10, dry=True)
     assert checked
     now = {**student.state_dict(), **{f"t.{k}": v for k, v in teacher_net.state_dict().items()}}
     assert all(torch.equal(state[k], now[k]) for k in state)
@@ -244,7 +246,7 @@ def test_checkpoint_files_load_with_weights_only_and_restore_every_rng(tiny_data
 
 
 def test_an_atomic_write_that_fails_keeps_the_old_file(tmp_path, monkeypatch):
-    import joryu.rundir as rundir
+    import joryu.atomic as rundir
 
     p = tmp_path / "report.md"
     rundir.atomic_write_text(p, "old")
@@ -252,7 +254,7 @@ def test_an_atomic_write_that_fails_keeps_the_old_file(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rundir, "_replace", fail)
+    monkeypatch.setattr(rundir, "replace", fail)
     with pytest.raises(OSError):
         rundir.atomic_write_text(p, "new")
     assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == ["report.md"]
@@ -279,10 +281,10 @@ def test_a_data_error_raised_in_a_loader_worker_stays_one_line():
 
 
 def test_a_command_from_another_module_plugs_in(capsys, monkeypatch):
-    import joryu.cli
+    import joryu.commands
 
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
-    monkeypatch.setitem(joryu.cli.PLUGINS, "hello", ("_malformed_models", "say hello"))
+    monkeypatch.setitem(joryu.commands.COMMANDS, "hello", "_malformed_models")
     code, out, _ = cli(capsys, "hello", "--times", "2")
     assert code == 0 and out.strip() == "hello hello"
     code, _, err = cli(capsys, "hello", "--times", "x")

@@ -6,11 +6,11 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import TensorData
-from joryu.experiment import run_stages
 from joryu.losses import channel_matrix, rbf, svd_kd_loss, truncated_svd
 from joryu.methods import get_method
 from joryu.methods.svd_kd import clip_by_norm, combine_gradients
 from joryu.models import create
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 
 
@@ -186,8 +186,7 @@ def test_svd_kd_trains_a_custom_module_through_the_engine():
     before = student.fc.weight.clone()
     pts = ["stages.0", "stages.1", "stages.2"]
     m = get_method("svd_kd", {"student_points": pts, "teacher_points": pts})
-    net, res = run_stages(m, student, FrozenTeacher(teacher), data, None, TrainConfig(epochs=2, batch_size=16),
-                          None, 0, None, progress=False)
+    net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
     h = res["distill"]["history"]
     assert "train/svd" in h[0] and "train/ce" in h[0] and all(torch.isfinite(torch.tensor(r["train/svd"])) for r in h)
     assert not torch.equal(before, student.fc.weight)
@@ -201,8 +200,7 @@ def test_svd_kd_default_points_on_zoo_resnets():
                       4, "img")
     teacher = create("resnet14", num_classes=4, input_shape=(1, 8, 8))
     student = create("resnet8", num_classes=4, input_shape=(1, 8, 8))
-    net, res = run_stages(get_method("svd_kd"), student, FrozenTeacher(teacher), data, None,
-                          TrainConfig(epochs=1, batch_size=8), None, 0, None, progress=False)
+    net, res = run_stages(get_method("svd_kd"), student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=8), run_dir=None, seed=0, augment=None, progress=False)
     assert torch.isfinite(torch.tensor(res["distill"]["history"][0]["train/loss"]))
 
 
@@ -228,6 +226,6 @@ def test_svd_kd_accumulates_gradients_over_the_engines_window(monkeypatch):
     m = get_method("svd_kd", {"student_points": pts, "teacher_points": pts})
     cfg = TrainConfig(epochs=1, batch_size=16, grad_accum=2, optimizer="sgd", lr=0.1, momentum=0.0,
                       scheduler="constant")
-    run_stages(m, student, FrozenTeacher(teacher), data, None, cfg, None, 0, None, progress=False)
+    run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert len(calls) == 2
     assert torch.allclose(student.fc.bias.detach(), before - 0.1 * 1.5)  # mean of 1 and 2

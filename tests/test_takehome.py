@@ -14,10 +14,11 @@ from safetensors.torch import load_file, save_file
 from joryu.cli import main
 from joryu.config import ModelConfig
 from joryu.errors import ConfigError
-from joryu.evaluate import Scores, evaluate_model, flatten_positions
-from joryu.experiment import build_model
+from joryu.evaluate import evaluate_model
 from joryu.export import ExportError, export_model
+from joryu.metrics import Scores, flatten_positions
 from joryu.models import create
+from joryu.models.build import build_model
 from joryu.report.deploy import count_macs, deployment_stats, peak_forward_bytes, state_dict_bytes
 from joryu.weights import load_into, read_state_dict
 
@@ -435,7 +436,7 @@ def test_every_method_run_answers_did_it_help(config, tmp_path):
     from pathlib import Path
 
     from joryu.config import load_config
-    from joryu.experiment import Experiment
+    from joryu.run.experiment import Experiment
 
     extra, labels = COMPARISONS[config]
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml", TINY + extra)
@@ -450,7 +451,7 @@ def test_every_method_run_answers_did_it_help(config, tmp_path):
     md = (tmp_path / "run" / "report.md").read_text()
     assert all(label in md for label in labels)
     # the run folder's deployed network loads back (Method.deployed_network) and scores the same
-    from joryu.evaluate import RunFolder
+    from joryu.run.folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     net, key = run.student
@@ -473,7 +474,7 @@ def test_joryu_report_prints_the_run_tables(main_run, tmp_path, capsys):
 
 
 def test_training_curves_plot_the_label_cross_entropy_of_every_run():
-    from joryu.report.plots import train_ce_series
+    from joryu.report.figures import train_ce_series
 
     hist = {"teacher": [{"epoch": 1, "train/loss": 2.0}],
             "student alone": [{"epoch": 1, "train/loss": 1.5}],
@@ -492,9 +493,9 @@ def test_without_onnxruntime_or_matplotlib_one_line_says_what_to_install(main_ru
     one_line_exit_2(code, err, "pip install 'joryu[onnx]'")
     assert not out.exists()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    import joryu.evaluate
+    import joryu.report.figures
 
-    monkeypatch.setattr(joryu.evaluate, "_SAID", set())
+    monkeypatch.setattr(joryu.report.figures, "_SAID", set())
     code, text, err = run_cli(["eval", str(main_run), "--out", str(tmp_path / "e")], capsys)
     assert code == 0 and (tmp_path / "e" / "eval.json").is_file() and not (tmp_path / "e" / "reliability.png").exists()
     assert "pip install 'joryu[plot]'" in err and len(err.strip().splitlines()) == 1

@@ -9,9 +9,9 @@ from torch import nn
 
 from joryu.config import TrainConfig
 from joryu.data import Augment, TensorData, TensorLoader, add_label_noise, clean_mask, hide_labels
-from joryu.experiment import run_stages
 from joryu.methods import StageContext, get_method
 from joryu.models import create
+from joryu.run.stages import run_stages
 from joryu.teachers import CachedTeacher, FastTeacher, FrozenTeacher, prepare
 
 
@@ -134,8 +134,7 @@ def test_methods_run_with_fixed_augmentation_draws(method, params):
         data = add_label_noise(data, "pairflip", 0.3, seed=0, clean=clean_mask(y, per_class=4, seed=0))
         teacher = None
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, device="cpu")
-    net, res = run_stages(get_method(method, params), _mlp(0), teacher, data, None, cfg, None, 0,
-                          Augment(shift=1, draws=2), progress=False)
+    net, res = run_stages(get_method(method, params), student=_mlp(0), teacher=teacher, train=data, val=None, train_cfg=cfg, run_dir=None, seed=0, augment=Augment(shift=1, draws=2), progress=False)
     assert net is not None and res
 
 

@@ -47,7 +47,7 @@ def save_distilled(path: str | Path, d: DistilledSet) -> Path:
                "lrs": d.lrs.detach().cpu().contiguous()}
     meta = {"epochs": str(d.epochs), "num_classes": str(d.num_classes), "source": d.source or "",
             "source_kwargs": json.dumps(d.source_kwargs)}
-    from joryu.rundir import atomic_path
+    from joryu.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -114,7 +114,7 @@ def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> P
                 ax.set_ylabel("lr " + "/".join(f"{float(v):.2g}" for v in lrs[:, s]), fontsize=6)
     fig.tight_layout()
     path = Path(path)
-    from joryu.rundir import atomic_path
+    from joryu.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")

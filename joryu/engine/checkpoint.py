@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from joryu import rundir
+from joryu import atomic
+from joryu.atomic import atomic_path, atomic_write_text
 from joryu.errors import CheckpointError, one_line
-from joryu.rundir import atomic_path, atomic_write_text
 
 
 def save_weights(module: torch.nn.Module, path: str | Path) -> None:
@@ -151,7 +151,7 @@ def write_checkpoint(folder: Path, step: int, module, optimizers, schedulers, sc
         atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size}, indent=1))
         if final.exists():  # the same step written again (after a resume): set the old one aside
             _discard(final)
-        rundir._replace(tmp, final)
+        atomic.replace(tmp, final)
         for old in list_checkpoints(folder)[:-keep]:
             _discard(old)
     barrier()
@@ -170,7 +170,7 @@ def _discard(ckpt: Path) -> None:
     trash = ckpt.with_name(f".trash-{ckpt.name}")
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
-    rundir._replace(ckpt, trash)
+    atomic.replace(ckpt, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 

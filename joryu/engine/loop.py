@@ -15,13 +15,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from joryu import metrics
+from joryu.atomic import append_line, atomic_write_text
 from joryu.config import TrainConfig
 from joryu.data.core import Augment, TensorData
 from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError, NonFiniteLossError
-from joryu.rundir import append_line, atomic_write_text
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -254,46 +255,46 @@ class Engine:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, distiller: Distiller, data, prefix: str = "val") -> dict:
-        """The metric that fits each prediction's shape (``joryu.metrics``) for every prediction
-        in ``distiller.eval_logits``: ``{prefix}/{name}/acc`` and ``/loss`` always, ``/ppl`` for
-        token logits, ``/miou`` for segmentation; ``{prefix}/acc`` and ``/loss`` of the first.
+    def evaluate(self, distiller: Distiller, data, prefix: str = "val", full: bool = False) -> dict:
+        """Score every prediction in ``distiller.eval_logits`` with ``joryu.metrics.Scores``:
+        ``{prefix}/{name}/acc`` and ``/loss`` always, ``/ppl`` for token logits, ``/miou`` for
+        segmentation; ``{prefix}/acc`` and ``/loss`` of the first. ``full``: the whole
+        ``Scores.compute`` result per prediction instead (``{name: result}``).
 
         Only positions with a known label are scored (``labeled`` True where the batch has it,
         and target != -100); a split without any gives 0, not a division by zero."""
-        from joryu import metrics
-
         distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
         was_training = distiller.training
         distiller.eval()
         loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
-        sums, kinds = {}, {}
+        scores: dict[str, metrics.Scores] = {}
         for batch in loader.iterate(0):
             with self.accelerator.autocast():
                 preds = distiller.eval_logits(batch)
             for name, logits in preds.items():
-                kinds[name] = metrics.kind(logits)
-                sums[name] = metrics.add(sums.get(name), metrics.batch_stats(logits, batch["target"],
-                                                                             batch.get("labeled")))
+                scores.setdefault(name, metrics.Scores()).update(logits.float(), batch["target"], None,
+                                                                 batch.get("labeled"))
         distiller.train(was_training)
-        names = list(sums)
-        layout = [(name, key, v.numel()) for name in names for key, v in sums[name].items()]
-        if layout:
-            vec = torch.cat([sums[name][key].reshape(-1).float().to(self.device) for name, key, _ in layout])
-            vec = self.accelerator.reduce(vec, reduction="sum")
+        if self.accelerator.num_processes > 1 and scores:
+            vecs = [s.to_vector().to(self.device) for s in scores.values()]
+            total = self.accelerator.reduce(torch.cat(vecs), reduction="sum").cpu()
             pos = 0
-            for name, key, size in layout:
-                sums[name][key] = vec[pos:pos + size].reshape(sums[name][key].shape)
-                pos += size
+            for s, v in zip(scores.values(), vecs):
+                s.from_vector(total[pos:pos + len(v)])
+                pos += len(v)
+        results = {name: s.compute() for name, s in scores.items()}
+        if full:
+            return results
         out = {}
-        for name in names:
-            for key, value in metrics.finalize(sums[name], kinds[name]).items():
+        for name, r in results.items():
+            for key, value in metrics.short(r).items():
                 out[f"{prefix}/{name}/{key}"] = value
-        if names:
-            out[f"{prefix}/acc"] = out[f"{prefix}/{names[0]}/acc"]
-            out[f"{prefix}/loss"] = out[f"{prefix}/{names[0]}/loss"]
+        if results:
+            first = next(iter(results))
+            out[f"{prefix}/acc"] = out[f"{prefix}/{first}/acc"]
+            out[f"{prefix}/loss"] = out[f"{prefix}/{first}/loss"]
         return out
 
     # ------------------------------------------------------------------ training
@@ -303,7 +304,7 @@ class Engine:
         an evaluation and a checkpoint."""
         if self.cfg.epochs == 0:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
-        run = self._setup(distiller, train, val, augment)
+        run = self._setup(distiller, train, val, augment, compile=self.cfg.compile)
         state = self._resume(run, resume)
         from joryu import tracking
 
@@ -319,13 +320,43 @@ class Engine:
         return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,
                          train_time_s=train_time, samples_per_s=total_samples / max(1e-9, train_time))
 
+    def dry_step(self, distiller: Distiller, train, augment: Augment | None = None) -> dict:
+        """The check before training: the set-up ``fit`` does (device, loader, optimizers,
+        schedules, Accelerate), then one training batch through ``_step`` (forward, backward) with
+        no optimizer update, no scheduler step and nothing written, then the evaluation forward
+        on the same batch. Gradients are cleared afterwards; returns the batch's losses."""
+        run = self._setup(distiller, train, None, augment, compile=False)
+        state = TrainState(loader=self._loader_state(run))
+        batch = next(iter(run.loader.iterate(0)), None)
+        if batch is None:
+            raise ValueError("the training data is empty")
+        distiller.on_epoch_start(0, max(1, self.cfg.epochs))
+        run.model.train()
+        try:
+            self._step(run, state, batch, 0, dry=True)
+        finally:
+            for o in run.optimizers:
+                _zero_grad(o)
+            distiller.zero_grad(set_to_none=True)
+            distiller.ctx = None
+        distiller.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            preds = distiller.eval_logits(batch)
+        distiller.train()
+        target = batch.get("target")
+        for name, logits in preds.items():
+            if target is not None and logits.shape[0] != target.shape[0]:
+                raise ConfigError(f"prediction {name!r} has {logits.shape[0]} rows for a batch of "
+                                  f"{target.shape[0]} samples")
+        return {k: float(v.detach().float().mean()) for k, v in state.sums.items()}
+
     # -- set-up: devices, loader, optimizers, one LR schedule per optimizer, Accelerate wrapping
-    def _setup(self, distiller: Distiller, train, val, augment) -> _Run:
+    def _setup(self, distiller: Distiller, train, val, augment, compile: bool = False) -> _Run:
         cfg, acc = self.cfg, self.accelerator
         for t in distiller.teachers():
             t.to(self.device)
         distiller.to(self.device)
-        if cfg.compile:
+        if compile:
             distiller.deployable().compile()
         loader = self._loader(train, cfg.batch_size, shuffle=True, augment=augment, drop_last=False)
         steps_per_epoch = len(loader)
@@ -418,16 +449,20 @@ class Engine:
 
     # -- one batch: forward, backward, and at the end of an accumulation window the update and
     #    the scheduler step; the same window and schedule for automatic and manual optimisation
-    def _step(self, run: _Run, state: TrainState, batch: dict, i: int) -> bool:
+    def _step(self, run: _Run, state: TrainState, batch: dict, i: int, dry: bool = False) -> bool:
+        """``dry``: forward and backward only (the check before training): no update, no
+        scheduler step; a manual-optimization Distiller's ``ctx.step`` keeps the gradients."""
         cfg, acc = self.cfg, self.accelerator
-        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == run.steps_per_epoch
+        sync = not dry and ((i + 1) % cfg.grad_accum == 0 or i + 1 == run.steps_per_epoch)
         if run.auto:
             no_sync = run.model.no_sync if (not sync and acc.num_processes > 1) else nullcontext
             with no_sync(), acc.autocast():
                 losses = run.model(batch)
-                if "loss" not in losses:
-                    raise KeyError(f"{type(run.distiller).__name__}.training_step must return a 'loss'")
-            acc.backward(losses["loss"] / cfg.grad_accum)
+                if not isinstance(losses, dict) or "loss" not in losses:
+                    raise ConfigError(f"{type(run.distiller).__name__}.training_step must return a dict "
+                                      "with a 'loss'")
+            if not dry or losses["loss"].requires_grad:
+                acc.backward(losses["loss"] / cfg.grad_accum)
             if sync:
                 if cfg.clip_grad_norm:
                     acc.clip_grad_norm_(run.distiller.trainable_parameters(), cfg.clip_grad_norm)

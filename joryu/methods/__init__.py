@@ -9,7 +9,8 @@ from joryu.methods.base import (
     available,
     get_method,
     listing,
+    method_info,
     register_method,
 )
 
-__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "available", "get_method", "listing", "register_method"]
+__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "available", "get_method", "listing", "method_info", "register_method"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from joryu.config import TrainConfig, validate_params
-from joryu.errors import ConfigError
+from joryu.registry import Registry
 
 
 class Params(BaseModel):
@@ -51,7 +50,7 @@ class Stage:
 class Baseline:
     """A row that answers "did the method help?": a network trained (or taken) on the same data and
     budget without the method's idea. ``run(b)`` gets the experiment's ``BaselineContext`` (see
-    ``joryu.experiment``: ``b.fresh_student()``, ``b.train(...)``, ``b.ctx`` with the method's
+    ``joryu.run.experiment``: ``b.fresh_student()``, ``b.train(...)``, ``b.ctx`` with the method's
     stage results, ``b.deployed``) and returns the network to evaluate and report. Baselines run
     after the method, so they may reuse what it left (e.g. data distillation's stage-1 model)."""
 
@@ -74,47 +73,44 @@ class MethodInfo:
     status: str
 
 
-_METHODS: dict[str, MethodInfo] = {}
+def _discover() -> None:
+    import joryu.methods as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base" and not mod.name.startswith("_"):
+            importlib.import_module(f"joryu.methods.{mod.name}")
+
+
+METHODS: Registry[MethodInfo] = Registry("method", _discover)
 
 
 def register_method(name: str, paper: str, status: str = "implemented"):
     """Class decorator: register a Method subclass under ``name``."""
 
     def wrap(cls):
-        _METHODS[name] = MethodInfo(name, cls, paper, status)
+        METHODS.register(name, MethodInfo(name, cls, paper, status))
         cls.name = name
         return cls
 
     return wrap
 
 
-def _discover() -> None:
-    import joryu.methods as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name != "base":
-            importlib.import_module(f"joryu.methods.{mod.name}")
-
-
 def available() -> list[str]:
-    _discover()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def listing() -> list[tuple[str, str, str]]:
     """(name, paper, status) for every registered method."""
-    _discover()
-    return sorted((m.name, m.paper, m.status) for m in _METHODS.values())
+    return [(m.name, m.paper, m.status) for _, m in METHODS.items()]
+
+
+def method_info(name: str) -> MethodInfo:
+    return METHODS.get(name)
 
 
 def get_method(name: str, params: dict | None = None):
     """An instance of the method ``name`` with validated ``params``."""
-    _discover()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown method {name!r}.{hint} Implemented: {', '.join(sorted(_METHODS))}")
-    cls = _METHODS[name].cls
+    cls = METHODS.get(name).cls
     p = validate_params(cls.Params, params or {}, "method.params")
     return cls(p)
 
@@ -125,6 +121,7 @@ class Method:
     name = "method"
     Params = Params
     needs_teacher = True
+    labels_only = False  # True: the method is itself the student trained on the labels alone
     per_position_ok = False  # True: handles [B, L, C] / [B, C, H, W] logits (tokens, pixels)
 
     def __init__(self, params: Params):

@@ -40,6 +40,7 @@ class SupervisedDistiller(Distiller):
 class Supervised(Method):
     Params = SupervisedParams
     needs_teacher = False
+    labels_only = True
     per_position_ok = True
 
     def stages(self):

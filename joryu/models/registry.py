@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
-from joryu.errors import ConfigError
+from joryu.errors import ConfigError, one_line
+from joryu.registry import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-_DOCS: dict[str, str] = {}
+
+@dataclass
+class ModelInfo:
+    factory: Callable[..., nn.Module]
+    doc: str
+
+
+MODELS: Registry[ModelInfo] = Registry("model")
 
 
 def register(name: str, doc: str = ""):
     """Decorator: register ``factory(**kw) -> nn.Module`` under ``name``."""
 
     def wrap(factory):
-        if name in _MODELS:
+        if name in MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = factory
         lines = (factory.__doc__ or "").strip().splitlines()
-        _DOCS[name] = doc or (lines[0] if lines else "")
+        MODELS.register(name, ModelInfo(factory, doc or (lines[0] if lines else "")))
         return factory
 
     return wrap
 
 
 def _first_line(e: BaseException) -> str:
-    from joryu.errors import one_line
-
     return one_line(e)
 
 
@@ -39,11 +44,11 @@ def kwargs_text(kwargs: dict) -> str:
 
 
 def available() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def describe() -> dict[str, str]:
-    return {k: _DOCS.get(k, "") for k in available()}
+    return {k: info.doc for k, info in MODELS.items()}
 
 
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
@@ -66,20 +71,11 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
 
 def zoo_factory(name: str) -> Callable[..., nn.Module]:
     """The factory registered as ``name``; a one-line ConfigError with suggestions if unknown."""
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, available(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(available())}; "
-            "or give an import path 'package.module:factory'."
-        )
-    return _MODELS[name]
+    return MODELS.get(name, "Or give an import path 'package.module:factory'.").factory
 
 
 def options(name: str) -> list[tuple[str, str, str]]:
     """(option, annotation, default) of a zoo model's factory, from its signature."""
-    import inspect
-
     factory = zoo_factory(name)
     try:
         sig = inspect.signature(factory, eval_str=True)
@@ -97,8 +93,6 @@ def options(name: str) -> list[tuple[str, str, str]]:
 
 def accepts(factory: Callable, name: str) -> bool:
     """Whether ``factory`` takes a keyword argument ``name`` (or any keyword: ``**kwargs``)."""
-    import inspect
-
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):

@@ -86,8 +86,8 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, key: str = "input") -> i
 
 def _quantiles(times: list[float]) -> dict:
     s = sorted(times)
-    return {"median_ms": 1000 * s[len(s) // 2], "p90_ms": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))],
-            "runs": len(s)}
+    return {"median_ms": 1000 * s[len(s) // 2], "p10_ms": 1000 * s[int(0.1 * len(s))],
+            "p90_ms": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))], "runs": len(s)}
 
 
 @torch.no_grad()
@@ -229,33 +229,3 @@ def deployment_stats(model: torch.nn.Module, data, key: str = "input", throughpu
     if cuda:  # pragma: no cover - no GPU on the test machine
         out["cuda"] = _cuda_stats(m, x1, key, precision, repeats, xb)
     return out
-
-
-def plot_tradeoff(rows: dict[str, dict], path) -> object:
-    """Test top-1 against CPU batch-1 latency, one labelled point per model (None without
-    matplotlib)."""
-    from joryu.evaluate import _save_fig, pyplot
-
-    pts = {k: r for k, r in rows.items() if "deploy" in r and "test_acc" in r}
-    if not pts:
-        return None
-    plt = pyplot("the accuracy-latency plot")
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for name, r in pts.items():
-        lat = r["deploy"]["cpu_batch1"]["median_ms"]
-        ax.scatter([lat], [r["test_acc"]], s=40)
-        ax.annotate(name, (lat, r["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    threads = next(iter(pts.values()))["deploy"]["threads"]
-    ax.set_xscale("log")
-    ax.set_xlabel(f"CPU latency at batch 1, median (ms, {threads} thread(s), log scale)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    from pathlib import Path
-
-    path = Path(path)
-    _save_fig(fig, path)
-    plt.close(fig)
-    return path

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from joryu.rundir import atomic_write_text
+from joryu.atomic import atomic_write_text
+from joryu.metrics import ECE_BINS
+from joryu.report.figures import plot_curves, plot_tradeoff, reliability_diagram, same_architecture
 
 
 def _fmt_params(n: int) -> str:
@@ -59,7 +61,8 @@ def quality_rows(rows: dict) -> list[list[str]] | None:
         e = r.get("eval")
         if e is None:
             continue
-        out.append([name, f"{e['top1']:.2f}", f"{e['top5']:.2f}", f"{e['nll']:.4f}", f"{e['ece']:.2f}",
+        out.append([name, f"{e['top1']:.2f}", f"{e['top5']:.2f}" if "top5" in e else "-",
+                    f"{e['nll']:.4f}", f"{e['ece']:.2f}",
                     f"{e['agreement']:.2f}" if "agreement" in e else "-",
                     f"{e['kl_teacher']:.4f}" if "kl_teacher" in e else "-"])
     return out
@@ -104,10 +107,6 @@ def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only 
 def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()) -> str:
     """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
     markdown text."""
-    from joryu.evaluate import ECE_BINS, reliability_diagram
-    from joryu.report.deploy import plot_tradeoff
-    from joryu.report.plots import plot_curves
-
     run_dir = Path(run_dir)
     table = comparison_rows(rows)
     pngs = plot_curves(histories, run_dir, ce_runs)
@@ -149,6 +148,9 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
                    markdown_table(cuda), ""]
         else:
             md += ["No CUDA device was visible, so there are no GPU numbers.", ""]
+        for group in same_architecture(rows):
+            md += [f"{' and '.join(group)} deploy the same architecture (same parameters, MACs and file "
+                   "size): their latencies differ only by timing noise.", ""]
         trade = plot_tradeoff(rows, run_dir / "deployment.png")
         if trade is not None:
             md += [f"![accuracy against latency]({trade.name})", ""]
@@ -169,31 +171,21 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
     return text
 
 
-def report_cli(args) -> int:
-    """``joryu report RUN``: the run's tables (results, accuracy/calibration/agreement, deployment)
-    on the console, from its ``results.json``; ``report.md`` has the same with the plots."""
-    from joryu.errors import ConfigError
-
-    path = Path(args.run) / "results.json"
-    if not path.is_file():
-        raise ConfigError(f"{args.run} has no results.json (not a finished joryu run folder); finish the run "
-                          "with --resume, or give the folder a run wrote (e.g. runs/kd-mnist1d)")
-    rows = json.loads(path.read_text())["rows"]
-    print(format_table(comparison_rows(rows)))
-    for title, table in (("accuracy, calibration (ECE, 15 bins) and agreement with the teacher, test split",
-                          quality_rows(rows)),
-                         ("deployment (CPU; MACs = FLOPs / 2 from FlopCounterMode)", deployment_rows(rows))):
-        if table:
-            print(f"\n{title}:\n{format_table(table)}")
-    d0 = next((r["deploy"] for r in rows.values() if "deploy" in r), None)
-    if d0:
-        print(f"\nlatency: median / p90 of up to {d0['repeats']} runs at batch 1 and {d0.get('batch_repeats', 10)} "
-              f"at batch {d0['throughput_batch']}, {d0['threads']} thread(s); peak memory: one batch-1 forward pass")
-    print(f"\nreport: {Path(args.run) / 'report.md'}")
-    return 0
-
-
-def add_parser(sub) -> None:
-    r = sub.add_parser("report", help="print a run folder's results, calibration and deployment tables")
-    r.add_argument("run", help="a run folder (e.g. runs/kd-mnist1d)")
-    r.set_defaults(func=report_cli)
+def format_results(results: dict[str, dict]) -> str:
+    """A console table of evaluation results, one row per model."""
+    has_t = any("agreement" in r for r in results.values())
+    extra = [k for k in ("perplexity", "miou") if any(k in r for r in results.values())]
+    head = ["model", "n", "top-1 (%)", "top-5 (%)", "NLL", f"ECE (%, {ECE_BINS} bins)"]
+    head += [{"perplexity": "perplexity", "miou": "mIoU (%)"}[k] for k in extra]
+    if has_t:
+        head += ["agreement (%)", "KL(teacher ‖ model)"]
+    table = [head]
+    for name, r in results.items():
+        row = [name, str(r["n"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}" if "top5" in r else "-",
+               f"{r['nll']:.4f}", f"{r['ece']:.2f}"]
+        row += [f"{r[k]:.2f}" if k in r else "-" for k in extra]
+        if has_t:
+            row += [f"{r['agreement']:.2f}" if "agreement" in r else "-",
+                    f"{r['kl_teacher']:.4f}" if "kl_teacher" in r else "-"]
+        table.append(row)
+    return format_table(table)

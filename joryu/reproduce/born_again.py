@@ -10,12 +10,12 @@ from accelerate.utils import set_seed
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
-from joryu.experiment import run_stages
 from joryu.losses import ensemble_logits
 from joryu.methods import Stage, get_method
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import Table, register_reproduction
+from joryu.run.stages import run_stages
 
 # chosen on the validation split (CHOICES); the KD-only BAN at T = 1 is the paper's setting
 SETTINGS = {"hidden": (256, 256), "dropout": 0.3, "input_dropout": 0.2, "shift": 2, "epochs": 30}
@@ -39,8 +39,7 @@ def _next_generation(prev, ctx, st, variant="kd", temperature=1.0):
     stages[0] = Stage(stages[0].name, stages[0].build, {"epochs": 0}, stages[0].after)
     m.stages = lambda: stages
     set_seed(ctx.seed)
-    _, res = run_stages(m, copy.deepcopy(prev), None, ctx.tr, None, ctx.cfg, None, ctx.seed, ctx.aug, False, False,
-                        f"born_again/{variant}", 10)
+    _, res = run_stages(m, student=copy.deepcopy(prev), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label=f"born_again/{variant}", num_classes=10)
     return res["gen2"]["distiller"].student
 
 
@@ -67,8 +66,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
                      hidden=st["hidden"], dropout=st["dropout"], input_dropout=st["input_dropout"])
         m = get_method("born_again", {"generations": 1})
         set_seed(ctx.seed)
-        net, _ = run_stages(m, net, None, ctx.tr, None, ctx.cfg, None, ctx.seed, ctx.aug, False, False,
-                            "born_again/gen1", 10)
+        net, _ = run_stages(m, student=net, teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label="born_again/gen1", num_classes=10)
         ctx.nets = [net]
         tr_logits = predict(net, ctx.tr)
         ctx.train_acc = accuracy(tr_logits, ctx.tr.targets)

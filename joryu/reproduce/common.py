@@ -7,9 +7,9 @@ from accelerate.utils import set_seed
 
 from joryu.config import TrainConfig
 from joryu.data import Augment, TensorData, TensorLoader, split_validation
-from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.outputs import forward
+from joryu.run.stages import run_stages
 
 
 def train(method: str, model, data: TensorData, cfg: TrainConfig | dict, seed: int, teacher=None,
@@ -19,8 +19,7 @@ def train(method: str, model, data: TensorData, cfg: TrainConfig | dict, seed: i
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig(**cfg)
     m = get_method(method, params or {})
     set_seed(seed)
-    net, _ = run_stages(m, model, teacher, data, val, cfg, None, seed, augment, progress, False,
-                        label or method, data.num_classes)
+    net, _ = run_stages(m, student=model, teacher=teacher, train=data, val=val, train_cfg=cfg, run_dir=None, seed=seed, augment=augment, progress=progress, resume=False, label=label or method, num_classes=data.num_classes)
     return net
 
 

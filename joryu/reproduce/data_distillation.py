@@ -5,11 +5,11 @@ from __future__ import annotations
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
-from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import Table, register_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 
 SETTINGS = {"keep_fraction": 0.8}  # chosen on validation (CHOICES)
@@ -46,8 +46,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
 
     def data_distillation(ctx):
         params = {**ctx.common, "shifts": 2, "shift_step": 2}
-        net, res = run_stages(get_method("data_distillation", params), student(ctx), None, ctx.tr, None, ctx.cfg, None,
-                              ctx.seed, aug, False, False, "data distillation", 10)
+        net, res = run_stages(get_method("data_distillation", params), student=student(ctx), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=aug, progress=False, resume=False, label="data distillation", num_classes=10)
         ctx.sup = res["supervised"]["distiller"].student  # stage 1: the model trained on the labelled set alone
         ctx.pseudo_multi = res["retrain"]["distiller"].pseudo_stats
         return score(net, ctx)
@@ -57,8 +56,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
 
     def single(ctx):
         params = {**ctx.common, "shifts": 0, "teacher": "given"}
-        net, res = run_stages(get_method("data_distillation", params), student(ctx), FrozenTeacher(ctx.sup), ctx.tr,
-                              None, ctx.cfg, None, ctx.seed, aug, False, False, "self-training", 10)
+        net, res = run_stages(get_method("data_distillation", params), student=student(ctx), teacher=FrozenTeacher(ctx.sup), train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=aug, progress=False, resume=False, label="self-training", num_classes=10)
         ctx.pseudo_single = res["retrain"]["distiller"].pseudo_stats
         return score(net, ctx)
 

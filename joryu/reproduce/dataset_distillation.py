@@ -12,7 +12,6 @@ from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import load
 from joryu.data.distilled import DistilledSet, save_distilled, save_image_grid
-from joryu.experiment import run_stages
 from joryu.losses.dataset_distillation import (
     dataset_distillation_loss,
     model_state,
@@ -23,6 +22,7 @@ from joryu.methods.dataset_distillation import reinit, train_on_distilled
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import Table, register_reproduction
+from joryu.run.stages import run_stages
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -33,8 +33,7 @@ def _distill(model, train, params: dict, outer_steps: int, seed: int, progress: 
     cfg = TrainConfig(epochs=max(1, outer_steps // batches), batch_size=256, optimizer="adam", lr=0.01,
                       scheduler="constant", log_every=1000)
     t = time.perf_counter()
-    _, res = run_stages(get_method("dataset_distillation", params), model, None, train, None, cfg, None, seed,
-                        None, progress, False, "dataset_distillation", train.num_classes)
+    _, res = run_stages(get_method("dataset_distillation", params), student=model, teacher=None, train=train, val=None, train_cfg=cfg, run_dir=None, seed=seed, augment=None, progress=progress, resume=False, label="dataset_distillation", num_classes=train.num_classes)
     distiller = res["distill"]["distiller"]
     return distiller.distilled(), copy.deepcopy(distiller.student), time.perf_counter() - t
 

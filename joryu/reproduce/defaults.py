@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     res = sweep(a.method, grid, a.seeds, a.quick, json.loads(a.fixed), json.loads(a.fields),
                 [p for p in a.pairs.split(",") if p] or None)
     command = "python -m joryu.reproduce.defaults " + " ".join(sys.argv[1:] if argv is None else argv)
-    from joryu.rundir import atomic_write_text
+    from joryu.atomic import atomic_write_text
 
     out = Path(a.out) / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)

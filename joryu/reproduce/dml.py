@@ -9,13 +9,13 @@ from accelerate.utils import set_seed
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import load
-from joryu.experiment import run_stages
 from joryu.losses import ensemble_logits
 from joryu.methods import get_method
 from joryu.models.reinit import fresh_copy, seed_from
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
+from joryu.run.stages import run_stages
 
 SETTINGS = {"hidden": (256, 256), "epochs": 30}  # chosen on validation (CHOICES)
 
@@ -58,8 +58,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
     def dml(ctx):
         m = get_method("dml", {"cohort_size": 2, "update": "sequential", "temperature": 1.0})
         set_seed(ctx.seed)
-        _, res = run_stages(m, copy.deepcopy(ctx.init[0]), None, ctx.tr, None, ctx.cfg, None, ctx.seed, None, False,
-                            False, "dml", 10)
+        _, res = run_stages(m, student=copy.deepcopy(ctx.init[0]), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="dml", num_classes=10)
         return scores(ctx, list(res["mutual"]["distiller"].cohort))
 
     ALONE, DML = "independent: the two networks trained alone", "DML: the two networks as a cohort (sequential update)"

@@ -8,12 +8,12 @@ import torch
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import load
-from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.models.grouped import attach_vertical_head
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import Table, register_reproduction
+from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher, contiguous_verticals
 
 C, K = 100, 5
@@ -56,8 +56,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
         params = {"num_verticals": K, "specialists": "train", "specialist_init": "scratch",
                   "specialist_epochs": ep(SPEC_EPOCHS)}
         throwaway = seeded(0, models.create, "mlp", input_shape=d.input_shape, num_classes=C, hidden=(HIDDEN,))
-        _, res = run_stages(get_method("knowledge_concentration", params), throwaway, FrozenTeacher(proto), tr, None,
-                            TrainConfig(epochs=1, batch_size=128), None, 0, None, False, False, "specialists", C)
+        _, res = run_stages(get_method("knowledge_concentration", params), student=throwaway, teacher=FrozenTeacher(proto), train=tr, val=None, train_cfg=TrainConfig(epochs=1, batch_size=128), run_dir=None, seed=0, augment=None, progress=False, resume=False, label="specialists", num_classes=C)
         specialists = res["distill"]["distiller"].teacher
         ev = te if evaluate == "test" else va
         x = ev.prepare_input(ev.tensors["input"])
@@ -85,8 +84,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
         def run(ctx):
             params = {"num_verticals": K, "temperature": st["temperature"], "weight": st["weight"], "ce_weight": 1.0,
                       "pace": pace, "grouped_head": head, "specialists": "given"}
-            net, _ = run_stages(get_method("knowledge_concentration", params), student(ctx, hidden), ctx.specialists,
-                                ctx.tr, None, ctx.cfg, None, ctx.seed, None, False, False, "kc", C)
+            net, _ = run_stages(get_method("knowledge_concentration", params), student=student(ctx, hidden), teacher=ctx.specialists, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="kc", num_classes=C)
             return scores(net, ctx)
         return run
 

@@ -23,13 +23,11 @@ def _selected(net, data, cfg, seed, params, progress=False):
     from accelerate.utils import set_seed
 
     from joryu.config import TrainConfig
-    from joryu.experiment import run_stages
     from joryu.methods import get_method
+    from joryu.run.stages import run_stages
 
     set_seed(seed)
-    student, res = run_stages(get_method("noisy_label_distillation", params), net, None, data, None,
-                              TrainConfig(**cfg), None, seed, None, progress, False, "distill (lam_grid)",
-                              data.num_classes)
+    student, res = run_stages(get_method("noisy_label_distillation", params), student=net, teacher=None, train=data, val=None, train_cfg=TrainConfig(**cfg), run_dir=None, seed=seed, augment=None, progress=progress, resume=False, label="distill (lam_grid)", num_classes=data.num_classes)
     return student, res["select"]["distiller"].chosen
 
 

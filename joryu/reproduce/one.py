@@ -10,11 +10,11 @@ from accelerate.utils import set_seed
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
-from joryu.experiment import run_stages
 from joryu.methods import get_method
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
+from joryu.run.stages import run_stages
 
 # chosen on the validation split (CHOICES)
 SETTINGS = {"width": 32, "depth": 4, "trunk_end": "blocks.1", "epochs": 30, "shift": 3, "rampup": 0.0,
@@ -64,8 +64,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
         m = get_method("one", {"trunk_end": st["trunk_end"], "num_branches": 3, "temperature": st["temperature"],
                                "rampup_epochs": st["rampup"] * ctx.cfg.epochs})
         set_seed(ctx.seed)
-        student, res = run_stages(m, copy.deepcopy(init(ctx)), None, ctx.tr, None, ctx.cfg, None, ctx.seed, ctx.aug,
-                                  False, False, "one", 10)
+        student, res = run_stages(m, student=copy.deepcopy(init(ctx)), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label="one", num_classes=10)
         d = res["one"]["distiller"]
         ctx.ev_one, ctx.tr_one = _evaluate(d, ctx.ev), _evaluate(d, ctx.tr)
         return {"test acc (%)": ctx.ev_one["one"], "train acc (%)": ctx.tr_one["one"]}

@@ -9,12 +9,12 @@ import torch
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import load
-from joryu.experiment import run_stages
 from joryu.losses.posterior import auroc, ensemble_probs, flatten_params, predictive_entropy
 from joryu.methods import get_method
 from joryu.reproduce.common import protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import Table, register_reproduction
+from joryu.run.stages import run_stages
 
 COLS = ["test acc (%)", "test NLL", "AUROC rotated (%)", "AUROC noise (%)"]
 TEST = 600              # digits has 1797 images: 1078 train / 120 validation / 599 test (rounding)
@@ -59,8 +59,7 @@ def _mlp(shape):
 def _sgd(ctx, eval_key="te"):
     sgd_method = get_method("posterior_distillation", {**_params(ctx.quick), "noise": False})
     only_sample = SimpleNamespace(name="sgd", stages=lambda m=sgd_method: m.stages()[:1])
-    net, _ = run_stages(only_sample, seeded(ctx.seed, _mlp, ctx.shape), None, ctx.tr, None,
-                        TrainConfig(epochs=1, log_every=1000), None, ctx.seed, None, False, False, "sgd", 10)
+    net, _ = run_stages(only_sample, student=seeded(ctx.seed, _mlp, ctx.shape), teacher=None, train=ctx.tr, val=None, train_cfg=TrainConfig(epochs=1, log_every=1000), run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="sgd", num_classes=10)
     net.eval()
     with torch.no_grad():
         return _metrics(lambda x: net(x).softmax(-1), ctx[eval_key])
@@ -69,8 +68,7 @@ def _sgd(ctx, eval_key="te"):
 def _sgld(ctx, eval_key="te"):
     """One run of the method: the SGLD chain, then the GAN on its samples (the APD arm reads the generator)."""
     method = get_method("posterior_distillation", _params(ctx.quick))
-    ens, res = run_stages(method, seeded(ctx.seed, _mlp, ctx.shape), None, ctx.tr, None,
-                          TrainConfig(epochs=1, log_every=1000), None, ctx.seed, None, False, False, "apd", 10)
+    ens, res = run_stages(method, student=seeded(ctx.seed, _mlp, ctx.shape), teacher=None, train=ctx.tr, val=None, train_cfg=TrainConfig(epochs=1, log_every=1000), run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="apd", num_classes=10)
     apd = res["gan"]["distiller"]
     ctx.ensemble, ctx.apd = ens, apd
     with torch.no_grad():

@@ -171,7 +171,7 @@ def run_reproduction(name: str, seeds: int | None = None, quick: bool = False,
             "seed_list": seed_list, "wall_time_s": wall, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.system()}",
             "python": sys.version.split()[0], "quick": quick, "command": command}
-    from joryu.rundir import atomic_write_text
+    from joryu.atomic import atomic_write_text
 
     md = out / f"{name}.md"
     atomic_write_text(md, render_markdown(name, report, command, meta))

@@ -1,4 +1,4 @@
-"""Run folders: where a run may write, and how every file a user keeps is written.
+"""Run folders: where a run may write.
 
 Policy (``plan_run_dir``):
 
@@ -12,24 +12,19 @@ Policy (``plan_run_dir``):
   only after its checks (data, models, a dry run of every stage) have passed; ``--overwrite``
   then moves the old folder aside, creates the new one and deletes the old one.
 
-Every file is written with ``atomic_write_bytes`` / ``atomic_write_text`` (a temporary file in
-the same folder, flushed and fsynced, then ``os.replace``), so a kill at any moment leaves either
-the old file or the new one. ``append_line`` is for the append-only ``metrics.jsonl``; the engine
-rewrites that file from the checkpoint's history on resume, so a torn last line never survives.
+Every file inside a run folder is written through ``joryu.atomic``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from joryu import atomic
 from joryu.errors import RunDirError
 
 # Dotted config keys that do not change what a run computes: they may differ on --resume.
@@ -38,71 +33,6 @@ RESULT_NEUTRAL = ("name", "output_dir", "log_every", "checkpoint_every", "keep_c
                   "threads")
 
 FINISHED_MARKER = "results.json"  # written last, by the report, when a run completes
-
-
-# --------------------------------------------------------------------------- atomic files
-
-def _replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """``os.replace``: the one place where a finished file or folder takes its final name."""
-    os.replace(src, dst)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``.
-
-    For writers that want a file name (``safetensors.save_file``, ``savefig``). On an exception
-    the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """``atomic_write_bytes`` of ``text`` encoded as UTF-8."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line to an append-only log (``metrics.jsonl``) and flush it to disk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _append(path, (line.rstrip("\n") + "\n").encode("utf-8"))
-
-
-def _append(path: Path, data: bytes) -> None:
-    """The one place where an append-only log grows."""
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- config comparison
@@ -183,17 +113,17 @@ class RunPlan:
                 if staging.exists():
                     shutil.rmtree(staging)
                 staging.mkdir()
-                atomic_write_text(staging / "config.yaml", config_text)
+                atomic.atomic_write_text(staging / "config.yaml", config_text)
                 aside = None
                 if self.mode == "overwrite" and path.exists():
                     aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
                     if aside.exists():
                         shutil.rmtree(aside)
-                    _replace(path, aside)
+                    atomic.replace(path, aside)
                 elif path.is_dir():  # an empty folder the user made for the run
                     path.rmdir()
-                _replace(staging, path)
-                _fsync_dir(path.parent)
+                atomic.replace(staging, path)
+                atomic.fsync_dir(path.parent)
                 if aside is not None:
                     shutil.rmtree(aside, ignore_errors=True)
         except OSError as e:

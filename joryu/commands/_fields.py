@@ -1,0 +1,27 @@
+"""Printing a pydantic model's fields and a method's schema (``joryu methods NAME``,
+``joryu config schema``)."""
+
+from __future__ import annotations
+
+from joryu.config import describe_fields
+from joryu.methods import get_method, method_info
+
+
+def print_fields(rows) -> None:
+    if not rows:
+        print("  (no parameters)")
+        return
+    w = max(len(r[0]) for r in rows)
+    t = max(len(r[1]) for r in rows)
+    for name, tname, default, desc in rows:
+        print(f"  {name.ljust(w)}  {tname.ljust(t)}  default {default}" + (f"  {desc}" if desc else ""))
+
+
+def method_schema(name: str) -> int:
+    method = get_method(name)  # a one-line error (with suggestions) for an unknown name
+    info = method_info(name)
+    print(f"{name}: {info.paper} [{info.status}]")
+    print(f"needs a teacher: {'yes' if method.needs_teacher else 'no'} (with default parameters)")
+    print("parameters (method.params.NAME):")
+    print_fields(describe_fields(type(method.params)))
+    return 0

@@ -1,0 +1,69 @@
+"""``joryu export``: a run's student (or a model + weights) as ONNX, TorchScript or torch.export,
+checked against PyTorch (``joryu.export``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from joryu.config import ModelConfig
+from joryu.errors import ConfigError
+from joryu.export import DEFAULT_OPSET, FORMATS, ExportError, export_model
+from joryu.models.build import build_model
+from joryu.report.deploy import example_batch
+from joryu.run.folder import RunFolder, build_with_weights, load_data, parse_kv
+
+HELP = "export a run's student (or a model + weights) to ONNX, TorchScript or torch.export"
+
+
+def configure(p) -> None:
+    p.add_argument("target", nargs="?", help="a run folder (e.g. runs/kd-mnist1d): exports its student")
+    p.add_argument("--format", default="onnx", help="onnx (default), torchscript or torch-export")
+    p.add_argument("--out", help="output file (default: RUN/student.onnx, .pt or .pt2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
+    p.add_argument("--model-kwarg", action="append", metavar="K=V")
+    p.add_argument("--weights")
+    p.add_argument("--input-key", default="input")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,40 (instead of --data)")
+    p.add_argument("--data", help="dataset whose test inputs trace and check the export")
+    p.add_argument("--data-path")
+    p.add_argument("--data-kwarg", action="append", metavar="K=V")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+
+
+def run(args) -> int:
+    if args.format not in FORMATS:
+        raise ExportError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    suffix = FORMATS[args.format]
+    if args.target is not None:
+        if args.out and Path(args.out).exists() and not args.overwrite:  # before loading anything
+            raise ExportError(f"{args.out} exists; pass --overwrite to replace it, or --out another path")
+        run = RunFolder(args.target)
+        model, key = run.student
+        data = run.bundle.test
+        out = Path(args.out) if args.out else run.path / f"student{suffix}"
+    else:
+        if not (args.model and args.weights and (args.data or args.input_shape)):
+            raise ConfigError("joryu export needs a run folder, or --model NAME --weights FILE and --data DATASET "
+                              "or --input-shape C,L (e.g. joryu export --model mlp --model-kwarg hidden=[64,64] "
+                              "--weights student.safetensors --data mnist1d)")
+        key = args.input_key
+        if args.data:
+            bundle = load_data(args.data, args.data_path, parse_kv(args.data_kwarg))
+            model = build_with_weights(args.model, args.weights, parse_kv(args.model_kwarg), bundle,
+                                       f"model {args.model!r}", key)
+            data = bundle.test
+        else:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+            kwargs = parse_kv(args.model_kwarg)
+            model = build_model(ModelConfig(name=args.model, kwargs=kwargs, checkpoint=args.weights),
+                                int(kwargs.get("num_classes", 10)), shape).eval()
+            data = shape
+        out = Path(args.out) if args.out else Path(args.weights).with_suffix(suffix)
+    example = example_batch(data, key, 2)
+    info = export_model(model, example, out, args.format, key, args.overwrite, args.opset)
+    print(f"wrote {info['path']} ({info['bytes'] / 1024:.1f} KiB, {args.format}, input {info['input_shape']}, "
+          "dynamic batch)")
+    print(f"checked with {info['checked_with']} on a batch of {info['check_batch']}: max |difference| from "
+          f"PyTorch {info['max_abs_diff']:.2e} (tolerance {info['tolerance']})")
+    return 0
