@@ -13,9 +13,10 @@ from joryu.data import Augment, load
 from joryu.experiment import run_stages
 from joryu.losses import ensemble_logits
 from joryu.methods import Stage, get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 
 # chosen on the validation split (CHOICES); the KD-only BAN at T = 1 is the paper's setting
 SETTINGS = {"hidden": (256, 256), "dropout": 0.3, "input_dropout": 0.2, "shift": 2, "epochs": 30}

@@ -7,9 +7,10 @@ from joryu.config import TrainConfig
 from joryu.data import Augment, load
 from joryu.experiment import run_stages
 from joryu.methods import get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 SETTINGS = {"keep_fraction": 0.8}  # chosen on validation (CHOICES)

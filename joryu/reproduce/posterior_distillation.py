@@ -12,9 +12,10 @@ from joryu.data import load
 from joryu.experiment import run_stages
 from joryu.losses.posterior import auroc, ensemble_probs, flatten_params, predictive_entropy
 from joryu.methods import get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 
 COLS = ["test acc (%)", "test NLL", "AUROC rotated (%)", "AUROC noise (%)"]
 TEST = 600              # digits has 1797 images: 1078 train / 120 validation / 599 test (rounding)
