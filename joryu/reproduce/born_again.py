@@ -12,9 +12,10 @@ from joryu.config import TrainConfig
 from joryu.data import Augment, load
 from joryu.losses import ensemble_logits
 from joryu.methods import Stage, get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
 
 # chosen on the validation split (CHOICES); the KD-only BAN at T = 1 is the paper's setting

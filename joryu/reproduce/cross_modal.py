@@ -7,9 +7,10 @@ from torch import nn
 
 from joryu.data import load
 from joryu.methods.cross_modal import few_labels
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 SOURCE_CLASSES = 5  # the teacher only ever sees digits 0-4 (a different label space than the task)

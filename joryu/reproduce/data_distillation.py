@@ -6,9 +6,10 @@ from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
 from joryu.methods import get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher
 

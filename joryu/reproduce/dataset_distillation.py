@@ -19,9 +19,10 @@ from joryu.losses.dataset_distillation import (
 )
 from joryu.methods import get_method
 from joryu.methods.dataset_distillation import reinit, train_on_distilled
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

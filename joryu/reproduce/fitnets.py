@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from joryu import models
 from joryu.data import load
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 DEPTH, WIDTH = 16, 32

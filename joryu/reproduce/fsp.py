@@ -6,9 +6,10 @@ import copy
 
 from joryu.data import load
 from joryu.models.cifar import CifarResNet
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 WIDTHS, STEM = (8, 16, 32), 8

@@ -6,9 +6,10 @@ from joryu import models
 from joryu.data import load, split_validation
 from joryu.data.imperfect import hide_labels, labeled_per_class
 from joryu.methods.generalized_distillation import LapRLS, gd_lap_rls, one_hot_labeled
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 LABELS_PER_CLASS = 3

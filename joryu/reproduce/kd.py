@@ -6,9 +6,10 @@ import torch
 
 from joryu import models
 from joryu.data import Augment, load
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 OMIT = 3

@@ -10,9 +10,10 @@ from joryu.config import TrainConfig
 from joryu.data import load
 from joryu.methods import get_method
 from joryu.models.grouped import attach_vertical_head
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
 from joryu.teachers import FrozenTeacher, contiguous_verticals
 

@@ -8,9 +8,10 @@ from joryu import models
 from joryu.data import load
 from joryu.data.fields import apply_fields
 from joryu.methods.noisy_label_distillation import clean_subset
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 
 LAM_GRID = (0.0, 0.25, 0.5)  # lambda chosen from these on held-out clean rows, fixed before any run
 GROUPS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # the hand-made "knowledge graph" (see choices)

@@ -11,9 +11,10 @@ from joryu.config import TrainConfig
 from joryu.data import load
 from joryu.losses.posterior import auroc, ensemble_probs, flatten_params, predictive_entropy
 from joryu.methods import get_method
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
 
 COLS = ["test acc (%)", "test NLL", "AUROC rotated (%)", "AUROC noise (%)"]

@@ -7,9 +7,10 @@ from torch import nn
 
 from joryu.data import load
 from joryu.methods.progressive_blockwise import blockwise_cost, blockwise_student
+from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
-from joryu.reproduce.registry import Table, register_reproduction
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 WIDTHS = (32, 64, 64)

@@ -5,101 +5,50 @@ share the initialisation and the data order (build each arm's model with
 ``joryu.reproduce.common.seeded(s, ...)`` and train with seed s), so the per-seed difference
 d_s = method_s - baseline_s removes the variation the two share.
 
-With n paired seeds, mean d and standard error SE = sd(d) / sqrt(n) (sd with n - 1):
+The rule lives in ``joryu.stats`` (its one home). With n paired seeds, mean d, SE = sd(d) / sqrt(n)
+and q = t_{0.975, n-1}, the one-sided 97.5% quantile of Student's t with n - 1 degrees of freedom:
 
 - **superiority** (the paper says the method is better, sign = +1, or lower is better, sign = -1):
-  reproduced when n >= ``MIN_SEEDS`` and  sign * mean(d) - 2 SE > 0,
-  i.e. the paired mean effect has the paper's sign and exceeds zero by more than two standard
-  errors;
+  reproduced when n >= ``MIN_SEEDS`` and  sign * mean(d) - q SE > 0;
 - **non-inferiority** (the paper says "no worse", with a margin m > 0 stated before the run):
-  reproduced when n >= ``MIN_SEEDS`` and  sign * mean(d) - 2 SE > -m.
+  reproduced when n >= ``MIN_SEEDS`` and  sign * mean(d) + m - q SE > 0.
 
-Every verdict prints the effect, its interval mean ± 2 SE and n. Fewer than ``MIN_SEEDS`` paired
-seeds (e.g. a ``--quick`` smoke run) never reproduce a claim: the evidence says so.
+Every verdict prints the effect, its two-sided 95% t interval mean ± q SE and n. Fewer than
+``MIN_SEEDS`` paired seeds (e.g. a ``--quick`` smoke run) never reproduce a claim: the evidence
+says so.
 """
 
 from __future__ import annotations
 
-import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from joryu.reproduce.registry import Claim
+from joryu.reproduce.claims import Claim, Report, Table, fmt
+from joryu.stats import MIN_SEEDS, compare_paired
 
-MIN_SEEDS = 5
-Z = 2.0  # standard errors the effect must clear
-
-
-@dataclass(frozen=True)
-class Effect:
-    """The paired effect of a method over a baseline: per-seed differences and their summary."""
-
-    differences: tuple[float, ...]
-    mean: float
-    se: float
-
-    @property
-    def n(self) -> int:
-        return len(self.differences)
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return self.mean - Z * self.se, self.mean + Z * self.se
-
-    def describe(self, unit: str = "points") -> str:
-        lo, hi = self.interval
-        return (f"paired effect {self.mean:+.2f} {unit} (interval {lo:+.2f} .. {hi:+.2f}, mean ± {Z:g} SE, "
-                f"SE {self.se:.2f}), n = {self.n} paired seeds")
-
-
-def paired_effect(method: Sequence[float], baseline: Sequence[float]) -> Effect:
-    """d_s = method_s - baseline_s over paired seeds (same order, same length)."""
-    if len(method) != len(baseline):
-        raise ValueError(f"paired arms need the same seeds: {len(method)} method values, {len(baseline)} baseline")
-    if not method:
-        raise ValueError("no paired seeds")
-    d = tuple(float(a) - float(b) for a, b in zip(method, baseline))
-    n = len(d)
-    mean = sum(d) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("inf")
-    return Effect(d, mean, sd / math.sqrt(n))
-
-
-def superiority(effect: Effect, sign: int = 1, min_seeds: int = MIN_SEEDS) -> bool:
-    """The paired mean has the paper's ``sign`` and clears zero by more than 2 SE (n >= min_seeds)."""
-    if sign not in (1, -1):
-        raise ValueError("sign must be +1 (higher is better) or -1 (lower is better)")
-    return effect.n >= min_seeds and sign * effect.mean - Z * effect.se > 0
-
-
-def non_inferiority(effect: Effect, margin: float, sign: int = 1, min_seeds: int = MIN_SEEDS) -> bool:
-    """The method is no worse than the baseline by more than ``margin`` (stated in advance)."""
-    if margin <= 0:
-        raise ValueError("a non-inferiority margin must be > 0 and stated before the run")
-    if sign not in (1, -1):
-        raise ValueError("sign must be +1 (higher is better) or -1 (lower is better)")
-    return effect.n >= min_seeds and sign * effect.mean - Z * effect.se > -margin
+RULE = ("the paired mean effect in the paper's direction minus the one-sided 97.5% t quantile "
+        "(n - 1 degrees of freedom) times its standard error > 0")
 
 
 def judge(claim: str, method: Sequence[float], baseline: Sequence[float], *, sign: int = 1,
           margin: float | None = None, unit: str = "points", min_seeds: int = MIN_SEEDS,
-          names: tuple[str, str] = ("method", "baseline")) -> Claim:
-    """A ``Claim`` judged by the protocol: superiority, or non-inferiority when ``margin`` is given."""
-    eff = paired_effect(method, baseline)
+          names: tuple[str, str] = ("method", "baseline"), digits: int = 2) -> Claim:
+    """A ``Claim`` judged by ``joryu.stats.compare_paired``: superiority, or non-inferiority when
+    ``margin`` is given."""
+    cmp = compare_paired(method, baseline, sign=sign, margin=margin, min_seeds=min_seeds)
     side = "higher" if sign == 1 else "lower"
     if margin is None:
-        ok = superiority(eff, sign, min_seeds)
         crit = (f"paired over >= {min_seeds} seeds: the mean of {names[0]} - {names[1]} is {side} than zero by "
-                f"more than {Z:g} standard errors")
+                "more than the one-sided 97.5% t quantile (n - 1 df) times its standard error")
     else:
-        ok = non_inferiority(eff, margin, sign, min_seeds)
-        crit = (f"non-inferiority, margin {margin:g} {unit} stated in advance: paired over >= {min_seeds} seeds, "
-                f"the mean of {names[0]} - {names[1]} minus {Z:g} standard errors (in the paper's direction) "
-                f"stays above -{margin:g}")
-    evidence = eff.describe(unit)
-    if eff.n < min_seeds:
+        crit = (f"non-inferiority, margin {margin:g} {unit} stated in advance: paired over >= {min_seeds} "
+                f"seeds, the mean of {names[0]} - {names[1]} (in the paper's direction) minus the one-sided "
+                f"97.5% t quantile (n - 1 df) times its standard error stays above -{margin:g}")
+    evidence = cmp.describe(unit, digits)
+    if cmp.n < min_seeds:
         evidence += f"; fewer than {min_seeds} paired seeds, so not judged as reproduced"
-    return Claim(claim, crit, ok, evidence)
+    return Claim(claim, crit, cmp.passed, evidence, cmp.as_dict())
 
 
 def run_paired(arms: Mapping[str, Callable[[int], float]], seeds: Iterable[int]) -> dict[str, list[float]]:
@@ -191,14 +140,25 @@ class Study:
 
 
 MIN_TEST = 2000
+PROTOCOL = ("**Protocol** (docs/reproduction-protocol.md): paired seeds, every claim judged by one rule, "
+            f"{RULE} (a stated margin for \"no worse\" claims); at least {MIN_SEEDS} seeds; the interval "
+            "shown is the matching two-sided 95% t interval; the test split is read once, at the end.")
+
+
+def judge_compare(study: Study, c: Compare, results: Mapping[str, Mapping[str, Sequence[float]]]) -> Claim:
+    """Judge one declared claim from per-seed ``results[arm][metric]`` (a run's, or a stored file's)."""
+    metric = c.metric or study.metrics[0]
+    m, b = results.get(c.method, {}).get(metric), results.get(c.baseline, {}).get(metric)
+    if not m or not b:
+        raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
+    j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
+              names=(c.method, c.baseline))
+    j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
+    return j
 
 
 def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = False):
     """Run ``study`` on ``seeds`` and return its ``Report`` (the registry writes it)."""
-    import time
-
-    from joryu.reproduce.registry import Report, Table, fmt
-
     if not study.arms:
         raise ValueError(f"study {study.title!r} declares no arms")
     names = [a.name for a in study.arms]
@@ -235,23 +195,12 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
                 table.add(n, k, v)
         for s in seconds[n]:
             table.add(n, "train + eval time (s)", s)
-    claims = []
-    for c in study.claims:
-        metric = c.metric or study.metrics[0]
-        m, b = results[c.method].get(metric), results[c.baseline].get(metric)
-        if not m or not b:
-            raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
-        j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
-                  names=(c.method, c.baseline))
-        j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
-        claims.append(j)
+    claims = [judge_compare(study, c, results) for c in study.claims]
     size_note = (f"Test split: {study.test_size} samples, so one sample is {100.0 / study.test_size:.3f} points"
                  + ("" if study.test_size >= MIN_TEST else
                     f" (the protocol asks for >= {MIN_TEST}, i.e. <= 0.05 points; this dataset has no more)"))
     setup = "\n\n".join(p for p in (
-        "**Protocol** (docs/reproduction-protocol.md): paired seeds, every claim judged by one rule, the paired "
-        "mean effect in the paper's direction minus 2 standard errors > 0 (a stated margin for \"no worse\" "
-        f"claims); at least {MIN_SEEDS} seeds; the test split is read once, at the end.",
+        PROTOCOL,
         f"**Data.** {study.data.strip()} {size_note}.",
         f"**Budget.** {study.budget.strip()} The time column of the arms table is each arm's measured wall time.",
         f"**Settings chosen on validation.** {study.choices.strip()}",

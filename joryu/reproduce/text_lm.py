@@ -18,8 +18,10 @@ from joryu.data.text import byte_windows, split_files, stdlib_files
 from joryu.engine import Engine
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import declare_inputs
+from joryu.reproduce.claims import Claim, Report, Table, fmt
 from joryu.reproduce.common import seeded, train
-from joryu.reproduce.registry import Claim, Report, Table, fmt, mean_std, register_reproduction
+from joryu.reproduce.protocol import judge
+from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
 
 LN2 = math.log(2)
@@ -33,6 +35,23 @@ QUICK = dict(student_windows=256, test_windows=128, teacher_epochs=1, student_ep
 TEACHER_CFG = dict(batch_size=64, optimizer="adamw", lr=3e-3, scheduler="cosine", warmup_epochs=0.05)
 STUDENT_CFG = dict(batch_size=32, optimizer="adamw", lr=3e-3, scheduler="cosine", warmup_epochs=0.05)
 KD = dict(temperature=1.0, alpha=0.5, divergence="forward_kl")
+CLAIM = ("A small byte-level LM distilled from a bigger one (per-token KD) predicts held-out source files "
+         "better than the same small model trained alone on the same data and budget.")
+TEST_TABLE = "Test split (files never seen in training)"
+
+
+def judge_tables(tables: list[Table]) -> list[Claim]:
+    """The claim, judged by the protocol's rule from the result's tables (a fresh run's, or a stored
+    file's, for ``python -m joryu.reproduce.rejudge``): KD's test bits per byte lower than alone's,
+    paired by seed, in millibits per byte."""
+    by = {t.title: t for t in tables}
+    alone, kd = by[TEST_TABLE].values("student alone"), by[TEST_TABLE].values("student + KD")
+    claim = judge(CLAIM, [1000 * x for x in kd], [1000 * x for x in alone], sign=-1, unit="millibits per byte",
+                  names=("student + KD", "student alone"))
+    teacher = by["Teacher"].values("teacher (trained once, seed 0)")[0]
+    claim.evidence = (f"student + KD {fmt(kd, 4)}, student alone {fmt(alone, 4)} (test bits per byte); "
+                      f"{claim.evidence}; teacher {teacher:.4f}")
+    return [claim]
 
 
 def _bits_per_byte(model, data) -> tuple[float, float]:
@@ -72,7 +91,7 @@ def reproduce_text_lm(seeds: list[int], quick: bool, progress: bool) -> Report:
                                         teacher=teacher if method == "kd" else None, params=params,
                                         progress=progress, label=f"{label} (seed {seed})")
 
-    table = Table("Test split (files never seen in training)",
+    table = Table(TEST_TABLE,
                   ["test bits per byte", "test next-byte acc (%)"],
                   note="Bits per byte = cross-entropy in nats / ln 2 (lower is better); perplexity per byte "
                        "= 2^(bits per byte). Every student of a seed starts from the same initialisation "
@@ -92,16 +111,7 @@ def reproduce_text_lm(seeds: list[int], quick: bool, progress: bool) -> Report:
                    note="1 millibit per byte = 0.001 bits per byte; positive = the distilled student is better.")
     for g in gain:
         paired.add("student alone - student + KD", "reduction in test millibits per byte (alone - KD)", 1000 * g)
-    m, sd = mean_std(gain)
-    se = sd / math.sqrt(len(gain)) if len(gain) > 1 else float("inf")
-    claim = Claim(
-        "A small byte-level LM distilled from a bigger one (per-token KD) predicts held-out source files "
-        "better than the same small model trained alone on the same data and budget.",
-        "paired mean reduction in test bits per byte (alone - KD) > 0 by more than two standard errors "
-        "(fixed before the run)",
-        len(gain) > 1 and m > 2 * se,
-        f"alone {fmt(alone, 4)} bits/byte, KD {fmt(kd, 4)}, paired reduction {fmt(gain, 4)} "
-        f"(standard error {se:.4f}, n = {len(gain)}); teacher {t_bpb:.4f}")
+    claims = judge_tables([teacher_tab, table])
     sizes = {k: sum(f.stat().st_size for f in v) for k, v in parts.items()}
     setup = f"""
 Data: the {len(files)} top-level `*.py` files (at most 60 kB each, names not starting with `test`) of
@@ -133,4 +143,4 @@ each position is the next byte (vocabulary 256 bytes + padding).
         notes.insert(0, "QUICK smoke run: tiny models and data; the numbers are not a result.")
     return Report(title="Distilling a byte-level language model (Python stdlib source)",
                   paper="Hinton, Vinyals & Dean 2015 (arXiv:1503.02531), per-token KD for a causal LM",
-                  setup=setup, tables=[teacher_tab, table, paired], claims=[claim], notes=notes)
+                  setup=setup, tables=[teacher_tab, table, paired], claims=claims, notes=notes)
