@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +78,22 @@ class BaselineContext:
         return model
 
 
+@dataclass
+class Prepared:
+    """What ``Experiment.check`` leaves for the run: the splits, the augmentation, the training
+    settings, the teacher network (built, maybe loaded) and how to train it when needed."""
+
+    bundle: object
+    train: object
+    val: object
+    augment: Augment | None
+    train_cfg: object
+    teacher_model: torch.nn.Module | None
+    tcfg: object
+    teacher_aug: Augment | None
+    sup_teacher: Method | None  # the teacher's own training (None: it came with a checkpoint)
+
+
 class Experiment:
     """One experiment from a config: ``Experiment.from_yaml(path).run()``.
 
@@ -124,7 +141,10 @@ class Experiment:
             self.plan.commit(dump_config(self.cfg), is_main())
             wait_for_everyone()
 
-    def run(self) -> dict:
+    def check(self) -> Prepared:
+        """Everything before training: the data, every network built and probed on it, and the
+        check before training of every stage (teacher, student alone, the method) through the
+        stage loop's dry mode. Nothing is written; a mistake is one line."""
         cfg = self.cfg
         rd = self.run_dir
         if self.finished:
@@ -180,6 +200,16 @@ class Experiment:
                        seed=cfg.seed, augment=augment, num_classes=bundle.num_classes,
                        label=f"student + {cfg.method.name}", dry=True)
         del dry_teacher, student_proto
+        return Prepared(bundle, train, val, augment, train_cfg, teacher_model, tcfg, teacher_aug, sup_teacher)
+
+    def run(self) -> dict:
+        """Check, then train the teacher (unless given), the method and its comparison rows, and
+        score every network once on the test split."""
+        p = self.check()
+        cfg, rd = self.cfg, self.run_dir
+        bundle, train, val, augment, train_cfg = p.bundle, p.train, p.val, p.augment, p.train_cfg
+        teacher_model, tcfg, teacher_aug, sup_teacher = p.teacher_model, p.tcfg, p.teacher_aug, p.sup_teacher
+        train_teacher = sup_teacher is not None
         self._commit()
 
         # --- teacher
