@@ -200,9 +200,16 @@ class Engine:
         self.progress = progress
         device = pick_device(cfg)
         mp = cfg.mixed_precision
-        if device == "cpu" and mp != "no":
-            warnings.warn(f"mixed_precision={mp!r} is for GPUs; training in float32 on the CPU", stacklevel=2)
+        if device == "cpu" and mp == "fp16":  # bf16 autocasts on the CPU too; fp16 needs a GPU's scaler
+            warnings.warn("mixed_precision='fp16' is for GPUs; training in float32 on the CPU (bf16 works "
+                          "on the CPU)", stacklevel=2)
             mp = "no"
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state.get("_mixed_precision", mp) != mp:
+            # Accelerate keeps one state per process and refuses another precision: an engine in a
+            # new precision (bf16 after float32, in one process) starts it afresh
+            AcceleratorState._reset_state()
         from joryu import tracking
 
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,

@@ -22,6 +22,12 @@ Deviations and choices:
   skipping targets of -100 (padding, prompt tokens); for language models ``divergence`` selects
   forward KL (the paper's loss per token), reverse KL or the generalised JSD(beta) of GKD
   (``joryu.losses.lm``). These go beyond the paper, which distils one prediction per sample.
+- ``teacher_store: PATH`` reads the teacher's top-k log-probabilities per position from an offline
+  store (``joryu.teachers.store.build_store``) by sample index instead of calling the teacher;
+  ``topk`` uses the top K of them and ``truncation`` says how the rest of the vocabulary counts
+  (``joryu.losses.topk``: ``bucket``, the remaining mass as one extra class, or ``renormalize``).
+  The store is refused if it was built from other teacher weights or data, or (bucket) at another
+  temperature. With K = V and float32 values the loss is the dense one.
 """
 
 from __future__ import annotations
@@ -29,14 +35,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from joryu.distiller import Distiller
+from joryu.errors import ConfigError
 from joryu.losses import kd_loss, masked_cross_entropy
 from joryu.losses.lm import token_divergence
+from joryu.losses.topk import retemper, topk_divergence
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import Teacher, prepare_for
+from joryu.teachers.store import TopKStore
 
 
 def kd_objective(logits, teacher_logits, target, temperature: float, alpha: float,
@@ -51,6 +60,11 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
         soft = token_divergence(logits, teacher_logits, divergence, temperature, beta, target=mask_by)
     else:
         soft = kd_loss(logits, teacher_logits, temperature)
+    return mix_hard_term(soft, logits, target, alpha)
+
+
+def mix_hard_term(soft, logits, target, alpha: float) -> dict:
+    """``{"kd": soft, "ce": hard, "loss": alpha * soft + (1 - alpha) * hard}`` (no ce at alpha = 1)."""
     out = {"kd": soft}
     loss = alpha * soft
     if alpha < 1:
@@ -80,6 +94,49 @@ class KDDistiller(Distiller):
                             self.divergence, self.beta)
 
 
+class StoreKDDistiller(Distiller):
+    """KD from an offline top-k teacher store, read by the batch's ``index`` (no teacher call)."""
+
+    def __init__(self, student, store: TopKStore, temperature: float, alpha: float, input_key: str = "input",
+                 *, divergence: str, beta: float, topk: int | None, truncation: str):
+        super().__init__(student, [], input_key)
+        self.store = store
+        self.temperature = temperature
+        self.alpha = alpha
+        self.divergence = divergence
+        self.beta = beta
+        self.topk = topk
+        self.truncation = truncation
+
+    def training_step(self, batch):
+        logits = forward(self.student, batch, self.input_key)
+        t = self.store.get(batch["index"], logits.device, self.topk)
+        logprobs = t.logprobs
+        if self.temperature != self.store.temperature:  # renormalize only (checked when built)
+            logprobs = retemper(logprobs, self.store.temperature, self.temperature)
+        target = batch["target"] if logits.dim() > 2 else None
+        soft = topk_divergence(logits, t.indices, logprobs, t.rest, self.divergence, self.truncation,
+                               self.temperature, self.beta, target=target)
+        return mix_hard_term(soft, logits, batch["target"], self.alpha)
+
+
+def open_store_for(ctx, p) -> TopKStore:
+    """The run's teacher store, refused (one ConfigError line) if it cannot serve this run."""
+    store = TopKStore(p.teacher_store)
+    store.check(ctx.teacher, ctx.train_data)
+    if p.topk is not None and p.topk > store.k:
+        raise ConfigError(f"method.params.topk = {p.topk} but teacher store {store.path} holds k = {store.k}: "
+                          f"set topk <= {store.k} or rebuild the store with a larger k")
+    if p.truncation == "bucket" and p.temperature != store.temperature:
+        raise ConfigError(f"teacher store {store.path} holds masses at T = {store.temperature:g}, the run "
+                          f"distils at temperature {p.temperature:g}: the bucket truncation needs the "
+                          "same T (rebuild the store at this temperature) or use truncation: renormalize")
+    if ctx.augment is not None and getattr(ctx.augment, "active", False):
+        raise ConfigError("a teacher store holds the teacher's outputs on un-augmented inputs: turn the "
+                          "run's augmentation off, or distil from the teacher online (no teacher_store)")
+    return store
+
+
 class KDParams(Params):
     temperature: float = Field(4.0, gt=0, description="softmax temperature T")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha on the labels")
@@ -88,6 +145,19 @@ class KDParams(Params):
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
         "forward_kl", description="soft term: KL(p||q) (the paper), reverse KL(q||p), or JSD(beta) (joryu.losses.lm)")
     beta: float = Field(0.5, gt=0, lt=1, description="JSD(beta) mixture weight of the teacher (divergence: jsd)")
+    teacher_store: str | None = Field(
+        None, description="read the teacher's top-k outputs from this store (joryu.teachers.store.build_store) "
+                          "instead of calling the teacher")
+    topk: int | None = Field(None, ge=1, description="with teacher_store: use its top K classes (default: all it holds)")
+    truncation: Literal["bucket", "renormalize"] = Field(
+        "bucket", description="with teacher_store: the rest of the vocabulary as one extra class (bucket) or "
+                              "both distributions renormalised over the top k (joryu.losses.topk)")
+
+    @model_validator(mode="after")
+    def _store_options_need_a_store(self):
+        if self.teacher_store is None and self.topk is not None:
+            raise ValueError("topk applies to a teacher store: set teacher_store too, or drop topk")
+        return self
 
 
 @register_method("kd", paper="Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)")
@@ -99,6 +169,10 @@ class KD(Method):
         p = self.params
 
         def build(ctx):
+            if p.teacher_store is not None:
+                return StoreKDDistiller(ctx.student, open_store_for(ctx, p), p.temperature, p.alpha,
+                                        divergence=p.divergence, beta=p.beta, topk=p.topk,
+                                        truncation=p.truncation)
             teacher = prepare_for(ctx, fold=p.fast_teacher, cache=p.teacher_cache)
             return KDDistiller(ctx.student, teacher, p.temperature, p.alpha, divergence=p.divergence,
                                beta=p.beta)

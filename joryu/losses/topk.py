@@ -1,0 +1,173 @@
+r"""Soft losses against a truncated teacher: only its top k classes per position are known.
+
+An offline teacher store (``joryu.teachers.store``) keeps, per position, the teacher's k most
+probable classes :math:`S` (indices), their log-probabilities :math:`\log p_i, i \in S` at the
+distillation temperature T, and the remaining mass :math:`r = 1 - \sum_{i \in S} p_i`. With the
+student's :math:`q = \mathrm{softmax}(z / T)` over the whole vocabulary and its mass outside the
+teacher's top k, :math:`\rho = \sum_{j \notin S} q_j`, two truncations define the divergences
+D (forward KL, reverse KL, JSD(beta), as in ``joryu.losses.lm``):
+
+(a) ``"renormalize"``: both distributions conditioned on S,
+    :math:`\hat p_i = p_i / (1 - r)`, :math:`\hat q_i = q_i / (1 - \rho)`, and
+    :math:`D(\hat p, \hat q)` over k classes. Only the shape inside S counts: how much mass the
+    student puts outside S is invisible to it. Needs only the k values (any per-row shift of
+    them), so a store built at one temperature serves any T (``retemper``).
+(b) ``"bucket"``: the complement of S as one extra class, :math:`D(p_c, q_c)` with
+    :math:`p_c = (p_S, r)` and :math:`q_c = (q_S, \rho)` over k + 1 classes (DistillKit's and
+    MaxText's "remaining mass" idea). Needs r at the distillation temperature.
+
+With k = V (r = rho = 0) both equal the dense divergence. The loss is, as in ``token_divergence``,
+:math:`T^2` times the mean over valid positions.
+
+How far they are from the dense divergence. Write :math:`a = p_{\cdot|R}`, :math:`b = q_{\cdot|R}`
+for the two distributions inside the complement R of S. The chain rule of KL gives exactly
+
+.. math::
+
+    \mathrm{KL}(p \| q) = \mathrm{KL}(p_c \| q_c) + r\,\mathrm{KL}(a \| b), \qquad
+    \mathrm{KL}(p_c \| q_c) = (1 - r)\,\mathrm{KL}(\hat p \| \hat q) + \mathrm{kl}(r \| \rho)
+
+(kl of two Bernoullis), and the same with p and q swapped for the reverse KL. So
+
+- bucket never exceeds dense (for JSD too: coarse-graining cannot raise an f-divergence);
+- forward KL: :math:`0 \le \mathrm{KL} - \mathrm{KL}_{bucket} = r\,\mathrm{KL}(a \| b) \le
+  r\,(\log \rho - \min_{j \in R} \log q_j) \le r\,(\log V + (\max z - \min z)/T)`, since
+  :math:`\mathrm{KL}(a\|b) \le -\sum_j a_j \log b_j`; linear in the remaining mass r;
+- reverse KL: :math:`0 \le \mathrm{KL}(q\|p) - \mathrm{bucket} \le
+  \rho\,(\log V + (\max v - \min v)/T)` with the teacher's logits v: linear in the student's
+  mass outside S, with a factor the store does not keep;
+- JSD(beta): with :math:`m = \beta p + (1 - \beta) q` and :math:`m_j \ge \beta p_j`,
+  :math:`m_j \ge (1-\beta) q_j`, :math:`0 \le \mathrm{JSD} - \mathrm{JSD}_{bucket} \le
+  s\,h(\beta r / s) \le s \log 2` with :math:`s = \beta r + (1 - \beta)\rho` and h the binary
+  entropy in nats; no logit range needed;
+- renormalize has no such bound in r alone: :math:`\mathrm{kl}(r \| \rho)` grows without limit
+  as the student moves mass out of S while keeping its shape inside (the blind spot of (a)).
+
+``tests/test_topk.py`` checks each identity and bound. Teacher values are constants (detached);
+gradients reach the student's logits only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from joryu.losses.lm import DIVERGENCES, _fp32, forward_kl_rows, jsd_rows, reverse_kl_rows
+from joryu.losses.positions import rows
+
+TRUNCATIONS = ("renormalize", "bucket")
+LOG_FLOOR = -1e4  # log of a zero mass: exp() underflows to exactly 0, arithmetic stays finite
+
+
+def topk_from_logits(teacher_logits: Tensor, k: int, temperature: float = 1.0):
+    """``(indices [N, k], log-probs [N, k], rest [N])`` of rows of logits ``[N, V]`` at temperature T:
+    the k most probable classes, sorted by probability (descending), their
+    :math:`\\log \\mathrm{softmax}(v / T)`, and the mass outside them, summed over the complement
+    (exactly 0 when k = V)."""
+    lp = F.log_softmax(_fp32(teacher_logits.detach()) / temperature, dim=-1)
+    values, indices = lp.topk(k, dim=-1)
+    rest = lp.scatter(-1, indices, float("-inf")).logsumexp(-1).exp()
+    return indices, values, rest
+
+
+def retemper(logprobs: Tensor, from_temperature: float, to_temperature: float) -> Tensor:
+    """Top-k log-probabilities at ``from_temperature`` -> log-probabilities renormalised over the
+    top k at ``to_temperature``: :math:`\\log\\mathrm{softmax}_S(T_s \\log p_S / T)`, which is
+    :math:`\\log\\mathrm{softmax}_S(v_S / T)` since :math:`T_s \\log p_i = v_i - \\mathrm{const}`.
+    Valid for the renormalised truncation only (the rest mass at T is not known)."""
+    return F.log_softmax(_fp32(logprobs) * (from_temperature / to_temperature), dim=-1)
+
+
+def _log_masses(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor, rest: Tensor | None,
+                truncation: str, temperature: float):
+    """Per-row log-probabilities of the two truncated distributions, ``(log_q, log_p)``."""
+    z = _fp32(student_rows) / temperature
+    idx = index.long()
+    lp = _fp32(teacher_logprobs.detach()).to(z.dtype)
+    if truncation == "renormalize":
+        return F.log_softmax(z.gather(-1, idx), dim=-1), F.log_softmax(lp, dim=-1)
+    if rest is None:
+        raise ValueError("the bucket truncation needs the teacher's remaining mass (rest)")
+    lse = z.logsumexp(-1, keepdim=True)
+    log_q_s = z.gather(-1, idx) - lse
+    outside = z.scatter(-1, idx, torch.finfo(z.dtype).min)  # finite fill: no NaN gradient at k = V
+    log_rho = (outside.logsumexp(-1, keepdim=True) - lse).clamp_min(LOG_FLOOR)
+    if idx.shape[-1] == z.shape[-1]:  # k = V: nothing outside (the fill would still count V tiny terms)
+        log_rho = torch.full_like(log_rho, LOG_FLOOR)
+    log_r = rest.detach().to(z.dtype).clamp_min(0).log().clamp_min(LOG_FLOOR).unsqueeze(-1)
+    log_q = torch.cat([log_q_s, log_rho], -1)
+    log_p = torch.cat([lp, log_r], -1)
+    # 16-bit values make p_S + r miss 1 by ~1e-3: renormalise the k + 1 masses of the teacher
+    return log_q, log_p - log_p.logsumexp(-1, keepdim=True)
+
+
+def topk_divergence_rows(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor,
+                         rest: Tensor | None = None, divergence: str = "forward_kl",
+                         truncation: str = "bucket", temperature: float = 1.0,
+                         beta: float = 0.5) -> Tensor:
+    """D between the truncated teacher and student per row (no T^2, no mean): ``student_rows``
+    ``[N, V]`` logits, ``index`` ``[N, k]`` integer classes, ``teacher_logprobs`` ``[N, k]`` the
+    teacher's log-probabilities there at temperature T, ``rest`` ``[N]`` its remaining mass."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"unknown truncation {truncation!r}; choose one of {', '.join(TRUNCATIONS)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if index.shape != teacher_logprobs.shape or index.shape[:-1] != student_rows.shape[:-1]:
+        raise ValueError(f"top-k indices {tuple(index.shape)} and values {tuple(teacher_logprobs.shape)} "
+                         f"do not fit student rows {tuple(student_rows.shape)}")
+    if index.shape[-1] > student_rows.shape[-1]:
+        raise ValueError(f"k = {index.shape[-1]} exceeds the student's {student_rows.shape[-1]} classes")
+    log_q, log_p = _log_masses(student_rows, index, teacher_logprobs, rest, truncation, temperature)
+    if divergence == "forward_kl":
+        return forward_kl_rows(log_q, log_p)
+    if divergence == "reverse_kl":
+        return reverse_kl_rows(log_q, log_p)
+    return jsd_rows(log_q, log_p, beta)
+
+
+def topk_divergence(student_logits: Tensor, index: Tensor, teacher_logprobs: Tensor,
+                    rest: Tensor | None = None, divergence: str = "forward_kl",
+                    truncation: str = "bucket", temperature: float = 1.0, beta: float = 0.5,
+                    mask: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+    """:math:`T^2` times the mean over valid positions of the truncated divergence (see the module
+    docstring). ``student_logits`` is ``[B, C]``, ``[B, L, V]`` or ``[B, C, H, W]``; the teacher
+    tensors have one row per position: ``[..., k]`` in the positions' order (``[B, k]``,
+    ``[B, L, k]``, ``[B, H, W, k]``), ``rest`` ``[...]``. ``mask`` and ``target`` (``-100``)
+    select positions as in ``joryu.losses.positions.rows``."""
+    z, _, valid = rows(student_logits, target, mask)
+    k = index.shape[-1]
+    per_row = topk_divergence_rows(z, index.reshape(-1, k), teacher_logprobs.reshape(-1, k),
+                                   None if rest is None else rest.reshape(-1), divergence, truncation,
+                                   temperature, beta)
+    t2 = float(temperature) ** 2
+    if bool(valid.all()):
+        return per_row.mean() * t2
+    return (per_row * valid).sum() / valid.sum().clamp_min(1) * t2
+
+
+def binary_kl(a: Tensor, b: Tensor) -> Tensor:
+    """:math:`\\mathrm{kl}(a \\| b) = a \\log(a/b) + (1-a) \\log((1-a)/(1-b))` for masses in [0, 1]."""
+    return torch.xlogy(a, a) - torch.xlogy(a, b) + torch.xlogy(1 - a, 1 - a) - torch.xlogy(1 - a, 1 - b)
+
+
+def forward_kl_bucket_bound(student_rows: Tensor, rest: Tensor, temperature: float = 1.0) -> Tensor:
+    """Upper bound per row on KL(p || q) - KL_bucket: :math:`r\\,(\\log V + (\\max z - \\min z)/T)`."""
+    z = student_rows.detach().float()
+    spread = (z.amax(-1) - z.amin(-1)) / temperature
+    return rest.float() * (math.log(z.shape[-1]) + spread)
+
+
+def jsd_bucket_bound(rest: Tensor, student_rest: Tensor, beta: float = 0.5) -> Tensor:
+    """Upper bound per row on JSD - JSD_bucket: :math:`s\\,h(\\beta r / s)`, :math:`s = \\beta r + (1-\\beta)\\rho`."""
+    a, b = beta * rest.float(), (1 - beta) * student_rest.float()
+    s = a + b
+    return -torch.xlogy(a, a / s.clamp_min(1e-30)) - torch.xlogy(b, b / s.clamp_min(1e-30))
+
+
+__all__ = ["TRUNCATIONS", "binary_kl", "forward_kl_bucket_bound", "jsd_bucket_bound", "retemper",
+           "topk_divergence", "topk_divergence_rows", "topk_from_logits"]
