@@ -362,14 +362,17 @@ class RunFolder:
 
     def _deployed(self, cfg, weights):
         """The network the run deployed (``Method.deployed_network``) with its weights loaded."""
+        from joryu.data.sources import align_labels
         from joryu.errors import ConfigError
         from joryu.experiment import build_model, input_shape_of
         from joryu.methods import get_method
+        from joryu.outputs import is_causal_lm
         from joryu.weights import load_into
 
         b = self.bundle
         plain = cfg.student.model_copy(update={"checkpoint": None})
         student = build_model(plain, b.num_classes, input_shape_of(b.test, cfg.student.input_key, b.input_shape))
+        b = self.bundle = align_labels(b, is_causal_lm(student))  # HF labels: shifted for a causal LM
         teacher = self.models.get("teacher", (None,))[0]
         if teacher is None and getattr(cfg, "teacher", None) is not None:
             teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": None}), b.num_classes,

@@ -14,13 +14,22 @@ from accelerate.utils import set_seed
 from joryu import models as zoo
 from joryu.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
 from joryu.data import Augment, TensorData, load_data, split_any
+from joryu.data.sources import align_labels
 from joryu.engine import Engine, load_weights, save_weights
 from joryu.engine.loop import pick_device
 from joryu.errors import ConfigError, JoryuError, one_line, warn
 from joryu.losses import positions
 from joryu.methods import Method, Stage, StageContext, get_method
 from joryu.methods.supervised import SupervisedDistiller
-from joryu.outputs import call, declare_inputs, example_batch, forward, input_keys, normalize_inputs
+from joryu.outputs import (
+    call,
+    declare_inputs,
+    example_batch,
+    forward,
+    input_keys,
+    is_causal_lm,
+    normalize_inputs,
+)
 from joryu.preflight import dry_run
 from joryu.rundir import atomic_write_text, dump_config, plan_run_dir
 from joryu.teachers import FrozenTeacher
@@ -381,6 +390,8 @@ class Experiment:
             models["teacher"], keys["teacher"] = teacher_model, cfg.teacher.input_key
             names["teacher"] = f"teacher {cfg.teacher.name!r}"
         student_proto = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
+        causal = is_causal_lm(student_proto)  # Hugging Face labels: shifted once for a causal LM
+        bundle, train, val = align_labels(bundle, causal), align_labels(train, causal), align_labels(val, causal)
         models["student"], keys["student"] = student_proto, cfg.student.input_key
         names["student"] = f"student {cfg.student.name!r}"
         check_classes(models, train, bundle.num_classes, keys, names, bundle.input_shape)

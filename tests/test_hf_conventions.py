@@ -1,0 +1,185 @@
+"""Hugging Face conventions (issue 20, item 3): HF-style labels, datasets columns, several-input
+export, padding in token feature losses, save_pretrained. Tiny random models, nothing downloaded."""
+
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+
+import joryu  # noqa: E402
+from joryu.data import load  # noqa: E402
+from joryu.data.sources import align_labels, as_source  # noqa: E402
+from joryu.losses import masked_cross_entropy  # noqa: E402
+from joryu.losses.positions import next_token_targets, shift_labels  # noqa: E402
+from joryu.models.hf import bert_classifier, bert_token_classifier, gpt2_lm  # noqa: E402
+from joryu.outputs import example_batch, forward, is_causal_lm  # noqa: E402
+
+INPUTS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+FAST = dict(batch_size=32, optimizer="adamw", progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _lm_tensors(n=128, vocab=32, max_len=16, seed=0):
+    b = load("synthetic_lm", num_samples=n, test_samples=16, vocab_size=vocab, max_len=max_len, seed=seed)
+    ids, am = b.train.tensors["input_ids"], b.train.tensors["attention_mask"]
+    return ids, am, ids.masked_fill(am == 0, -100)  # Hugging Face's labels: unshifted, -100 at padding
+
+
+def _hf_dataset(ids, am, labels):
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": am.tolist(),
+                                       "labels": labels.tolist()})
+
+
+# ------------------------------------------------------------------ 1. causal-LM labels
+def test_causal_lm_detection():
+    assert is_causal_lm(gpt2_lm(vocab_size=16, hidden_size=8, layers=1, max_len=8))
+    assert not is_causal_lm(bert_classifier(vocab_size=16, hidden_size=8, layers=1, max_len=8))
+    assert not is_causal_lm(bert_token_classifier(vocab_size=16, hidden_size=8, layers=1, max_len=8))
+    own = torch.nn.Linear(2, 2)
+    assert not is_causal_lm(own)
+    own.joryu_causal_lm = True  # one's own next-token model says so
+    assert is_causal_lm(own)
+
+
+def test_shift_labels_pairs_like_hugging_faces_loss():
+    labels = torch.tensor([[5, 6, 7, -100], [1, 2, 3, 4]])
+    assert shift_labels(labels).tolist() == [[6, 7, -100, -100], [2, 3, 4, -100]]
+    assert shift_labels(labels[1]).tolist() == [2, 3, 4, -100]  # one sample
+
+
+@pytest.mark.parametrize("path", ["dataset", "collator", "tensors"])
+def test_hf_labels_become_the_shifted_target_once_on_every_path(path):
+    """A causal LM's HF labels give the target whose cross-entropy is HF's own loss, whether they
+    come from a dataset column, a collator or a dict of tensors; aligning again shifts nothing."""
+    ids, am, labels = _lm_tensors(16)
+    if path == "dataset":
+        data = as_source(_hf_dataset(ids, am, labels))
+    elif path == "collator":
+        rows = [{"input_ids": i, "attention_mask": a} for i, a in zip(ids, am)]
+
+        def collate(samples):  # as HF's DataCollatorForLanguageModeling: labels = ids, -100 at padding
+            i = torch.stack([s["input_ids"] for s in samples])
+            a = torch.stack([s["attention_mask"] for s in samples])
+            return {"input_ids": i, "attention_mask": a, "labels": i.masked_fill(a == 0, -100)}
+
+        data = as_source(torch.utils.data.DataLoader(rows, batch_size=8, collate_fn=collate))
+    else:
+        data = as_source({"input_ids": ids, "attention_mask": am, "labels": labels})
+    unaligned = example_batch(data, 8)["target"]
+    assert torch.equal(unaligned, labels[:8])  # before a causal model is known: HF labels as they are
+    once = align_labels(data, True)
+    twice = align_labels(once, True)
+    t1, t2 = example_batch(once, 8)["target"], example_batch(twice, 8)["target"]
+    assert torch.equal(t1, t2)
+    assert torch.equal(t1, next_token_targets(ids[:8], am[:8]))
+    torch.manual_seed(0)
+    m = gpt2_lm(vocab_size=32, hidden_size=16, layers=1, max_len=16).eval()
+    with torch.no_grad():
+        hf = m(input_ids=ids[:8], attention_mask=am[:8], labels=labels[:8]).loss
+        ours = masked_cross_entropy(forward(m, example_batch(once, 8), INPUTS), t1)
+    assert torch.allclose(hf, ours, atol=1e-5)
+
+
+def test_a_target_is_never_shifted_and_non_causal_labels_are_not_shifted():
+    b = load("synthetic_lm", num_samples=16, test_samples=4, vocab_size=32, max_len=16)
+    assert align_labels(b.train, True) is b.train  # joryu's own target is aligned already
+    ids, am, labels = _lm_tensors(16)
+    token_cls = align_labels(as_source(_hf_dataset(ids, am, labels)), False)  # e.g. BERT token tagging
+    assert torch.equal(example_batch(token_cls, 4)["target"], labels[:4])
+    explicit = as_source(_hf_dataset(ids, am, labels), columns={"target": "labels"})  # "already aligned"
+    assert torch.equal(example_batch(align_labels(explicit, True), 4)["target"], labels[:4])
+
+
+def test_gpt2_given_its_own_labels_learns_the_next_token_not_a_copy():
+    """Trained on a datasets.Dataset of input_ids / attention_mask / labels (HF's convention, no
+    renaming): the task learnt is the next token, scored on the shifted targets; the same labels
+    declared already aligned (columns={'target': 'labels'}) make the trivial copy task."""
+    ids, am, labels = _lm_tensors(192)
+    ds = _hf_dataset(ids, am, labels)
+    acc = {}
+    for name, cols in (("hf", None), ("copy", {"target": "labels"})):
+        torch.manual_seed(0)
+        m = gpt2_lm(vocab_size=32, hidden_size=16, layers=1, max_len=16)
+        m, metrics = joryu.distill(None, m, ds, method="supervised", inputs=INPUTS, columns=cols, epochs=2,
+                                   lr=1e-2, **FAST)
+        acc[name] = metrics["train"]["val"]["val/acc"]
+        if name == "hf":
+            model = m
+    assert acc["copy"] > 80 and acc["hf"] < acc["copy"] - 40
+    # the reported score is the accuracy on the next tokens
+    from joryu.evaluate import evaluate_model
+
+    test = align_labels(as_source(ds.select(range(64))), True)
+    batch = example_batch(test, 64)
+    with torch.no_grad():
+        pred = forward(model.eval(), batch, INPUTS).argmax(-1)
+    want = next_token_targets(ids[:64], am[:64])
+    manual = float((pred == want)[want != -100].float().mean()) * 100
+    assert evaluate_model(model, test, INPUTS)["top1"] == pytest.approx(manual, abs=1e-3)
+
+
+# ------------------------------------------------------------------ 2. datasets columns by the models' inputs
+def test_distill_takes_a_datasets_dataset_named_by_the_inputs():
+    b = load("synthetic_text", num_samples=96, test_samples=8, max_len=16)
+    t = b.train.tensors
+    ds = datasets.Dataset.from_dict({"input_ids": t["input_ids"].tolist(),
+                                     "attention_mask": t["attention_mask"].tolist(),
+                                     "label": t["target"].tolist()})
+    torch.manual_seed(0)
+    s = bert_classifier(vocab_size=32, hidden_size=16, layers=1, max_len=16)
+    s, metrics = joryu.distill(None, s, ds, method="supervised", inputs=INPUTS, epochs=1, **FAST)
+    assert "val/acc" in metrics["train"]["val"]
+    # without inputs naming its columns, one line says so
+    from joryu.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reads batch key 'input'.*set the model's inputs"):
+        joryu.distill(None, bert_classifier(vocab_size=32, hidden_size=16, layers=1, max_len=16), ds,
+                      method="supervised", epochs=1, **FAST)
+    # columns= renames: a 'tokens' column read as input_ids
+    renamed = ds.rename_column("input_ids", "tokens")
+    s2 = bert_classifier(vocab_size=32, hidden_size=16, layers=1, max_len=16)
+    _, metrics = joryu.distill(None, s2, renamed, method="supervised", inputs=INPUTS,
+                               columns={"input_ids": "tokens"}, epochs=1, **FAST)
+    assert "val/acc" in metrics["train"]["val"]
+
+
+def test_a_config_takes_a_hugging_face_lm_dataset_as_it_is(tmp_path, monkeypatch, capsys):
+    from joryu.cli import main
+
+    (tmp_path / "hf_lm_data.py").write_text(textwrap.dedent("""
+        import datasets
+        from joryu.data import load
+
+        def lm(n=96):
+            b = load("synthetic_lm", num_samples=n, test_samples=32, vocab_size=32, max_len=16)
+            def ds(d):
+                ids, am = d.tensors["input_ids"], d.tensors["attention_mask"]
+                return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": am.tolist(),
+                                                   "labels": ids.masked_fill(am == 0, -100).tolist()})
+            return {"train": ds(b.train), "test": ds(b.test), "num_classes": 32}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = "{name: joryu.models.hf:gpt2_lm, kwargs: {vocab_size: 32, hidden_size: 16, layers: 1, max_len: 16}, " \
+            "inputs: {input_ids: input_ids, attention_mask: attention_mask}}"
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        name: hf-lm-columns
+        data: {{name: "hf_lm_data:lm"}}
+        teacher: {model}
+        student: {model}
+        method: {{name: kd, params: {{temperature: 1.0, alpha: 0.5}}}}
+        train: {{epochs: 1, batch_size: 32, optimizer: adamw, lr: 0.003}}
+        baseline: false
+    """))
+    code = main(["run", str(tmp_path / "c.yaml"), "teacher.train.epochs=1", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "r" / "report.md").is_file()
