@@ -183,3 +183,47 @@ def test_a_config_takes_a_hugging_face_lm_dataset_as_it_is(tmp_path, monkeypatch
     code = main(["run", str(tmp_path / "c.yaml"), "teacher.train.epochs=1", "--out", str(tmp_path / "r"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+# ------------------------------------------------------------------ 4. token feature losses skip padding
+def test_hint_loss_on_tokens_skips_padded_positions():
+    from joryu.losses import hint_loss
+
+    torch.manual_seed(0)
+    r, h = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    base = hint_loss(r, h, mask)
+    noisy = r.masked_fill((mask == 0)[..., None], 50.0)
+    assert torch.equal(hint_loss(noisy, h, mask), base)
+    assert not torch.allclose(hint_loss(noisy, h), hint_loss(r, h))  # unmasked, padding would count
+    real = r.clone()
+    real[0, 0] += 1.0
+    assert not torch.allclose(hint_loss(real, h, mask), base)
+
+
+def test_fitnets_hint_between_berts_ignores_what_sits_at_padding():
+    """Other token ids at padded positions change the padded features of both networks, but not
+    the hint loss of FitNets' stage 1 (regressor: token)."""
+    from joryu.methods._features import tapped_teacher
+    from joryu.methods.fitnets import HintDistiller
+    from joryu.teachers import FrozenTeacher
+
+    b = load("synthetic_text", num_samples=16, test_samples=4, max_len=16)
+    batch = {k: v[:8] for k, v in b.train.tensors.items()}
+    pad = batch["attention_mask"] == 0
+    assert bool(pad.any())
+    torch.manual_seed(0)
+    t_net = bert_classifier(vocab_size=32, hidden_size=32, layers=2, max_len=16).eval()
+    s_net = bert_classifier(vocab_size=32, hidden_size=16, layers=2, max_len=16).eval()
+    from joryu.outputs import declare_inputs
+
+    declare_inputs(s_net, INPUTS)
+    teacher = tapped_teacher(FrozenTeacher(t_net, INPUTS), {"hint": "bert.encoder.layer.1"})
+    d = HintDistiller(s_net, teacher, "bert.encoder.layer.0", batch, "token", "none", INPUTS)
+    with torch.no_grad():
+        base = d.training_step(batch)["hint"]
+        noisy = dict(batch, input_ids=batch["input_ids"].masked_fill(pad, 7))
+        assert not torch.allclose(teacher(noisy).features["hint"], teacher(batch).features["hint"])
+        assert torch.allclose(d.training_step(noisy)["hint"], base, atol=1e-5)
+        real = dict(batch, input_ids=batch["input_ids"].masked_fill(~pad, 9))
+        assert not torch.allclose(d.training_step(real)["hint"], base, atol=1e-3)
