@@ -227,3 +227,130 @@ def test_fitnets_hint_between_berts_ignores_what_sits_at_padding():
         assert torch.allclose(d.training_step(noisy)["hint"], base, atol=1e-5)
         real = dict(batch, input_ids=batch["input_ids"].masked_fill(~pad, 9))
         assert not torch.allclose(d.training_step(real)["hint"], base, atol=1e-3)
+
+
+# ------------------------------------------------------------------ 3. export of several-input models
+def _text_batch(n, length=16):
+    b = load("synthetic_text", num_samples=32, test_samples=8, max_len=length)
+    return {k: v[:n] for k, v in b.train.tensors.items()}
+
+
+def _run_export(path, fmt):
+    """The exported file's logits on a batch dict, loaded the way a user loads each format."""
+    def run(batch):
+        x = (batch["input_ids"], batch["attention_mask"])
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+            return torch.as_tensor(sess.run(None, {"input_ids": x[0].numpy(), "attention_mask": x[1].numpy()})[0])
+        if fmt == "torchscript":
+            return torch.jit.load(str(path))(*x)
+        return torch.export.load(str(path)).module()(*x)
+    return run
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("torch-export", ".pt2")])
+@pytest.mark.parametrize("factory", [bert_classifier, gpt2_lm])
+def test_bert_and_gpt2_export_with_named_inputs_and_dynamic_batch_and_sequence(tmp_path, factory, fmt, suffix):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from joryu.export import export_model
+    from joryu.outputs import declare_inputs
+
+    torch.manual_seed(0)
+    model = declare_inputs(factory(vocab_size=32, hidden_size=16, layers=1, max_len=16).eval(), INPUTS)
+    full = _text_batch(8)
+    out = tmp_path / f"m{suffix}"
+    info = export_model(model, {k: v[:2] for k, v in full.items()}, out, fmt, checks=[full])
+    assert info["input_names"] == ["input_ids", "attention_mask"]
+    assert info["input_shape"]["input_ids"] == ["batch", "sequence"]
+    run = _run_export(out, fmt)
+    for rows, length in ((1, 16), (5, 16), (3, 9), (7, 4)):  # other batch sizes and sequence lengths
+        batch = {k: full[k][:rows, :length] for k in INPUTS}
+        with torch.no_grad():
+            want = forward(model, batch, INPUTS)
+        assert torch.allclose(run(batch), want, atol=1e-4)
+
+
+def test_joryu_export_of_a_bert_run_folder_in_every_format(tmp_path, capsys):
+    """The bug of issue 20: `joryu export` of a BERT student exited 1 ('dict' has no .cpu())."""
+    from pathlib import Path
+
+    from joryu.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    code = main(["run", str(root / "configs" / "hf_bert_text.yaml"), "train.epochs=1", "teacher.train.epochs=1",
+                 "data.kwargs.num_samples=64", "data.kwargs.test_samples=16", "teacher.kwargs.hidden_size=16",
+                 "teacher.kwargs.layers=1", "baseline=false", "--out", str(run), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    fmts = [("torchscript", ".pt"), ("torch-export", ".pt2")]
+    try:
+        import onnxruntime  # noqa: F401
+
+        fmts.append(("onnx", ".onnx"))
+    except ImportError:
+        pass
+    for fmt, suffix in fmts:
+        capsys.readouterr()
+        code = main(["export", str(run), "--format", fmt])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert (run / f"student{suffix}").is_file() and "max |difference|" in captured.out
+    code = main(["export", str(run), "--format", "hf"])
+    assert code == 0, capsys.readouterr().err
+    assert (run / "student-hf" / "config.json").is_file()
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent control flow: a Python `if` on tensor values, which a trace freezes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "torch-export"])
+def test_a_branch_on_tensor_values_is_refused_not_written(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from joryu.export import ExportError, export_model
+
+    torch.manual_seed(0)
+    example = torch.randn(2, 8).abs()  # every example row takes the first branch
+    out = tmp_path / "b.bin"
+    with pytest.raises(ExportError) as err:
+        export_model(_Branchy(), example, out, fmt)
+    msg = str(err.value)
+    assert "\n" not in msg
+    if fmt != "torch-export":  # traced: the random check batches take the other branch
+        assert "differs from PyTorch" in msg and "branches on tensor values" in msg
+    else:  # torch.export refuses to capture it
+        assert "cannot export with torch.export" in msg
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ 5. save_pretrained
+@pytest.mark.parametrize("factory", [bert_classifier, gpt2_lm])
+def test_a_hugging_face_student_is_written_as_a_save_pretrained_folder(tmp_path, factory):
+    from joryu.export import ExportError, save_hf_pretrained
+
+    torch.manual_seed(0)
+    model = factory(vocab_size=32, hidden_size=16, layers=1, max_len=16).eval()
+    batch = _text_batch(4)
+    info = save_hf_pretrained(model, tmp_path / "s", batch, INPUTS)
+    assert {"config.json", "model.safetensors"} <= set(info["files"])
+    again = type(model).from_pretrained(str(tmp_path / "s")).eval()
+    with torch.no_grad():
+        assert torch.allclose(forward(again, batch, INPUTS), forward(model, batch, INPUTS), atol=1e-6)
+    with pytest.raises(ExportError, match="exists; pass --overwrite"):
+        save_hf_pretrained(model, tmp_path / "s")
+    with pytest.raises(ExportError, match="not a Hugging Face model"):
+        save_hf_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
