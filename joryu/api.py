@@ -10,11 +10,12 @@ from torch import nn
 
 from joryu.config import AugmentConfig, TrainConfig, validate_params
 from joryu.data import Augment, LoaderOptions, TensorData, as_source, build_transform, split_any
+from joryu.data.sources import align_labels
 from joryu.errors import ConfigError, DataError, one_line
 from joryu.losses.positions import num_classes
 from joryu.methods import get_method, method_info
 from joryu.models.build import output_classes, probe_logits
-from joryu.outputs import declare_inputs, example_batch
+from joryu.outputs import declare_inputs, example_batch, is_causal_lm
 from joryu.run.stages import run_stages
 from joryu.teachers import as_teacher
 
@@ -87,7 +88,8 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             val_data=None, val_fraction: float = 0.1, seed: int = 0, run_dir: str | Path | None = None,
             augment: Augment | dict | None = None, progress: bool = True, resume: bool = False,
             num_classes: int | None = None, transform=None, eval_transform=None, views=None,
-            loader: dict | None = None, inputs=None, teacher_inputs=None, **overrides):
+            loader: dict | None = None, inputs=None, teacher_inputs=None, columns: dict | None = None,
+            **overrides):
     """Train ``student`` from ``teacher`` with ``method``; returns ``(student, metrics)``.
 
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
@@ -111,14 +113,20 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     arguments, or ``{forward_argument: batch_key}``, e.g. ``{"input_ids": "input_ids",
     "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
     the same as the student's). Integer tensors (token ids) are passed as they are.
+
+    ``columns`` (``{batch key: column}``) renames a dataset's columns; a Hugging Face dataset whose
+    columns are the names ``inputs`` reads (``input_ids``, ``attention_mask``, ``labels``) needs none.
+    Hugging Face ``labels`` follow HF's convention: for a causal LM (``joryu.outputs.is_causal_lm``)
+    they are shifted once to the next-token target, for other models taken as they are; a
+    ``target`` is never shifted (see ``joryu.losses.positions``).
     """
     train_cfg, m = _split_overrides(method, overrides)
-    stream_opts = {}
+    stream_opts = {"columns": dict(columns)} if columns else {}
     if transform is not None or eval_transform is not None or views or loader:
         tf = build_transform(transform)
         etf = build_transform(eval_transform) if eval_transform is not None else (
             tf.deterministic() if tf is not None else None)
-        stream_opts = dict(transform=tf, eval_transform=etf,
+        stream_opts.update(transform=tf, eval_transform=etf,
                            views={k: build_transform(v) for k, v in (views or {}).items()})
         if loader:
             stream_opts["loader"] = LoaderOptions.of(loader)
@@ -129,12 +137,12 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     except DataError as e:
         raise ConfigError(f"train_data: {one_line(e)}") from None
     if stream_opts and not hasattr(data, "views"):
-        raise ConfigError("transform, views and loader apply to streamed data (a Dataset or DataLoader); "
-                          "for tensors use augment=")
+        raise ConfigError("transform, views, columns and loader apply to streamed data (a Dataset or "
+                          "DataLoader); for tensors use augment= and name the tensors as the model's inputs")
     if val_data is not None:
         train = data
-        val_opts = {k: v for k, v in stream_opts.items() if k == "loader"}
-        if stream_opts:
+        val_opts = {k: v for k, v in stream_opts.items() if k in ("loader", "columns")}
+        if "eval_transform" in stream_opts:
             val_opts.update(transform=stream_opts["eval_transform"], eval_transform=stream_opts["eval_transform"])
         try:
             val = as_source(val_data, data.num_classes, **val_opts)
@@ -148,6 +156,8 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         train, val = split_any(data, val_fraction, seed)
     if isinstance(augment, dict):
         augment = Augment(**validate_params(AugmentConfig, augment, "augment").model_dump())
+    causal = is_causal_lm(student)  # Hugging Face labels: shifted once for a causal LM
+    train, val = align_labels(train, causal), align_labels(val, causal)
     if inputs is not None:
         declare_inputs(student, inputs)
     t_inputs = teacher_inputs if teacher_inputs is not None else inputs

@@ -122,6 +122,48 @@ def input_keys(inputs) -> list[str]:
     return list(inputs)
 
 
+def attention_mask_of(model, batch: Mapping, inputs=DEFAULT_INPUTS) -> Tensor | None:
+    """The batch's padding mask for ``model`` (1 = real token, 0 = padding): the tensor its inputs
+    pass as ``attention_mask`` (by keyword, or a positional key of that name), else the batch's
+    ``attention_mask``; None when there is none."""
+    spec = inputs_of(model, inputs)
+    key = None
+    if isinstance(spec, Mapping):
+        key = spec.get("attention_mask")
+    elif "attention_mask" in input_keys(spec):
+        key = "attention_mask"
+    value = batch.get(key or "attention_mask")
+    return value if isinstance(value, Tensor) else None
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+CAUSAL_ATTR = "joryu_causal_lm"
+
+
+def is_causal_lm(model) -> bool:
+    """Whether ``model`` predicts the next token at each position (so Hugging Face ``labels`` are
+    shifted for it, see ``joryu.losses.positions``): ``model.joryu_causal_lm`` when set (for one's
+    own models), else a transformers causal-LM class (its name in transformers' causal-LM mapping
+    or ending in ``ForCausalLM`` / ``LMHeadModel``, PEFT wrappers included)."""
+    flag = getattr(model, "__dict__", {}).get(CAUSAL_ATTR)
+    if flag is not None:
+        return bool(flag)
+    names = {type(model).__name__}
+    inner = getattr(model, "base_model", None)  # PEFT: PeftModel -> LoraModel -> the HF model
+    for _ in range(3):
+        if not isinstance(inner, torch.nn.Module):
+            break
+        names.add(type(inner).__name__)
+        inner = getattr(inner, "model", None)
+    if any(n.endswith(_CAUSAL_SUFFIXES) for n in names):
+        return True
+    if not type(model).__module__.startswith(("transformers", "peft")):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return bool(names & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()))
+
+
 def _missing(model, batch: Mapping, key: str, inputs) -> ConfigError:
     have = sorted(k for k, v in batch.items() if isinstance(v, Tensor))
     return ConfigError(f"{type(model).__name__} reads batch key {key!r} (its inputs: {inputs!r}) but the "
@@ -182,6 +224,9 @@ def example_batch(data, n: int = 2) -> dict:
     if isinstance(data, TensorData):
         n = max(1, min(n, len(data)))
         return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
+    if getattr(data, "collate", None) is not None and not data.iterable:  # the user's collate_fn batches
+        idx = range(max(1, min(n, len(data))))
+        return data.collate_batch([(i, data._raw(i)) for i in idx])
     if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
         items = []
         for i in range(max(1, n)):

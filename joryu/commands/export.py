@@ -1,5 +1,5 @@
-"""``joryu export``: a run's student (or a model + weights) as ONNX, TorchScript or torch.export,
-checked against PyTorch (``joryu.export``)."""
+"""``joryu export``: a run's student (or a model + weights) as ONNX, TorchScript, torch.export or a
+Hugging Face ``save_pretrained`` folder, checked against PyTorch on several batches (``joryu.export``)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from joryu.models.build import build_model
 from joryu.report.deploy import example_batch
 from joryu.run.folder import RunFolder, build_with_weights, load_data, parse_kv
 
-HELP = "export a run's student (or a model + weights) to ONNX, TorchScript or torch.export"
+HELP = "export a run's student (or a model + weights) to ONNX, TorchScript, torch.export or hf"
 
 
 def configure(p) -> None:
     p.add_argument("target", nargs="?", help="a run folder (e.g. runs/kd-mnist1d): exports its student")
-    p.add_argument("--format", default="onnx", help="onnx (default), torchscript or torch-export")
-    p.add_argument("--out", help="output file (default: RUN/student.onnx, .pt or .pt2)")
+    p.add_argument("--format", default="onnx", help="onnx (default), torchscript, torch-export, or hf (a "
+                                                    "Hugging Face student as a save_pretrained folder)")
+    p.add_argument("--out", help="output file (default: RUN/student.onnx, .pt, .pt2 or RUN/student-hf/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
     p.add_argument("--model-kwarg", action="append", metavar="K=V")
@@ -32,9 +33,9 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    if args.format not in FORMATS:
-        raise ExportError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
-    suffix = FORMATS[args.format]
+    if args.format not in (*FORMATS, "hf"):
+        raise ExportError(f"unknown export format {args.format!r}; choose one of {', '.join([*FORMATS, 'hf'])}")
+    suffix = FORMATS.get(args.format, "-hf")  # hf: a save_pretrained folder
     if args.target is not None:
         if args.out and Path(args.out).exists() and not args.overwrite:  # before loading anything
             raise ExportError(f"{args.out} exists; pass --overwrite to replace it, or --out another path")
@@ -59,11 +60,17 @@ def run(args) -> int:
             model = build_model(ModelConfig(name=args.model, kwargs=kwargs, checkpoint=args.weights),
                                 int(kwargs.get("num_classes", 10)), shape).eval()
             data = shape
-        out = Path(args.out) if args.out else Path(args.weights).with_suffix(suffix)
+        w = Path(args.weights)
+        out = Path(args.out) if args.out else w.with_name(w.stem + suffix) if suffix == "-hf" else w.with_suffix(suffix)
     example = example_batch(data, key, 2)
-    info = export_model(model, example, out, args.format, key, args.overwrite, args.opset)
+    checks = [] if isinstance(data, (tuple, list)) else [example_batch(data, key, n) for n in (3, 8)]
+    info = export_model(model, example, out, args.format, key, args.overwrite, args.opset, checks)
+    if args.format == "hf":
+        print(f"wrote {info['path']}/ ({info['bytes'] / 1024:.1f} KiB: {', '.join(info['files'])}); "
+              f"loads back with {info['checked_with']}, max |difference| {info['max_abs_diff']:.2e}")
+        return 0
     print(f"wrote {info['path']} ({info['bytes'] / 1024:.1f} KiB, {args.format}, input {info['input_shape']}, "
-          "dynamic batch)")
-    print(f"checked with {info['checked_with']} on a batch of {info['check_batch']}: max |difference| from "
+          "dynamic axes)")
+    print(f"checked with {info['checked_with']} on {len(info['check_batches'])} batches: max |difference| from "
           f"PyTorch {info['max_abs_diff']:.2e} (tolerance {info['tolerance']})")
     return 0

@@ -124,6 +124,9 @@ class TensorData:
     mean: float | None = None  # applied per batch: (x - mean) / std, after uint8 -> [0, 1]
     std: float | None = None
     _fingerprint: str | None = field(default=None, repr=False)
+    # True when ``target`` was made from a Hugging Face ``labels`` tensor (kept under ``labels``):
+    # ``joryu.data.sources.align_labels`` then remakes it for a causal LM (shifted) or not
+    hf_labels: bool = False
 
     def __post_init__(self):
         if "target" not in self.tensors or len(self.tensors) < 2:
@@ -149,14 +152,15 @@ class TensorData:
     def subset(self, idx, name: str | None = None) -> TensorData:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return TensorData({k: v[idx] for k, v in self.tensors.items()}, self.num_classes,
-                          name or self.name, self.mean, self.std)
+                          name or self.name, self.mean, self.std, hf_labels=self.hf_labels)
 
     def with_tensors(self, **tensors: Tensor) -> TensorData:
-        return TensorData({**self.tensors, **tensors}, self.num_classes, self.name, self.mean, self.std)
+        return TensorData({**self.tensors, **tensors}, self.num_classes, self.name, self.mean, self.std,
+                          hf_labels=self.hf_labels and "target" not in tensors)
 
     def to(self, device) -> TensorData:
         return TensorData({k: v.to(device) for k, v in self.tensors.items()}, self.num_classes,
-                          self.name, self.mean, self.std, self._fingerprint)
+                          self.name, self.mean, self.std, self._fingerprint, self.hf_labels)
 
     def fingerprint(self) -> str:
         """Content hash of all tensors (computed once): the teacher cache keys on it."""

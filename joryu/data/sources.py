@@ -8,7 +8,8 @@
 * an ``IterableDataset`` (it must define ``__len__``: the samples per epoch),
 * a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept),
 * a Hugging Face ``datasets.Dataset`` (optional dependency; columns ``label``/``labels`` and
-  ``image``/``pixel_values`` are found by name, or named with ``columns``),
+  ``image``/``pixel_values`` are found by name, or named with ``columns``; columns a model's
+  ``inputs`` name, such as ``input_ids`` and ``attention_mask``, are batch keys as they are),
 
 and returns a ``TensorData`` or a ``StreamData``. A ``StreamData`` is iterated by ``StreamLoader``:
 a ``torch.utils.data.DataLoader`` over a sampler whose batch order is a pure function of
@@ -16,8 +17,13 @@ a ``torch.utils.data.DataLoader`` over a sampler whose batch order is a pure fun
 mid-epoch by Accelerate's ``skip_first_batches``. Per-sample transforms run in the workers,
 seeded by (seed, epoch, sample), so a resumed or re-sharded run sees the same inputs.
 
-A batch is the same dict as ``TensorLoader``'s: ``input``, ``target``, ``index`` (the sample's
-position in this StreamData), any other per-sample keys, ``data_id`` and ``aug_id``.
+A batch is the same dict as ``TensorLoader``'s: ``input`` (when the data has one: a model may read
+other keys instead), ``target``, ``index`` (the sample's position in this StreamData), any other
+per-sample keys, ``data_id`` and ``aug_id``.
+
+Hugging Face ``labels`` (the one rule, see ``joryu.losses.positions``): a ``labels`` key with no
+``target`` becomes the target as it is, or shifted once (``shift_labels``) for a causal LM;
+``align_labels(data, causal)`` sets which, and is called where the data meets its models.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from torch.utils.data._utils.collate import default_collate
 from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
 from joryu.data.transforms import Draws
 from joryu.errors import ConfigError, DataError
+from joryu.losses.positions import IGNORE_INDEX, shift_labels
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
-           "bundle_from"]
+           "bundle_from", "align_labels"]
 
 class DatasetError(DataError, ConfigError):
     """A dataset that does not fit (sample structure, shapes, splits): a DataError and, as the
@@ -105,12 +112,15 @@ def _as_value(v, key: str):
     return v
 
 
-def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sample") -> dict:
-    """A sample (or a collated batch) as a dict with ``input`` and ``target``.
+def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sample",
+              causal: bool = False) -> dict:
+    """A sample (or a collated batch) as a dict with ``target`` (and ``input`` where it has one).
 
     Tuples and lists are ``(input, target)``; dicts keep their keys, with ``columns``
     (``{batch key: sample key}``) or the usual names (label/labels -> target, image/pixel_values
-    -> input) mapped."""
+    -> input) mapped. A dict without an input-like key keeps its keys as they are (a model's
+    ``inputs`` name them: ``input_ids``, ``attention_mask``...). A ``labels`` key becomes the target
+    shifted once when ``causal`` (Hugging Face's causal-LM labels, see ``shift_labels``)."""
     if isinstance(raw, Mapping):
         out = dict(raw)
         if columns:
@@ -121,13 +131,19 @@ def to_sample(raw, columns: Mapping[str, str] | None = None, where: str = "sampl
                 out[key] = raw[src]
                 if src != key:
                     out.pop(src, None)
-        for key, names in (("input", _INPUT_NAMES), ("target", _TARGET_NAMES)):
-            if key not in out:
-                src = next((n for n in names if n in out), None)
-                if src is None:
-                    raise DatasetError(f"{where} is a dict without {key!r} (keys: {sorted(raw)}); name "
-                                       f"the {key} column with data.columns: {{{key}: <key>}}")
-                out[key] = out.pop(src)
+        if "input" not in out:
+            src = next((n for n in _INPUT_NAMES if n in out), None)
+            if src is not None:
+                out["input"] = out.pop(src)
+        if "target" not in out:
+            src = next((n for n in _TARGET_NAMES if n in out), None)
+            if src is None:
+                raise DatasetError(f"{where} is a dict without 'target' (keys: {sorted(raw)}); name "
+                                   "the target column with data.columns: {target: <key>}")
+            y = out.pop(src)
+            if src == "labels" and causal:
+                y = shift_labels(_as_value(y, "labels"))
+            out["target"] = y
         out.pop("index", None)
         return out
     if isinstance(raw, tuple | list):
@@ -190,6 +206,7 @@ class StreamData:
     drop_last: bool = False
     length: int | None = None  # samples per epoch of an IterableDataset without __len__
     keep: tuple | None = None  # iterable split: (seed, fraction, take_val)
+    causal: bool = False  # Hugging Face ``labels`` are shifted (a causal LM's data, see align_labels)
 
     def __post_init__(self):
         self.iterable = isinstance(self.dataset, IterableDataset)
@@ -199,7 +216,7 @@ class StreamData:
         if self.num_classes is None:
             self.num_classes = self._infer_classes()
         if not self.iterable and self.collate is None and len(self) > 0:
-            to_sample(self._raw(0), self.columns, f"sample 0 of {self.name}")
+            to_sample(self._raw(0), self.columns, f"sample 0 of {self.name}", self.causal)
 
     # ------------------------------------------------------------------ size and targets
     def _base_len(self) -> int:
@@ -251,7 +268,7 @@ class StreamData:
     def _base_targets(self) -> Tensor:
         ds = self.dataset
         if self.iterable:
-            ys = [to_sample(r, self.columns)["target"] for r in ds]
+            ys = [to_sample(r, self.columns, causal=self.causal)["target"] for r in ds]
             t = torch.as_tensor([int(y) for y in ys])[: self._base_len()]
             return t[self._kept()]
         full = None
@@ -259,7 +276,12 @@ class StreamData:
             col = (self.columns or {}).get("target") or next(
                 (n for n in _TARGET_NAMES if n in ds.column_names), None)
             if col is not None:
-                full = torch.as_tensor(ds[col])
+                try:
+                    full = torch.as_tensor(ds[col])
+                except (ValueError, TypeError):  # ragged per-token labels: read sample by sample
+                    full = None
+                if full is not None and col == "labels" and self.causal and "target" not in (self.columns or {}):
+                    full = shift_labels(full)
         elif getattr(ds, "targets", None) is not None:
             full = torch.as_tensor(ds.targets)
         if full is not None:
@@ -267,17 +289,34 @@ class StreamData:
         return self._scan_targets()
 
     def cheap_targets(self) -> Tensor | None:
-        """The targets if known without reading every sample (else None)."""
+        """The per-sample targets if known without reading every sample (else None; also for
+        per-token targets, which do not stratify a split)."""
         if "target" in self.fields or getattr(self, "_targets", None) is not None:
             return self.targets
         ds = self.dataset
         if self.iterable or not (_is_hf(ds) or getattr(ds, "targets", None) is not None):
             return None
-        return self.targets
+        try:
+            t = self.targets
+        except (ValueError, TypeError):
+            return None
+        return t if t.dim() == 1 else None
 
     def _scan_targets(self) -> Tensor:
-        return torch.as_tensor([int(_as_value(to_sample(self._raw(i), self.columns)["target"], "target"))
-                                for i in range(len(self))])
+        if self.collate is not None:  # the collator may make the target (HF's LM collators do)
+            ys = []
+            for lo in range(0, len(self), 64):
+                raw = self.collate([self._raw(i) for i in range(lo, min(len(self), lo + 64))])
+                ys.extend(_as_value(to_sample(raw, self.columns, causal=self.causal)["target"], "target"))
+        else:
+            ys = [_as_value(to_sample(self._raw(i), self.columns, causal=self.causal)["target"], "target")
+                  for i in range(len(self))]
+        if ys and isinstance(ys[0], Tensor) and ys[0].dim() > 0:  # per-token / per-pixel targets
+            try:
+                return torch.stack(ys)
+            except RuntimeError:  # ragged sequences: every position, flattened (classes only)
+                return torch.cat([y.reshape(-1) for y in ys])
+        return torch.as_tensor([int(y) for y in ys])
 
     def _infer_classes(self) -> int:
         ds = self.dataset
@@ -292,19 +331,26 @@ class StreamData:
             if col is not None and getattr(feats[col], "num_classes", None):
                 return int(feats[col].num_classes)
         t = self.targets
-        return int(t.max()) + 1 if len(t) else 0
+        known = t[t != IGNORE_INDEX]
+        return int(known.max()) + 1 if known.numel() else 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.sample(0, train=False)["input"].shape)
+        """Per-sample shape of ``input``, or of the first other tensor (``input_ids``...)."""
+        s = self.sample(0, train=False)
+        key = "input" if "input" in s else next(
+            (k for k, v in s.items() if k != "target" and isinstance(v, Tensor)), "input")
+        if key not in s:
+            raise DatasetError(f"{self.name} has no input tensor (sample keys: {sorted(s)})")
+        return tuple(s[key].shape)
 
     # ------------------------------------------------------------------ samples
     def process(self, raw, pos: int, epoch: int, train: bool = True, seed: int | None = None) -> dict:
         """One raw sample as a dict of tensors: columns mapped, views and transform applied.
 
         Random transforms draw from a generator seeded by (seed, epoch, pos)."""
-        s = to_sample(raw, self.columns, f"sample {pos} of {self.name}")
-        x = s["input"]
+        s = to_sample(raw, self.columns, f"sample {pos} of {self.name}", self.causal)
+        x = s.get("input")
         tf = self.transform if train else (self.eval_transform or None)
         random = train and (any(getattr(v, "random", True) for v in self.views.values() if v is not None)
                             or (tf is not None and getattr(tf, "random", True)))
@@ -312,9 +358,10 @@ class StreamData:
         views = self.views if train else self._eval_views()
         for key, view in views.items():
             s[key] = _as_value(x if view is None else view(x, gen), key)
-        if tf is not None:
+        if tf is not None and x is not None:
             x = tf(x, gen) if hasattr(tf, "steps") else tf(x)
-        s["input"] = x
+        if "input" in s:
+            s["input"] = x
         return {k: _as_value(v, k) for k, v in s.items()}
 
     def __getitem__(self, pos: int) -> dict:
@@ -402,7 +449,7 @@ class StreamData:
             index = torch.as_tensor(index, dtype=torch.long)
         samples = [s for _, s in items]
         if self.collate is not None:
-            batch = to_sample(self.collate(samples), self.columns, f"a batch of {self.name}")
+            batch = to_sample(self.collate(samples), self.columns, f"a batch of {self.name}", self.causal)
             batch = {k: _as_value(v, k) for k, v in batch.items()}
         else:
             try:
@@ -660,11 +707,13 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
             raise ConfigError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input")
         y = y.long()
         return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, name or "user")
-    if isinstance(data, dict) and "target" in data and all(isinstance(t, Tensor) for t in data.values()):
-        y = data["target"].long()  # a dict of tensors: input_ids, attention_mask, ... and target
-        known = y[y != -100]
+    if isinstance(data, dict) and ("target" in data or "labels" in data) and all(
+            isinstance(t, Tensor) for t in data.values()):
+        hf = "target" not in data  # Hugging Face labels: the target until align_labels says otherwise
+        y = (data["labels"] if hf else data["target"]).long()  # input_ids, attention_mask, ... and target
+        known = y[y != IGNORE_INDEX]
         k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
-        return TensorData({**data, "target": y}, k, name or "user")
+        return TensorData({**data, "target": y}, k, name or "user", hf_labels=hf)
     if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2 and not kw:
         return as_source(tuple(data.tensors), num_classes, name)
     name = name or type(data).__name__
@@ -676,6 +725,30 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
     raise ConfigError(f"train_data cannot be a {type(data).__name__}: give a torch Dataset, IterableDataset, "
                       "DataLoader, Hugging Face dataset, (inputs, targets) tensors, a dict of tensors with "
                       "'target' or a joryu TensorData")
+
+
+def align_labels(data, causal: bool):
+    """``data`` (a TensorData, StreamData or DataBundle; None passes) whose Hugging Face ``labels``
+    make the target for a causal LM (``causal``: shifted once) or any other model (as they are).
+    Always made from ``labels``, so calling it again never shifts twice; data whose target is
+    ``target`` is returned as it is."""
+    from joryu.data.registry import DataBundle
+
+    if data is None:
+        return None
+    if isinstance(data, DataBundle):
+        return replace(data, train=align_labels(data.train, causal), test=align_labels(data.test, causal),
+                       val=align_labels(data.val, causal))
+    if isinstance(data, TensorData):
+        if not data.hf_labels:
+            return data
+        labels = data.tensors["labels"].long()
+        target = shift_labels(labels) if causal else labels
+        return TensorData({**data.tensors, "target": target}, data.num_classes, data.name, data.mean, data.std,
+                          hf_labels=True)
+    if isinstance(data, StreamData) and data.causal != bool(causal):
+        return replace(data, causal=bool(causal))
+    return data
 
 
 def split_any(data, fraction: float, seed: int = 0):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from joryu.losses._dtype import compute_dtype
 
 
-def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
+def hint_loss(regressed: Tensor, hint: Tensor, mask: Tensor | None = None) -> Tensor:
     r"""The hint-based training objective of FitNets, Eq. (3):
 
     .. math::  L_{HT}(W_{Guided}, W_r) = \frac{1}{2} \| u_h(x; W_{Hint}) - r(v_g(x; W_{Guided}); W_r) \|^2
@@ -17,12 +18,22 @@ def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
     student's guided-layer output after the regressor; ``hint`` is u_h(x), the teacher's hint
     layer output, treated as a constant (detached). Computed in the inputs' dtype (half
     precision in float32).
+
+    Token features ``[B, L, H]`` with a padding ``mask`` ``[B, L]`` (1 = real token, an
+    attention mask): only real positions count, the sum runs over them and is still divided by B,
+    so padding neither trains the student nor changes the loss.
     """
     if regressed.shape != hint.shape:
         raise ValueError(f"regressor output {tuple(regressed.shape)} and hint {tuple(hint.shape)} differ")
     dt = compute_dtype(regressed, hint)
     diff = regressed.to(dt) - hint.detach().to(dt)
-    return 0.5 * diff.pow(2).sum() / max(1, diff.shape[0])
+    sq = diff.pow(2)
+    if mask is not None:
+        if tuple(mask.shape) != tuple(diff.shape[:mask.dim()]):
+            raise ValueError(f"mask {tuple(mask.shape)} does not fit features {tuple(diff.shape)}")
+        m = mask.to(device=sq.device, dtype=torch.bool).reshape(*mask.shape, *([1] * (sq.dim() - mask.dim())))
+        sq = sq.masked_fill(~m, 0)
+    return 0.5 * sq.sum() / max(1, diff.shape[0])
 
 
 def feature_l2_loss(student: Tensor, teacher: Tensor) -> Tensor:

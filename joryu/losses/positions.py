@@ -24,6 +24,15 @@ once, in the data: ``next_token_targets(input_ids, attention_mask)`` returns
 ``prompt_mask``) at prompt tokens. The target then lines up with the logits position by
 position, and every loss, metric and method treats the LM as per-token classification; the
 result equals Hugging Face's own shifted loss (``tests/test_hf.py`` checks it on GPT-2).
+
+Hugging Face labels. The one rule for data that carries its own labels: a batch key ``labels``
+holds Hugging Face's convention (unshifted: ``labels == input_ids``, ``-100`` where ignored, as
+HF's models, collators and TRL use it), and ``target`` is joryu's, aligned with the logits. For a
+causal LM (``joryu.outputs.is_causal_lm``) the ``labels`` are shifted once into the target by
+``shift_labels`` (``target[:, t] = labels[:, t + 1]``, exactly the pairing of HF's own loss);
+for every other model (sequence or token classification) ``labels`` is the target as it is. The
+shift always reads ``labels``, never ``target``, so a target is never shifted twice; data that
+holds already-shifted labels names them ``target`` (``data.columns: {target: labels}``).
 """
 
 from __future__ import annotations
@@ -122,3 +131,13 @@ def next_token_targets(input_ids: Tensor, attention_mask: Tensor | None = None,
     if prompt_mask is not None:
         ignore[:, :-1] |= prompt_mask[:, 1:].bool()
     return target.masked_fill(ignore, IGNORE_INDEX)
+
+
+def shift_labels(labels: Tensor) -> Tensor:
+    """Hugging Face's causal-LM labels as a target aligned with the logits: ``target[..., t] =
+    labels[..., t + 1]`` along the last (sequence) axis, ``-100`` at the last position; the same
+    pairing as HF's loss (``logits[:, :-1]`` against ``labels[:, 1:]``). Works on one sample
+    ``[L]`` or a batch ``[B, L]``."""
+    target = labels.new_full(labels.shape, IGNORE_INDEX)
+    target[..., :-1] = labels[..., 1:]
+    return target

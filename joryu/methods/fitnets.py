@@ -32,6 +32,8 @@ Regressor (``regressor``):
   guided map of size N_g becomes the hint's size N_h, with the hint's O_h output channels. Needs
   N_g >= N_h.
 - ``"1x1"``: a 1x1 convolution (guided and hint maps must have the same spatial size).
+- ``"token"``: transformer features ``[B, L, H]``, one linear map per token; padded positions
+  (the attention mask's zeros) are left out of the hint loss, as the logit losses leave them out.
 - Vector features (MLPs) get a linear regressor; features of different rank are flattened and
   mapped by a linear layer.
 The regressor ends with the hint layer's non-linearity (``regressor_activation``).
@@ -73,7 +75,7 @@ from joryu.methods._features import (
     tapped_teacher,
 )
 from joryu.methods.base import Method, Params, Stage, register_method
-from joryu.outputs import example_batch, forward
+from joryu.outputs import attention_mask_of, example_batch, forward
 from joryu.taps import Taps, resolve
 from joryu.teachers import prepare_for
 
@@ -100,6 +102,7 @@ class HintRegressor(nn.Module):
                  activation: str = "relu"):
         super().__init__()
         self.hint_shape = tuple(hint)
+        self.kind = kind
         self.reshape = False
         if kind == "token":  # transformer features (L, H): one linear map per token, shared
             if len(guided) != 2 or len(hint) != 2 or guided[0] != hint[0]:
@@ -134,6 +137,15 @@ class HintRegressor(nn.Module):
         if self.reshape:
             out = out.view(len(out), *self.hint_shape)
         return self.act(out)
+
+
+def token_mask(model, batch, inputs, features):
+    """The batch's padding mask ``[B, L]`` for token features ``[B, L, H]`` (None when the batch
+    has none or it does not fit): padded positions are left out of the hint loss."""
+    mask = attention_mask_of(model, batch, inputs)
+    if mask is None or mask.dim() != 2 or tuple(mask.shape) != tuple(features.shape[:2]):
+        return None
+    return mask
 
 
 class HintDistiller(Distiller):
@@ -176,7 +188,9 @@ class HintDistiller(Distiller):
     def training_step(self, batch):
         v = self._guided(batch)
         u = self.teacher(batch).features["hint"]
-        loss = hint_loss(self.regressor(v), u)
+        r = self.regressor(v)
+        mask = token_mask(self.student, batch, self.input_key, r) if self.regressor.kind == "token" else None
+        loss = hint_loss(r, u, mask)
         return {"loss": loss, "hint": loss}
 
     def drop_regressor(self) -> None:

@@ -11,13 +11,14 @@ from accelerate.utils import set_seed
 from joryu import metrics, tracking
 from joryu.config import ExperimentConfig, load_config
 from joryu.data import Augment, load_data, split_any
+from joryu.data.sources import align_labels
 from joryu.engine import save_weights
 from joryu.engine.loop import pick_device
 from joryu.errors import ConfigError, warn
 from joryu.evaluate import evaluate_predictions
 from joryu.methods import Method, Stage, StageContext, get_method
 from joryu.models.build import build_model, check_classes, input_shape_of
-from joryu.outputs import forward
+from joryu.outputs import forward, is_causal_lm
 from joryu.report import write_run_report
 from joryu.report.deploy import deployment_stats
 from joryu.run.process import is_main, same_on_all_processes, wait_for_everyone
@@ -177,6 +178,8 @@ class Experiment:
             models["teacher"], keys["teacher"] = teacher_model, cfg.teacher.input_key
             names["teacher"] = f"teacher {cfg.teacher.name!r}"
         student_proto = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
+        causal = is_causal_lm(student_proto)  # Hugging Face labels: shifted once for a causal LM
+        bundle, train, val = align_labels(bundle, causal), align_labels(train, causal), align_labels(val, causal)
         models["student"], keys["student"] = student_proto, cfg.student.input_key
         names["student"] = f"student {cfg.student.name!r}"
         check_classes(models, train, bundle.num_classes, keys, names, bundle.input_shape)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from joryu.config import ModelConfig, load_config, parse_value
 from joryu.data import TensorData, load, split_validation
+from joryu.data.sources import align_labels
 from joryu.errors import ConfigError
 from joryu.methods import get_method
 from joryu.models.build import build_model, input_shape_of, output_classes
+from joryu.outputs import is_causal_lm
 from joryu.weights import load_into
 
 
@@ -117,6 +119,7 @@ class RunFolder:
         b = self.bundle
         plain = cfg.student.model_copy(update={"checkpoint": None})
         student = build_model(plain, b.num_classes, input_shape_of(b.test, cfg.student.input_key, b.input_shape))
+        b = self.bundle = align_labels(b, is_causal_lm(student))  # HF labels: shifted for a causal LM
         teacher = self.models.get("teacher", (None,))[0]
         if teacher is None and getattr(cfg, "teacher", None) is not None:
             teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": None}), b.num_classes,
