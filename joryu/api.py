@@ -9,13 +9,21 @@ import torch
 from torch import nn
 
 from joryu.config import AugmentConfig, TrainConfig, validate_params
-from joryu.data import Augment, LoaderOptions, TensorData, as_source, build_transform, split_any
+from joryu.data import (
+    Augment,
+    LoaderOptions,
+    TensorData,
+    as_source,
+    build_transform,
+    example_batch,
+    split_any,
+)
 from joryu.data.sources import align_labels
 from joryu.errors import ConfigError, DataError, one_line
 from joryu.losses.positions import num_classes
 from joryu.methods import get_method, method_info
 from joryu.models.build import output_classes, probe_logits
-from joryu.outputs import declare_inputs, example_batch, is_causal_lm
+from joryu.outputs import declare_inputs, is_causal_lm
 from joryu.run.stages import run_stages
 from joryu.teachers import as_teacher
 

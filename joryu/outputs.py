@@ -214,29 +214,3 @@ def call(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS):
 def forward(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS) -> Tensor:
     """Run ``model`` on ``batch`` following ``inputs`` (see ``model_args``); return its logits."""
     return unwrap(call(model, batch, inputs))
-
-
-def example_batch(data, n: int = 2) -> dict:
-    """The first ``n`` samples of ``data`` as a batch, prepared as the loaders prepare it
-    (real dtypes and shapes: for sizing adapters, counting classes, timing a forward pass)."""
-    from joryu.data import TensorData, TensorLoader
-
-    if isinstance(data, TensorData):
-        n = max(1, min(n, len(data)))
-        return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
-    if getattr(data, "collate", None) is not None and not data.iterable:  # the user's collate_fn batches
-        idx = range(max(1, min(n, len(data))))
-        return data.collate_batch([(i, data._raw(i)) for i in idx])
-    if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
-        items = []
-        for i in range(max(1, n)):
-            try:
-                items.append((i, data.sample(i, train=True)))
-            except IndexError:
-                break
-        if hasattr(data, "collate_batch"):  # its own collation: one-line errors on mixed shapes
-            return data.collate_batch(items)
-        samples = [s for _, s in items]
-    else:
-        samples = [data[i] for i in range(max(1, min(n, len(data))))]
-    return dict(torch.utils.data.default_collate(samples))

@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from joryu.config import ModelConfig, build_config
-from joryu.data import TensorData, TensorLoader, split_validation
+from joryu.data import TensorData, TensorLoader, example_batch, split_validation
 from joryu.errors import ConfigError
 from joryu.losses import kd_loss, masked_cross_entropy
 from joryu.losses.lm import generalized_jsd, reverse_kl, token_divergence
 from joryu.losses.positions import next_token_targets, rows
 from joryu.metrics import compute
-from joryu.outputs import call, declare_inputs, example_batch, forward
+from joryu.outputs import call, declare_inputs, forward
 
 
 class TwoArgs(nn.Module):

@@ -10,12 +10,12 @@ pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
 import joryu  # noqa: E402
-from joryu.data import load  # noqa: E402
+from joryu.data import example_batch, load  # noqa: E402
 from joryu.data.sources import align_labels, as_source  # noqa: E402
 from joryu.losses import masked_cross_entropy  # noqa: E402
 from joryu.losses.positions import next_token_targets, shift_labels  # noqa: E402
 from joryu.models.hf import bert_classifier, bert_token_classifier, gpt2_lm  # noqa: E402
-from joryu.outputs import example_batch, forward, is_causal_lm  # noqa: E402
+from joryu.outputs import forward, is_causal_lm  # noqa: E402
 
 INPUTS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
 FAST = dict(batch_size=32, optimizer="adamw", progress=False)

@@ -1,6 +1,7 @@
 """Datasets: built-in (offline) data, file loaders, on-device tensors and loaders."""
 
 from joryu.data import paired  # noqa: F401,E402  (registers the paired two-modality datasets)
+from joryu.data.assemble import load_data  # noqa: E402  (above sources and fields)
 from joryu.data.core import (
     Augment,
     TensorData,
@@ -27,7 +28,7 @@ from joryu.data.sources import (
     StreamLoader,
     as_source,
     bundle_from,
-    load_data,
+    example_batch,
     load_factory,
     split_any,
 )
@@ -38,7 +39,7 @@ __all__ = [
     "available", "describe", "epoch_batches", "load", "register_dataset", "split_validation",
     "IGNORE_INDEX", "degraded_view", "hide_labels", "labeled_per_class",
     "add_label_noise", "check_noise_matrix", "clean_mask", "inject_noise", "mark_clean", "noise_matrix",
-    "observed_noise_matrix", "LoaderOptions", "StreamData", "as_source", "bundle_from", "load_data",
+    "observed_noise_matrix", "LoaderOptions", "StreamData", "as_source", "bundle_from", "example_batch", "load_data",
     "load_factory", "split_any", "available_transforms", "build_transform",
 ]
 

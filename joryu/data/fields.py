@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from joryu.data.core import TensorData
+from joryu.data.sources import StreamData, as_source, load_factory
 from joryu.errors import ConfigError
 
 _KNOWN = ("clean", "noise", "labels_per_class", "privileged", "input_b")
@@ -53,7 +54,6 @@ def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
 
 
 def _view(data, key: str, spec):
-    from joryu.data.sources import StreamData, as_source, load_factory
     from joryu.data.transforms import build_transform
 
     if not isinstance(spec, dict) or len({"transform", "factory"} & set(spec)) != 1:

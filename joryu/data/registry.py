@@ -11,6 +11,7 @@ import torch
 
 from joryu.data.core import Augment, TensorData
 from joryu.errors import ConfigError, DataError
+from joryu.options import check_function_options
 
 
 @dataclass
@@ -57,7 +58,6 @@ def dataset_function(name: str) -> tuple[Callable[..., DataBundle], bool]:
 
 def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
     """Load a dataset by registry name. File formats need ``path``."""
-    from joryu.config import check_function_options
 
     fn, needs_path = dataset_function(name)
     check_function_options(fn, kwargs, "data.kwargs", f"dataset {name!r}",

@@ -859,50 +859,6 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 
-def load_data(cfg):
-    """The ``DataBundle`` a ``DataConfig`` describes: a registered dataset or a factory by import
-    path, an optional test/validation factory, transforms, views, columns, loader options and
-    per-sample fields."""
-    from joryu.data.fields import apply_fields
-    from joryu.data.registry import DataBundle, load
-    from joryu.data.transforms import build_transform
-
-    tf = build_transform(cfg.transform)
-    etf = build_transform(cfg.eval_transform) if cfg.eval_transform is not None else (
-        tf.deterministic() if tf is not None else None)
-    views, eval_views = {}, {}
-    for key, spec in (cfg.views or {}).items():
-        if isinstance(spec, dict) and set(spec) <= {"train", "eval"} and spec:
-            views[key] = build_transform(spec.get("train"))
-            eval_views[key] = build_transform(spec["eval"]) if "eval" in spec else (
-                views[key].deterministic() if views[key] is not None else None)
-        else:
-            views[key] = build_transform(spec)
-            eval_views[key] = views[key].deterministic() if views[key] is not None else None
-    common = dict(columns=cfg.columns, loader=LoaderOptions.of(cfg.loader))
-    streamed = tf is not None or etf is not None or views or cfg.columns
-    opts = {"train": dict(common, transform=tf, eval_transform=etf, views=views, eval_views=eval_views),
-            "test": dict(common, transform=etf, eval_transform=etf, views=eval_views, eval_views=eval_views)}
-    if ":" in cfg.name:
-        kwargs = dict(cfg.kwargs)
-        if cfg.path:
-            kwargs.setdefault("path", cfg.path)
-        result = load_factory(cfg.name, **kwargs)
-        name = cfg.name.rsplit(":", 1)[1]
-    else:
-        result = load(cfg.name, cfg.path, **cfg.kwargs)
-        name = result.name
-    test = load_factory(cfg.test, **cfg.test_kwargs) if cfg.test else None
-    val = load_factory(cfg.val, **cfg.test_kwargs) if cfg.val else None
-    if isinstance(result, DataBundle) and streamed and isinstance(result.train, TensorData):
-        raise ConfigError(f"dataset {name!r} is in-memory tensor data: transforms, views and columns "
-                          "apply to streamed datasets; use data.augment for tensor data")
-    bundle = bundle_from(result, name, test, val, opts)
-    if cfg.fields:
-        bundle.train = apply_fields(bundle.train, cfg.fields, bundle.num_classes)
-    return bundle
-
-
 def make_loader(data, batch_size: int, shuffle: bool = False, seed: int = 0, augment: Augment | None = None,
                 drop_last: bool = False, device="cpu", rank: int = 0, world_size: int = 1):
     """The loader for any data joryu takes: a ``TensorLoader`` for tensors on the device, a
@@ -914,3 +870,27 @@ def make_loader(data, batch_size: int, shuffle: bool = False, seed: int = 0, aug
     if isinstance(data, TensorData):
         return TensorLoader(data, **kw)
     return StreamLoader(data, **kw)
+
+
+def example_batch(data, n: int = 2) -> dict:
+    """The first ``n`` samples of ``data`` as a batch, prepared as the loaders prepare it
+    (real dtypes and shapes: for sizing adapters, counting classes, timing a forward pass)."""
+    if isinstance(data, TensorData):
+        n = max(1, min(n, len(data)))
+        return TensorLoader(data, n, shuffle=False).batch(torch.arange(n))
+    if getattr(data, "collate", None) is not None and not data.iterable:  # the user's collate_fn batches
+        idx = range(max(1, min(n, len(data))))
+        return data.collate_batch([(i, data._raw(i)) for i in idx])
+    if hasattr(data, "sample"):  # a streamed source (joryu.data.sources.StreamData)
+        items = []
+        for i in range(max(1, n)):
+            try:
+                items.append((i, data.sample(i, train=True)))
+            except IndexError:
+                break
+        if hasattr(data, "collate_batch"):  # its own collation: one-line errors on mixed shapes
+            return data.collate_batch(items)
+        samples = [s for _, s in items]
+    else:
+        samples = [data[i] for i in range(max(1, min(n, len(data))))]
+    return dict(torch.utils.data.default_collate(samples))

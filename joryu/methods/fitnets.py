@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from joryu.data import example_batch
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import hint_loss, kd_loss
@@ -75,7 +76,7 @@ from joryu.methods._features import (
     tapped_teacher,
 )
 from joryu.methods.base import Method, Params, Stage, register_method
-from joryu.outputs import attention_mask_of, example_batch, forward
+from joryu.outputs import attention_mask_of, forward
 from joryu.taps import Taps, resolve
 from joryu.teachers import prepare_for
 

@@ -7,18 +7,17 @@ from pathlib import Path
 
 import torch
 
-from joryu.config import ModelConfig
-from joryu.data import TensorData
+from joryu.data import TensorData, example_batch
 from joryu.errors import ConfigError, JoryuError, one_line
 from joryu.losses import positions
 from joryu.models import registry
 from joryu.models.registry import create
-from joryu.outputs import declare_inputs, example_batch, forward, input_keys, normalize_inputs
+from joryu.outputs import declare_inputs, forward, input_keys, normalize_inputs
 from joryu.weights import load_into
 
 
-def build_model(cfg: ModelConfig, num_classes: int, input_shape, role: str = "model") -> torch.nn.Module:
-    """A zoo model (``num_classes``/``input_shape`` filled in where the factory takes them) or an
+def build_model(cfg, num_classes: int, input_shape, role: str = "model") -> torch.nn.Module:
+    """``cfg``: a ``joryu.config.ModelConfig`` (name, kwargs, inputs, checkpoint). A zoo model (``num_classes``/``input_shape`` filled in where the factory takes them) or an
     import-path factory's model, with ``cfg.checkpoint`` loaded; bad input raises one line."""
     kwargs = dict(cfg.kwargs)
     if ":" not in cfg.name:

@@ -55,7 +55,7 @@ def example_batch(data, key, n: int):
         return torch.randn(n, *data)
     has_key = isinstance(key, str) and (key in data.tensors if isinstance(data, TensorData) else key in data[0])
     if not has_key:
-        from joryu.outputs import example_batch as batch_of
+        from joryu.data import example_batch as batch_of
 
         b = batch_of(data, n)
         return {k: _repeat_to(v, n) for k, v in b.items() if isinstance(v, torch.Tensor)}
