@@ -26,27 +26,27 @@ class Strict(BaseModel):
 class TrainConfig(Strict):
     """How one stage is trained."""
 
-    epochs: int = Field(20, ge=0)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    epochs: int = Field(20, ge=0, description="passes over the training data; 0 trains nothing (evaluates only)")
+    batch_size: int = Field(128, ge=1, description="samples per training batch (per process)")
+    eval_batch_size: int = Field(1000, ge=1, description="samples per batch when evaluating")
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam", description="the optimizer")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="base learning rate (before warm-up and schedule)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd and rmsprop")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd)")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="L2 weight decay (decoupled for adamw)")
+    scheduler: Literal["constant", "cosine", "step", "onecycle"] = Field("cosine", description="learning-rate schedule over the run, stepped once per optimizer update")
     milestones: list[float] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by gamma")
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    grad_accum: int = Field(1, ge=1)
-    clip_grad_norm: float | None = Field(None, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="the 'step' schedule's multiplier at each milestone")
+    warmup_epochs: float = Field(0.0, ge=0, allow_inf_nan=False, description="linear warm-up of the learning rate, in epochs")
+    grad_accum: int = Field(1, ge=1, description="batches whose gradients add up before one optimizer update")
+    clip_grad_norm: float | None = Field(None, gt=0, allow_inf_nan=False, description="clip the gradient norm to this value (None: no clipping)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision: bf16 (GPU or CPU), fp16 (GPU only)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train; auto: CUDA when visible")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at each epoch end")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints a stage keeps")
     eval_every: int = Field(1, ge=1, description="epochs between validation passes")
-    log_every: int = Field(50, ge=1)
-    threads: int | None = Field(None, ge=1)
+    log_every: int = Field(50, ge=1, description="steps between progress updates and finiteness checks")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch's default)")
     compile: bool = Field(False, description="torch.compile the trained network (in place; off by default)")
     log_with: list[str] = Field(default_factory=list, description="Accelerate trackers: tensorboard, wandb, "
                                 "mlflow, ... (the package must be installed; see joryu.tracking)")
