@@ -179,7 +179,7 @@ def test_scores_by_hand():
     assert r["ece"] == pytest.approx(100 * (0.5 * 0.1 + 0.5 * 0.4))
     assert r["nll"] == pytest.approx(float(-(p[range(4), target]).log().mean()))
     assert sum(r["reliability"]["count"]) == 4 and r["ece_bins"] == 15
-    assert r["top5"] == 100.0  # k = min(5, C) = 3
+    assert "top5" not in r  # top-5 of 3 classes says nothing: not reported
 
 
 def test_agreement_and_kl_with_the_teacher():
