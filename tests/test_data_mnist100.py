@@ -12,6 +12,7 @@ from joryu.data import available, load, load_data  # noqa: E402
 from joryu.data import mnist100 as m  # noqa: E402
 from joryu.errors import ConfigError, DataError  # noqa: E402
 from joryu.reproduce.common import protocol_splits  # noqa: E402
+from joryu.teachers import contiguous_verticals  # noqa: E402
 
 PER_CLASS = {"train": 150, "val": 20, "test": 50}
 
@@ -117,6 +118,7 @@ def test_tens_verticals_are_contiguous_groups():
     v = m.tens_verticals()
     assert len(v) == 10 and v[3] == list(range(30, 40))
     assert sorted(c for g in v for c in g) == list(range(100))
+    assert v == contiguous_verticals(100, 10)  # knowledge concentration's num_verticals: 10
 
 
 @pytest.mark.parametrize("kwargs, match", [
