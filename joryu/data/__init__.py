@@ -44,4 +44,5 @@ __all__ = [
 ]
 
 from joryu.data import distilled as _distilled  # noqa: E402,F401  (registers the 'distilled' dataset)
+from joryu.data import mnist100 as _mnist100  # noqa: E402,F401  (registers the 'mnist100' dataset)
 from joryu.data import text as _text  # noqa: E402,F401  (registers the token and pixel datasets)

@@ -218,7 +218,8 @@ VGG_CFGS = {
 
 class VGG(nn.Module):
     """VGG with BatchNorm for CIFAR: five conv stages; max-pool after the first four
-    (32 -> 2), adaptive average pool after the last, then one linear layer."""
+    (32 -> 2), adaptive average pool after the last, then one linear layer. The max pools round
+    up (ceil mode: the same sizes on even inputs), so inputs down to 14 pixels fit (14 -> 1)."""
 
     def __init__(self, cfg, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
@@ -231,7 +232,7 @@ class VGG(nn.Module):
                 c = w
             setattr(self, f"block{i}", nn.Sequential(*layers))
             last = i == len(cfg) - 1
-            setattr(self, f"pool{i}", nn.AdaptiveAvgPool2d(1) if last else nn.MaxPool2d(2))
+            setattr(self, f"pool{i}", nn.AdaptiveAvgPool2d(1) if last else nn.MaxPool2d(2, ceil_mode=True))
         self.num_stages = len(cfg)
         self.fc = nn.Linear(c, num_classes)
         self.feature_layers = [f"block{i}" for i in range(len(cfg))]

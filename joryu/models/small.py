@@ -1,4 +1,4 @@
-"""Small models for the built-in data: an MLP and a 1-D CNN for MNIST-1D."""
+"""Small models for the built-in data: an MLP, a 1-D CNN for MNIST-1D and a plain 2-D CNN."""
 
 from __future__ import annotations
 
@@ -82,3 +82,45 @@ def cnn1d(num_classes: int = 10, width: int = 32, in_channels: int | None = None
     return CNN1D(num_classes, width, in_channels, depth=depth)
 
 
+
+
+class ConvNet(nn.Module):
+    """Plain 2-D CNN: ``depth`` stages of [conv3x3-BN-ReLU] x ``convs`` then 2x2 max pooling, with
+    widths width, 2·width, 4·width, ...; the last map is flattened into a linear head, so the
+    head sees where in the image a feature is (two-digit numbers need left vs right)."""
+
+    def __init__(self, num_classes: int = 10, input_shape=(1, 28, 28), width: int = 16,
+                 depth: int = 3, convs: int = 1):
+        super().__init__()
+        c, h, w = (int(s) for s in input_shape)
+        stages = []
+        for i in range(depth):
+            out, layers = width * 2 ** i, []
+            for _ in range(convs):
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
+                c = out
+            stages.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"convnet: {depth} poolings leave nothing of a "
+                             f"{tuple(input_shape)} input; lower depth")
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(c * h * w, num_classes)
+        self.feature_layers = [f"stages.{i}" for i in range(depth)]
+
+    def forward(self, x):
+        return self.fc(self.stages(x).flatten(1))
+
+
+@register("convnet")
+def convnet(num_classes: int = 10, input_shape=None, width: int = 16, depth: int = 3,
+            convs: int = 1):
+    """Plain CNN for any image size: conv-BN-ReLU stages with max pooling, widths `width`·2^i.
+
+    `depth` stages of `convs` conv3x3-BN-ReLU layers each, then 2x2 max pooling; the last map is
+    flattened into a linear head. `width` limits the capacity with normalisation kept."""
+    shape = tuple(input_shape) if input_shape is not None else (1, 28, 28)
+    if len(shape) != 3:
+        raise ValueError(f"convnet needs input_shape (C, H, W), got {shape}")
+    return ConvNet(num_classes, shape, int(width), int(depth), int(convs))

@@ -48,9 +48,14 @@ def seeded(seed: int, factory, *args, **kwargs):
 def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, seed: int = 0):
     """Train / validation / test splits for the protocol: pool a bundle's train and test data, hold
     out a class-stratified test split of ``test_size`` samples (fixed ``seed``), and carve a
-    validation split off the rest. Returns ``(train, val, test)`` TensorData."""
+    validation split off the rest. Returns ``(train, val, test)`` TensorData.
+
+    A bundle with its own validation split (e.g. ``mnist100``, whose splits are built from disjoint
+    source images) keeps its three splits as they are: pooling them would mix the pools."""
     from joryu.data import TensorData
 
+    if bundle.val is not None:
+        return bundle.train, bundle.val, bundle.test
     tr, te = bundle.train, bundle.test
     keys = [k for k in tr.tensors if k in te.tensors]
     pooled = TensorData({k: torch.cat([tr.tensors[k], te.tensors[k]]) for k in keys}, bundle.num_classes,
