@@ -45,7 +45,7 @@ def write_results(results: dict[str, dict], out_dir: str | Path, meta: dict) -> 
     return js, png  # png is None without matplotlib
 
 
-def evaluate_cli(args) -> int:
+def run(args) -> int:
     """``joryu eval``: see ``add_parsers``."""
 
     data_kwargs = parse_kv(args.data_kwarg)

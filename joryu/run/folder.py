@@ -34,6 +34,8 @@ def split_of(bundle, split: str, cfg=None):
 
     if split == "test":
         return bundle.test
+    if getattr(bundle, "val", None) is not None and split in ("train", "val"):  # a dataset's own split
+        return bundle.val if split == "val" else bundle.train
     if split not in ("train", "val"):
         raise ConfigError(f"--split must be test, val or train, not {split!r}")
     if not isinstance(bundle.train, TensorData):
