@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 
@@ -19,11 +20,15 @@ from joryu.data import (
     split_any,
 )
 from joryu.data.sources import align_labels
+from joryu.engine.loop import pick_device
 from joryu.errors import ConfigError, DataError, one_line
+from joryu.evaluate import evaluate_model
 from joryu.losses.positions import num_classes
 from joryu.methods import get_method, method_info
 from joryu.models.build import output_classes, probe_logits
+from joryu.models.reinit import fresh_copy
 from joryu.outputs import declare_inputs, is_causal_lm
+from joryu.run.evidence import SeedValues, judge, warnings_for
 from joryu.run.stages import run_stages
 from joryu.teachers import as_teacher
 
@@ -92,12 +97,51 @@ def _check_same_classes(teacher, student, data) -> None:
                           "build both with the same num_classes / vocab_size")
 
 
+def _top1(model, data, batch_size: int, device) -> float:
+    return evaluate_model(model, data, batch_size=batch_size, device=device)["top1"]
+
+
+def _paired_seeds(m, initial, trained, teacher, train, val, train_cfg, augment, seed: int, seeds: int,
+                  num_classes: int, run_dir, progress: bool, resume: bool) -> dict:
+    """``distill(seeds=N)``: the student alone against the method on N paired seeds (seed i: both
+    arms from the same initialisation, the same data order); the first seed's method arm is the
+    run itself, from the user's own initial weights. Judged on the validation split by
+    ``joryu.stats`` (see ``joryu.run.evidence``)."""
+    if val is None:
+        raise ConfigError("seeds= compares arms on the validation split: give val_data or val_fraction > 0")
+    device = pick_device(train_cfg)
+    alone = get_method("supervised", {})
+    values = SeedValues()
+    for i in range(seeds):
+        s = seed + i
+        init = initial if i == 0 else fresh_copy(initial, s)
+        sub = run_dir / "seeds" / f"seed-{s}" if run_dir is not None else None
+        if i == 0:
+            method_net = trained
+        else:
+            torch.manual_seed(s)
+            method_net, _ = run_stages(m, student=copy.deepcopy(init), teacher=teacher, train=train, val=val,
+                                       train_cfg=train_cfg, seed=s, augment=augment, num_classes=num_classes,
+                                       run_dir=sub / m.name if sub else None, progress=progress, resume=resume)
+        torch.manual_seed(s)
+        alone_net, _ = run_stages(alone, student=copy.deepcopy(init), train=train, val=val, train_cfg=train_cfg,
+                                  seed=s, augment=augment, num_classes=num_classes,
+                                  run_dir=sub / "alone" if sub else None, progress=progress, resume=resume,
+                                  label="student alone")
+        values.method.append(_top1(method_net, val, train_cfg.eval_batch_size, device))
+        values.baseline.append(_top1(alone_net, val, train_cfg.eval_batch_size, device))
+    judged = judge(values)
+    return {"metric": "validation top-1 accuracy (%)", "seeds": [seed + i for i in range(seeds)],
+            "val": judged, "verdict": judged["verdict"],
+            "warnings": warnings_for(seeds, judged, None, None, [])}
+
+
 def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: str = "kd", *,
             val_data=None, val_fraction: float = 0.1, seed: int = 0, run_dir: str | Path | None = None,
             augment: Augment | dict | None = None, progress: bool = True, resume: bool = False,
             num_classes: int | None = None, transform=None, eval_transform=None, views=None,
             loader: dict | None = None, inputs=None, teacher_inputs=None, columns: dict | None = None,
-            **overrides):
+            seeds: int | None = None, **overrides):
     """Train ``student`` from ``teacher`` with ``method``; returns ``(student, metrics)``.
 
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
@@ -117,6 +161,11 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     call, and its ``requires_grad`` flags and train/eval modes are restored when ``distill``
     returns (or raises). Its weights are never updated.
 
+    ``seeds``: also train the student alone, and both arms on ``seeds`` paired seeds (same
+    initialisation and data order per seed); ``metrics["evidence"]`` then holds the per-seed
+    validation accuracies, the paired difference with its t interval and the verdict ("helped",
+    "no evidence either way", "hurt"; at least 5 seeds for one, see ``joryu.stats``).
+
     ``inputs`` names the batch keys the student reads (a key, a list of keys for positional
     arguments, or ``{forward_argument: batch_key}``, e.g. ``{"input_ids": "input_ids",
     "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
@@ -128,6 +177,8 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     they are shifted once to the next-token target, for other models taken as they are; a
     ``target`` is never shifted (see ``joryu.losses.positions``).
     """
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise ConfigError(f"seeds must be a whole number >= 1, got {seeds!r}")
     train_cfg, m = _split_overrides(method, overrides)
     stream_opts = {"columns": dict(columns)} if columns else {}
     if transform is not None or eval_transform is not None or views or loader:
@@ -186,9 +237,13 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         plan = dict(student=student, teacher=t, train=train, train_cfg=train_cfg, seed=seed, augment=augment,
                     num_classes=data.num_classes)
         run_stages(m, **plan, dry=True)  # the check before training: the same loop, one dry batch
+        initial = copy.deepcopy(student) if seeds is not None else None  # the alone arm's init
         torch.manual_seed(seed)
         student, results = run_stages(m, **plan, val=val, run_dir=Path(run_dir) if run_dir else None,
                                       progress=progress, resume=resume)
+        if seeds is not None:
+            evidence = _paired_seeds(m, initial, student, t, train, val, train_cfg, augment, seed, seeds,
+                                     data.num_classes, Path(run_dir) if run_dir else None, progress, resume)
     finally:
         for _, modes, grads in saved:
             for mm, was in modes:
@@ -196,4 +251,6 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             for p, rg in grads:
                 p.requires_grad_(rg)
     metrics = {name: {k: v for k, v in r.items() if k != "distiller"} for name, r in results.items()}
+    if seeds is not None:
+        metrics["evidence"] = evidence
     return student, metrics

@@ -135,7 +135,10 @@ class MethodConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="the run's seed: initialisation, data order, augmentation")
+    seeds: int = Field(1, ge=1, description="paired seeds (seed, seed + 1, ...): the method and what it is "
+                       "compared with are trained on each, and the paired differences judged; 5 or more "
+                       "for a verdict (joryu.stats)")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = Field(None, description="needed by methods that distill from a teacher")
     student: ModelConfig

@@ -5,6 +5,7 @@ is a new module here and one line in ``COMMANDS``."""
 COMMANDS = {  # name -> the module that holds the command
     "distill": "joryu.commands.distill",
     "run": "joryu.commands.run",
+    "compare": "joryu.commands.compare",
     "config": "joryu.commands.config",
     "methods": "joryu.commands.methods",
     "models": "joryu.commands.models",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from joryu.report.tables import comparison_rows, format_table
+from joryu.errors import UsageError
+from joryu.report.tables import comparison_rows, evidence_lines, format_table
 from joryu.run.experiment import Experiment
 from joryu.run.process import is_main
 
@@ -17,10 +18,17 @@ def run_flags(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run from its last checkpoint (same config)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="paired seeds for the method and the student alone (same as seeds=N); 5 or more "
+                        "for a verdict")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
 
 
 def run_experiment(cfg, args) -> int:
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+        cfg = cfg.model_copy(update={"seeds": args.seeds})
     exp = Experiment(cfg, run_dir=args.out, progress=not args.quiet, resume=args.resume,
                      overwrite=args.overwrite)
     main_process = is_main()
@@ -35,5 +43,9 @@ def run_experiment(cfg, args) -> int:
     if main_process:
         print()
         print(format_table(comparison_rows(summary["rows"])))
+        lines = evidence_lines(summary.get("evidence") or {})
+        if lines:
+            print("\ndid it help?")
+            print("\n".join(lines))
         print(f"\nreport: {exp.run_dir / 'report.md'}")
     return 0

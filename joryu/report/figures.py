@@ -176,3 +176,35 @@ def plot_tradeoff(rows: dict[str, dict], path) -> Path | None:
     save_fig(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_comparison(val: dict[str, dict], path, selected: str | None = None) -> Path | None:
+    """``joryu compare``'s picture: per method, the paired validation difference against the
+    student alone (points) with its 95% t interval, best first; zero marked (None without
+    matplotlib or without methods)."""
+    if not val:
+        return None
+    plt = pyplot("the comparison plot")
+    if plt is None:
+        return None
+    names = sorted(val, key=lambda m: -val[m]["mean"])
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5), dpi=100)
+    for i, m in enumerate(names):
+        j = val[m]
+        lo, hi = j["interval"]
+        y = len(names) - 1 - i
+        if lo is not None and hi is not None:
+            ax.errorbar([j["mean"]], [y], xerr=[[j["mean"] - lo], [hi - j["mean"]]], fmt="o", capsize=4,
+                        color="tab:red" if m == selected else "tab:blue")
+        else:
+            ax.plot([j["mean"]], [y], "o", color="tab:blue")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([f"{m} ({val[m]['verdict']}, n={val[m]['n']})" for m in reversed(names)], fontsize=8)
+    ax.set_xlabel("validation top-1, method - student alone (points), 95% t interval")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path = Path(path)
+    save_fig(fig, path)
+    plt.close(fig)
+    return path

@@ -104,7 +104,31 @@ def cuda_rows(rows: dict) -> list[list[str]] | None:  # pragma: no cover - only 
     return out
 
 
-def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()) -> str:
+def evidence_lines(ev: dict) -> list[str]:
+    """The "did it help?" section: the verdict per split in words, per-seed values, the warnings."""
+    if not ev:
+        return []
+    out = []
+    for split in ("val", "test"):
+        j = ev.get(split)
+        if j is None:
+            continue
+        name = "validation" if split == "val" else "test"
+        out.append(f"- **{j['verdict']}** on the {name} split: {ev['method']} vs {ev['baseline']}, "
+                   f"{j['line']}. Per seed (seeds {ev['seeds']}): method "
+                   f"{', '.join(f'{v:.2f}' for v in j['method'])}; {ev['baseline']} "
+                   f"{', '.join(f'{v:.2f}' for v in j['baseline'])}.")
+    for w in ev.get("warnings", []):
+        out.append(f"- Note: {w}")
+    costs = ev.get("costs") or {}
+    if costs:
+        out.append("- Budget (first seed): " + "; ".join(
+            f"{k}: {c['batches']} batches in {c['stages']} stage(s), {c['train_time_s']:.1f} s"
+            for k, c in costs.items()) + ".")
+    return out
+
+
+def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=(), evidence=None) -> str:
     """``report.md``, ``results.json`` and the PNGs of a run (all written atomically); returns the
     markdown text."""
     run_dir = Path(run_dir)
@@ -116,6 +140,14 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
           "training; the validation split (carved from the training data) is what the curves show.",
           "", markdown_table(table), ""]
+    if evidence:
+        md += ["## Did it help?", "",
+               "The method against what it is compared with, on paired seeds (same initialisation, data "
+               "order and augmentation per seed), top-1 accuracy. Verdict: the paired mean difference "
+               "clears zero by the one-sided 97.5% t quantile (n - 1 degrees of freedom) times its standard "
+               "error, with at least 5 seeds (joryu.stats); the interval is the matching 95% t interval. "
+               "Choices read the validation split; the test split is read once, at the end.", "",
+               *evidence_lines(evidence), ""]
     quality = quality_rows(rows)
     if quality:
         md += ["## Accuracy, calibration, agreement with the teacher", "",
@@ -167,7 +199,8 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
            "```", ""]
     text = "\n".join(md)
     atomic_write_text(run_dir / "report.md", text)
-    atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=1))
+    atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows, "evidence": evidence or {}},
+                                                           indent=1))
     return text
 
 

@@ -21,6 +21,7 @@ from joryu.models.build import build_model, check_classes, input_shape_of
 from joryu.outputs import forward, is_causal_lm
 from joryu.report import write_run_report
 from joryu.report.deploy import deployment_stats
+from joryu.run import evidence
 from joryu.run.process import is_main, same_on_all_processes, wait_for_everyone
 from joryu.run.rundir import dump_config, plan_run_dir
 from joryu.run.stages import restored, run_stages
@@ -44,19 +45,22 @@ class BaselineContext:
     context (``ctx.results``, ``ctx.extras``) and deployed network, and ways to train a comparison
     with the run's code and budget (``train``)."""
 
-    def __init__(self, exp: Experiment, ctx: StageContext, deployed, train, val, bundle, augment):
+    def __init__(self, exp: Experiment, ctx: StageContext, deployed, train, val, bundle, augment,
+                 seed: int | None = None, root: Path | None = None):
         self.exp, self.cfg, self.ctx, self.deployed = exp, exp.cfg, ctx, deployed
         self.train_data, self.val, self.bundle, self.augment = train, val, bundle, augment
-        self.seed = exp.cfg.seed
+        self.seed = exp.cfg.seed if seed is None else seed
+        self.root = exp.run_dir if root is None else root  # the folder this seed's arms write to
         self.num_classes = bundle.num_classes
         self.teacher = ctx.teacher
         self.histories: dict[str, list] = {}
+        self.costs: dict[str, dict] = {}
         self.ce_runs: set[str] = set()
         self.label, self.folder = "baseline", "baseline"
 
     def fresh_student(self) -> torch.nn.Module:
-        """The configured student, built with the run's seed: the method's own initial weights."""
-        set_seed(self.cfg.seed)
+        """The configured student, built with the seed: the method's own initial weights."""
+        set_seed(self.seed)
         return build_model(self.cfg.student, self.num_classes, self.bundle.input_shape)
 
     def train(self, model, data=None, train: dict | None = None, input_key: str | None = None,
@@ -68,15 +72,37 @@ class BaselineContext:
         method = (_OneStage(build) if build is not None
                   else get_method("supervised", {"input_key": key}))
         cfg = self.exp.train_cfg.model_copy(update=train or {})
-        rd = self.exp.run_dir
+        rd = self.root
         model, res = run_stages(method, student=model, train=data if data is not None else self.train_data,
                                 val=self.val, train_cfg=cfg, run_dir=rd / self.folder if rd else None,
-                                seed=self.cfg.seed, augment=self.augment, progress=self.exp.progress,
+                                seed=self.seed, augment=self.augment, progress=self.exp.progress,
                                 resume=self.exp.resume, label=self.label, num_classes=self.num_classes)
         self.histories[self.label] = res["train"]["history"]
+        self.costs[self.label] = cost_of(res)
         if build is None:
             self.ce_runs.add(self.label)  # its training loss is the label cross-entropy
         return model
+
+
+def cost_of(results: dict) -> dict:
+    """What a trained arm cost: batches stepped and training seconds, summed over its stages."""
+    return {"batches": int(sum(r.get("steps", 0) or 0 for r in results.values())),
+            "train_time_s": float(sum(r.get("train_time_s", 0.0) or 0.0 for r in results.values())),
+            "stages": len(results)}
+
+
+@dataclass
+class Arms:
+    """One seed's training: the distilled student and the rows it is compared with."""
+
+    seed: int
+    student: torch.nn.Module  # the deployed network
+    last: object  # the last stage's Distiller (its eval_logits)
+    label: str
+    nets: dict  # comparison label -> (network, input key)
+    histories: dict
+    ce_runs: set
+    costs: dict  # label -> cost_of(...)
 
 
 @dataclass
@@ -105,6 +131,7 @@ class Experiment:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
                  resume: bool = False, overwrite: bool = False, write: bool = True):
         self.cfg = cfg
+        self.seeds = cfg.seeds
         self.progress = progress
         self.resume = resume
         self.write = write
@@ -146,6 +173,13 @@ class Experiment:
         """Everything before training: the data, every network built and probed on it, and the
         check before training of every stage (teacher, student alone, the method) through the
         stage loop's dry mode. Nothing is written; a mistake is one line."""
+        prepared = self.prepare()
+        self.check_method(prepared, self.method, f"student + {self.cfg.method.name}")
+        return prepared
+
+    def prepare(self) -> Prepared:
+        """``check`` without the method's own stages: data, networks, the teacher's training and
+        the student alone checked."""
         cfg = self.cfg
         rd = self.run_dir
         if self.finished:
@@ -197,32 +231,31 @@ class Experiment:
             run_stages(get_method("supervised", {"input_key": cfg.student.input_key}), student=student_proto,
                        train=train, train_cfg=train_cfg, seed=cfg.seed, augment=augment,
                        label="student alone", dry=True)
-        with restored(teacher_model):  # freezing it for the check must not freeze it for training
-            dry_teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
-            run_stages(self.method, student=student_proto, teacher=dry_teacher, train=train, train_cfg=train_cfg,
-                       seed=cfg.seed, augment=augment, num_classes=bundle.num_classes,
-                       label=f"student + {cfg.method.name}", dry=True)
-        del dry_teacher, student_proto
         return Prepared(bundle, train, val, augment, train_cfg, teacher_model, tcfg, teacher_aug, sup_teacher)
+
+    def check_method(self, p: Prepared, method, label: str) -> None:
+        """The check before training of ``method``'s stages on the prepared data and teacher (the
+        stage loop's dry mode); a mistake is one line naming the stage."""
+        cfg = self.cfg
+        set_seed(cfg.seed)
+        student = build_model(cfg.student, p.bundle.num_classes, p.bundle.input_shape, "student")
+        with restored(p.teacher_model):  # freezing it for the check must not freeze it for training
+            teacher = (FrozenTeacher(p.teacher_model, cfg.teacher.input_key)
+                       if p.teacher_model is not None and method.needs_teacher else None)
+            run_stages(method, student=student, teacher=teacher, train=p.train, train_cfg=p.train_cfg,
+                       seed=cfg.seed, augment=p.augment, num_classes=p.bundle.num_classes, label=label,
+                       dry=True)
 
     def run(self) -> dict:
         """Check, then train the teacher (unless given), the method and its comparison rows, and
         score every network once on the test split."""
         p = self.check()
         cfg, rd = self.cfg, self.run_dir
-        bundle, train, val, augment, train_cfg = p.bundle, p.train, p.val, p.augment, p.train_cfg
-        teacher_model, tcfg, teacher_aug, sup_teacher = p.teacher_model, p.tcfg, p.teacher_aug, p.sup_teacher
-        train_teacher = sup_teacher is not None
+        bundle, train_cfg = p.bundle, p.train_cfg
         self._commit()
 
         # --- teacher
-        teacher_result = None
-        if train_teacher:
-            teacher_model, res = run_stages(
-                sup_teacher, student=teacher_model, train=train, val=val, train_cfg=tcfg,
-                run_dir=rd / "teacher" if rd else None, seed=cfg.seed, augment=teacher_aug,
-                progress=self.progress, resume=self.resume, label="teacher")
-            teacher_result = res["train"]
+        teacher_model, teacher_result = self.train_teacher(p)
         teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
 
         nets: dict[str, tuple] = {}  # label -> (network, input key)
@@ -233,33 +266,11 @@ class Experiment:
             if teacher_result:
                 histories["teacher"] = teacher_result["history"]
 
-        # --- the method
-        set_seed(cfg.seed)
-        student = build_model(cfg.student, bundle.num_classes, bundle.input_shape, "student")
-        label = f"student + {cfg.method.name}"
-        ctx = StageContext(student=student, teacher=teacher, train_data=train, num_classes=bundle.num_classes,
-                           train_cfg=train_cfg, seed=cfg.seed, augment=augment)
-        student, res = run_stages(self.method, student=student, teacher=teacher, train=train, val=val,
-                                  train_cfg=train_cfg, run_dir=rd / cfg.method.name if rd else None,
-                                  seed=cfg.seed, augment=augment, progress=self.progress, resume=self.resume,
-                                  label=label, num_classes=bundle.num_classes, context=ctx)
-        method_histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r["history"]
-                            for stage_name, r in res.items()}
-        last = list(res.values())[-1]["distiller"]
-
-        # --- what the method is compared with: the student alone on the same budget, or the
-        # method's own natural comparison (Method.baselines)
-        if self.compare:
-            bctx = BaselineContext(self, ctx, student, train, val, bundle, augment)
-            for b in self.method.baselines():
-                bctx.label = b.label
-                bctx.folder = b.folder or tracking.slug(b.label)
-                set_seed(cfg.seed)
-                net = b.run(bctx)
-                nets[b.label] = (net, b.input_key or cfg.student.input_key)
-            histories.update(bctx.histories)
-            ce_runs |= bctx.ce_runs
-        histories.update(method_histories)
+        arms = self._train_arms(p, teacher, cfg.seed, rd)
+        student, last, label = arms.student, arms.last, arms.label
+        nets.update(arms.nets)
+        histories.update(arms.histories)
+        ce_runs |= arms.ce_runs
 
         # --- the test split, read once per network, at the end
         rows = {}
@@ -276,13 +287,121 @@ class Experiment:
             save_weights(student, rd / "student.safetensors")
             if teacher_model is not None:
                 save_weights(teacher_model, rd / "teacher.safetensors")
-            if self.method.labels_only:
-                ce_runs |= set(method_histories)
-            report = write_run_report(rd, cfg, rows, histories, ce_runs)
+        evidence = self._evidence(p, teacher, teacher_model, arms, rows)
+        summary["evidence"] = evidence
+        if rd is not None and is_main():
+            report = write_run_report(rd, cfg, rows, histories, ce_runs, evidence)
             tracking.log_report(cfg.model_copy(update={"train": train_cfg}), rd, rows, report)
         self.student = student
         self.summary = summary
         return summary
+
+    def train_teacher(self, p: Prepared):
+        """(teacher network, its stage result or None): trained once, unless it came with a
+        checkpoint; resumable."""
+        if p.sup_teacher is None:
+            return p.teacher_model, None
+        rd = self.run_dir
+        model, res = run_stages(p.sup_teacher, student=p.teacher_model, train=p.train, val=p.val,
+                                train_cfg=p.tcfg, run_dir=rd / "teacher" if rd else None, seed=self.cfg.seed,
+                                augment=p.teacher_aug, progress=self.progress, resume=self.resume,
+                                label="teacher")
+        return model, res["train"]
+
+    def _train_arms(self, p: Prepared, teacher, seed: int, root: Path | None) -> Arms:
+        """The method, then what it is compared with (the student alone on the same budget, or
+        the method's own natural comparison, ``Method.baselines``), on one seed, written under
+        ``root``; resumable stage by stage."""
+        cfg = self.cfg
+        set_seed(seed)
+        student = build_model(cfg.student, p.bundle.num_classes, p.bundle.input_shape, "student")
+        label = f"student + {cfg.method.name}"
+        ctx = StageContext(student=student, teacher=teacher, train_data=p.train, num_classes=p.bundle.num_classes,
+                           train_cfg=p.train_cfg, seed=seed, augment=p.augment)
+        student, res = run_stages(self.method, student=student, teacher=teacher, train=p.train, val=p.val,
+                                  train_cfg=p.train_cfg, run_dir=root / cfg.method.name if root else None,
+                                  seed=seed, augment=p.augment, progress=self.progress, resume=self.resume,
+                                  label=label, num_classes=p.bundle.num_classes, context=ctx)
+        histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r["history"]
+                     for stage_name, r in res.items()}
+        ce_runs = set(histories) if self.method.labels_only else set()
+        costs = {label: cost_of(res)}
+        nets = {}
+        if self.compare:
+            bctx = BaselineContext(self, ctx, student, p.train, p.val, p.bundle, p.augment, seed, root)
+            for b in self.method.baselines():
+                bctx.label = b.label
+                bctx.folder = b.folder or tracking.slug(b.label)
+                set_seed(seed)
+                net = b.run(bctx)
+                nets[b.label] = (net, b.input_key or cfg.student.input_key)
+            histories = {**bctx.histories, **histories}
+            ce_runs |= bctx.ce_runs
+            costs.update(bctx.costs)
+        last = list(res.values())[-1]["distiller"]
+        return Arms(seed, student, last, label, nets, histories, ce_runs, costs)
+
+    def _top1(self, predict, data) -> float:
+        with torch.no_grad():
+            r = evaluate_predictions(predict, data, None, "input", self.cfg.train.eval_batch_size,
+                                     pick_device(self.cfg.train))
+        return next(iter(r.values()))["top1"]
+
+    def _scores(self, arms: Arms, data) -> tuple[float, float | None]:
+        """(method, first comparison) top-1 on ``data``."""
+        device = pick_device(self.cfg.train)
+        arms.last.to(device).eval()
+        m = self._top1(arms.last.eval_logits, data)
+        if not arms.nets:
+            return m, None
+        net, key = next(iter(arms.nets.values()))
+        net.to(device).eval()
+        return m, self._top1(lambda b: {"student": forward(net, b, key)}, data)
+
+    def _evidence(self, p: Prepared, teacher, teacher_model, first: Arms, rows: dict) -> dict:
+        """Did it help? The method against its first comparison row over ``seeds`` paired seeds
+        (the first is the run's own), on validation and, once at the end, on the test split;
+        with the warnings of ``joryu.run.evidence``."""
+        cfg, rd = self.cfg, self.run_dir
+        if not first.nets:
+            return {}
+        base_label = next(iter(first.nets))
+        seeds = [cfg.seed + i for i in range(self.seeds)]
+        all_arms = [first]
+        for s in seeds[1:]:
+            self.log(f"seed {s}: {first.label} and {base_label}")
+            all_arms.append(self._train_arms(p, teacher, s, rd / "seeds" / f"seed-{s}" if rd else None))
+        val, test = evidence.SeedValues(), evidence.SeedValues()
+        for a in all_arms:
+            if p.val is not None:
+                mv, bv = self._scores(a, p.val)
+                val.method.append(mv)
+                val.baseline.append(bv)
+            if a is first:  # the rows already read the test split once
+                test.method.append(rows[first.label]["test_acc"])
+                test.baseline.append(rows[base_label]["test_acc"])
+            else:
+                mt, bt = self._scores(a, p.bundle.test)
+                test.method.append(mt)
+                test.baseline.append(bt)
+        out = {"metric": "top-1 accuracy (%)", "seeds": seeds, "method": first.label,
+               "baseline": base_label,
+               "costs": {label: c for label, c in first.costs.items()}}
+        if val.method:
+            out["val"] = evidence.judge(val)
+        out["test"] = evidence.judge(test)
+        teacher_val = alone_val = None
+        if teacher_model is not None and p.val is not None:
+            teacher_model.to(pick_device(cfg.train)).eval()
+            key_t = cfg.teacher.input_key
+            teacher_val = self._top1(lambda b: {"t": forward(teacher_model, b, key_t)}, p.val)
+            alone_val = val.baseline[0]
+        out["warnings"] = evidence.warnings_for(len(seeds), out.get("val"), teacher_val, alone_val,
+                                                evidence.val_curve(first.histories.get(base_label, [])),
+                                                base_label)
+        if teacher_val is not None:
+            out["teacher_val"] = teacher_val
+        return out
 
     def _row(self, model, predict, bundle, input_key: str = "input", teacher=None) -> dict:
         """A report row from one pass over the test split (``joryu.evaluate``: top-1, top-5, NLL,
