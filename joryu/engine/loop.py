@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from joryu import metrics
+from joryu import meter, metrics
 from joryu.atomic import append_line, atomic_write_text
 from joryu.config import TrainConfig
 from joryu.data.core import Augment, TensorData
@@ -68,7 +68,8 @@ def lr_factor(cfg: TrainConfig, updates_per_epoch: int):
 
 def _step(optimizer) -> None:
     # Accelerate's wrapper probes the file system for optional packages on every step (~0.2 ms);
-    # it is needed only for the fp16 loss scaler.
+    # it is needed only for the fp16 loss scaler. Every update is counted for an open budget meter.
+    meter.count(meter.UPDATES)
     inner = getattr(optimizer, "optimizer", None)
     if inner is not None and getattr(optimizer, "scaler", None) is None:
         inner.step()
@@ -170,9 +171,13 @@ class _Run:
 
 @dataclass
 class FitResult:
+    """What ``fit`` returns: ``steps`` counts batches, ``updates`` update windows (one per
+    ``grad_accum`` batches; each steps every optimizer the Distiller stepped on that window)."""
+
     history: list[dict] = field(default_factory=list)
     val: dict = field(default_factory=dict)
     steps: int = 0
+    updates: int = 0
     train_time_s: float = 0.0
     samples_per_s: float = 0.0
 
@@ -325,7 +330,7 @@ class Engine:
         train_time = run.elapsed_before + time.perf_counter() - run.t_start
         total_samples = run.loader.num_samples * self.cfg.epochs
         return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,
-                         train_time_s=train_time, samples_per_s=total_samples / max(1e-9, train_time))
+                         updates=state.updates, train_time_s=train_time, samples_per_s=total_samples / max(1e-9, train_time))
 
     def dry_step(self, distiller: Distiller, train, augment: Augment | None = None) -> dict:
         """The check before training: the set-up ``fit`` does (device, loader, optimizers,

@@ -58,9 +58,12 @@ class Claim:
     reproduced: bool
     evidence: str  # the measured numbers behind the verdict
     effect: dict = field(default_factory=dict)  # the paired comparison's numbers (joryu.stats), if judged by it
+    refused: str = ""  # why the claim was not judged (e.g. its arms' measured budgets differ)
 
     @property
     def verdict(self) -> str:
+        if self.refused:
+            return "refused"
         return "reproduced" if self.reproduced else "not reproduced"
 
 

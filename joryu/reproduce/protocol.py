@@ -16,6 +16,16 @@ and q = t_{0.975, n-1}, the one-sided 97.5% quantile of Student's t with n - 1 d
 Every verdict prints the effect, its two-sided 95% t interval mean ± q SE and n. Fewer than
 ``MIN_SEEDS`` paired seeds (e.g. a ``--quick`` smoke run) never reproduce a claim: the evidence
 says so.
+
+**Budgets are measured.** The runner opens a ``joryu.meter`` around every arm and seed and records
+the optimizer updates the engine took, the samples teachers were asked about and the wall time
+(``BUDGET_UNITS``), in the arms table of the result file. A claim compares arms of equal budget:
+for every unit in the study's ``tolerance`` (default: optimizer updates, exactly) the two arms'
+budgets may differ by at most that fraction of the larger one. An arm may declare its budget
+(``Arm(budget=...)``): declared budgets that differ are refused before anything trains, and a
+measured budget that differs from the declared one stops the run. Measured budgets that differ
+make the claim *refused* (not judged) in the result file, unless the claim states the extra budget
+(``Compare(..., budget="extra: the hint stage")``), which is then printed with its verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from joryu import meter
 from joryu.reproduce.claims import Claim, Report, Table, fmt
 from joryu.stats import MIN_SEEDS, compare_paired
 
@@ -73,6 +84,13 @@ class Arm:
 
     name: str
     run: Callable[[Context], float | Mapping[str, float]]
+    # what the arm will spend per seed, in BUDGET_UNITS: a mapping, or a function of the seed's
+    # context (e.g. of ctx.quick); checked against what the runner measures
+    budget: Mapping[str, float] | Callable[[Context], Mapping[str, float]] | None = None
+
+
+WALL = "train + eval time (s)"
+BUDGET_UNITS = (meter.UPDATES, meter.TEACHER, WALL)
 
 
 @dataclass
@@ -89,6 +107,7 @@ class Compare:
     sign: int = 1
     margin: float | None = None
     unit: str | None = None  # default: the study's unit ("points")
+    budget: str = ""  # the method's extra budget, stated by the claim (then the budgets may differ)
 
 
 class Context(dict):
@@ -117,7 +136,9 @@ class Study:
     - ``test_size``: samples in the test split; the protocol asks for >= 2000 (one sample <= 0.05
       points), and the result file says so when it has fewer;
     - ``tried``: for claims that do not reproduce, what was tried (shown next to the verdicts);
-    - ``tables(results)``: extra tables from the per-seed results (optional).
+    - ``tables(results)``: extra tables from the per-seed results (optional);
+    - ``tolerance``: per budget unit, how far (a fraction of the larger) the two arms of a claim
+      may differ; units not named are recorded but not checked.
     """
 
     title: str
@@ -137,6 +158,7 @@ class Study:
     tried: str = ""
     tables: Callable[[dict], list] | None = None
     table_title: str = "Arms (paired seeds: every arm of a seed shares its initialisation and data order)"
+    tolerance: Mapping[str, float] = field(default_factory=lambda: {meter.UPDATES: 0.0})
 
 
 MIN_TEST = 2000
@@ -154,7 +176,54 @@ def judge_compare(study: Study, c: Compare, results: Mapping[str, Mapping[str, S
     j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
               names=(c.method, c.baseline))
     j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
+    if c.budget:
+        j.evidence += f"; budgets differ as the claim states: {c.budget}"
     return j
+
+
+def differs(a: float, b: float, tol: float) -> bool:
+    """True when ``a`` and ``b`` differ by more than ``tol`` times the larger of |a|, |b|."""
+    return abs(a - b) > tol * max(abs(a), abs(b)) + 1e-9
+
+
+def budget_conflicts(study: Study, c: Compare, budgets: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The units (checked by ``study.tolerance``) in which arms ``c.method`` and ``c.baseline``
+    differ beyond tolerance, each as 'unit: method a vs baseline b'; none when the claim states
+    its extra budget or an arm lacks the unit."""
+    if c.budget:
+        return []
+    out = []
+    for unit, tol in study.tolerance.items():
+        a, b = budgets.get(c.method, {}).get(unit), budgets.get(c.baseline, {}).get(unit)
+        if a is not None and b is not None and differs(a, b, tol):
+            out.append(f"{unit}: {c.method} {a:g} vs {c.baseline} {b:g} (tolerance {tol:g})")
+    return out
+
+
+def _declared(study: Study, ctx: Context) -> dict[str, dict[str, float]]:
+    """Every arm's declared budget for ``ctx``'s seed; an unknown unit is refused."""
+    out = {}
+    for arm in study.arms:
+        b = arm.budget(ctx) if callable(arm.budget) else arm.budget
+        if b is None:
+            continue
+        bad = [u for u in b if u not in BUDGET_UNITS]
+        if bad:
+            raise ValueError(f"arm {arm.name!r} declares a budget in {bad}; the runner measures "
+                             f"{', '.join(BUDGET_UNITS)}")
+        out[arm.name] = {u: float(v) for u, v in b.items()}
+    return out
+
+
+def _check_declared(arm: str, declared: Mapping[str, float], measured: Mapping[str, float],
+                    tolerance: Mapping[str, float], seed: int) -> None:
+    for unit, want in declared.items():
+        tol = tolerance.get(unit, 0.0 if unit != WALL else None)
+        if tol is None:
+            raise ValueError(f"arm {arm!r} declares a wall time; give the study a tolerance for {WALL!r}")
+        if differs(measured[unit], want, tol):
+            raise ValueError(f"arm {arm!r}, seed {seed}: declared {want:g} {unit}, measured "
+                             f"{measured[unit]:g}; fix the declaration or the arm")
 
 
 def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = False):
@@ -168,17 +237,35 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
         for arm in (c.method, c.baseline):
             if arm not in names:
                 raise ValueError(f"claim {c.claim[:40]!r} names arm {arm!r}; arms: {', '.join(names)}")
+    bad = [u for u in study.tolerance if u not in BUDGET_UNITS]
+    if bad:
+        raise ValueError(f"study {study.title!r}: tolerance for {bad}; the runner measures {', '.join(BUDGET_UNITS)}")
     shared = dict(study.shared(quick) or {})
+    spent: dict[str, dict[str, list[float]]] = {n: {u: [] for u in BUDGET_UNITS} for n in names}
+    refused: dict[str, str] = {}
     results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     contexts = []
     for i, seed in enumerate(seeds):
         ctx = Context(shared, seed=seed, quick=quick)
+        declared = _declared(study, ctx)
+        for c in study.claims:
+            conflict = budget_conflicts(study, c, declared)
+            if conflict:
+                raise ValueError(f"claim {c.claim[:60]!r}: the arms declare different budgets "
+                                 f"({'; '.join(conflict)}); equalise them or state the extra budget "
+                                 "in the claim, Compare(..., budget='extra: ...')")
         ctx.update(study.per_seed(ctx) or {})
         for arm in study.arms:
             t0 = time.perf_counter()
-            out = arm.run(ctx)
+            with meter.metering() as used:
+                out = arm.run(ctx)
             seconds[arm.name].append(time.perf_counter() - t0)
+            measured = {**{u: float(used.get(u, 0)) for u in BUDGET_UNITS[:2]}, WALL: seconds[arm.name][-1]}
+            for u, v in measured.items():
+                spent[arm.name][u].append(v)
+            if arm.name in declared:
+                _check_declared(arm.name, declared[arm.name], measured, study.tolerance, seed)
             scores = out if isinstance(out, Mapping) else {study.metrics[0]: out}
             for k, v in scores.items():
                 results[arm.name].setdefault(k, []).append(float(v))
@@ -186,23 +273,39 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
                 shown = ", ".join(f"{k} {float(v):.2f}" for k, v in scores.items())
                 print(f"[seed {seed} ({i + 1}/{len(seeds)})] {arm.name}: {shown} "
                       f"({seconds[arm.name][-1]:.0f} s)", flush=True)
+        for c in study.claims:
+            conflict = budget_conflicts(study, c, {n: {u: v[-1] for u, v in spent[n].items()} for n in names})
+            if conflict and c.claim not in refused:
+                refused[c.claim] = f"seed {seed}: " + "; ".join(conflict)
         contexts.append(ctx)
 
-    table = Table(study.table_title, [*study.metrics, "train + eval time (s)"])
+    table = Table(study.table_title, [*study.metrics, *BUDGET_UNITS])
     for n in names:
         for k in study.metrics:
             for v in results[n].get(k, []):
                 table.add(n, k, v)
-        for s in seconds[n]:
-            table.add(n, "train + eval time (s)", s)
-    claims = [judge_compare(study, c, results) for c in study.claims]
+        for u in BUDGET_UNITS:
+            for v in spent[n][u]:
+                table.add(n, u, v)
+    claims = []
+    for c in study.claims:
+        j = judge_compare(study, c, results)
+        if c.claim in refused:
+            j.reproduced = False
+            j.refused = ("the arms' measured budgets differ (" + refused[c.claim] + "); a claim between "
+                         "unequal budgets must state the extra budget (Compare(budget=...))")
+            j.evidence = f"REFUSED, not judged: {j.refused}. Measured anyway: {j.evidence}"
+        claims.append(j)
     size_note = (f"Test split: {study.test_size} samples, so one sample is {100.0 / study.test_size:.3f} points"
                  + ("" if study.test_size >= MIN_TEST else
                     f" (the protocol asks for >= {MIN_TEST}, i.e. <= 0.05 points; this dataset has no more)"))
     setup = "\n\n".join(p for p in (
         PROTOCOL,
         f"**Data.** {study.data.strip()} {size_note}.",
-        f"**Budget.** {study.budget.strip()} The time column of the arms table is each arm's measured wall time.",
+        f"**Budget.** {study.budget.strip()} Measured per arm and seed (arms table): {', '.join(BUDGET_UNITS)} "
+        f"(optimizer updates summed over the networks an arm trains; teacher forward passes counted as the samples "
+        f"a teacher was asked about while the arm ran). Checked between the arms of every claim: "
+        + (", ".join(f"{u} within {t:g} of the larger" for u, t in study.tolerance.items()) or "nothing") + ".",
         f"**Settings chosen on validation.** {study.choices.strip()}",
         study.setup.strip()) if p)
     notes = list(study.notes)

@@ -224,7 +224,7 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
             fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
             result = {"history": fit.history, "val": fit.val, "train_time_s": fit.train_time_s,
-                      "samples_per_s": fit.samples_per_s, "steps": fit.steps}
+                      "samples_per_s": fit.samples_per_s, "steps": fit.steps, "updates": fit.updates}
             if sdir is not None and is_main():
                 # final.safetensors: the deployable network's own state dict (loads into the plain
                 # model); distiller.safetensors: everything the stage trained, for --resume.

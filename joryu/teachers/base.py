@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from joryu import meter
 from joryu.losses.positions import class_dim
 from joryu.outputs import Outputs, forward
 from joryu.taps import Taps
@@ -35,7 +36,7 @@ class Teacher:
     stochastic: bool = False  # True: two calls on the same batch may differ (never cache these)
 
     def __call__(self, batch: Mapping) -> Outputs:
-        with torch.no_grad():
+        with torch.no_grad(), meter.teacher_call(batch_size(batch, self.input_key)):
             return self._forward(batch)
 
     def _forward(self, batch: Mapping) -> Outputs:  # pragma: no cover - abstract
@@ -56,6 +57,14 @@ class Teacher:
         """Cheap change detector: in-place updates of any parameter bump its version counter."""
         return tuple((t.data_ptr(), t._version) for m in self.models()
                      for t in list(m.parameters()) + list(m.buffers()))
+
+
+def batch_size(batch: Mapping, input_key="input") -> int:
+    """Samples in ``batch`` (its ``index``, else the first dimension of its input), for the meter."""
+    x = batch.get("index") if isinstance(batch, Mapping) else None
+    if x is None and isinstance(batch, Mapping) and isinstance(input_key, str):
+        x = batch.get(input_key)
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() > 0 else 1
 
 
 def freeze(model: nn.Module) -> nn.Module:

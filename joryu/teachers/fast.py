@@ -10,8 +10,9 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from joryu import meter
 from joryu.outputs import Outputs, forward
-from joryu.teachers.base import Teacher, freeze
+from joryu.teachers.base import Teacher, batch_size, freeze
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -139,7 +140,7 @@ class FastTeacher(Teacher):
 
     def __call__(self, batch):
         self.refresh()
-        with torch.inference_mode():
+        with torch.inference_mode(), meter.teacher_call(batch_size(batch, self.input_key)):
             if self.channels_last and isinstance(self.input_key, str) and batch[self.input_key].dim() == 4:
                 batch = {**batch, self.input_key: batch[self.input_key].contiguous(memory_format=torch.channels_last)}
             logits = forward(self.fast, batch, self.input_key)
