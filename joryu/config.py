@@ -80,6 +80,11 @@ class ModelConfig(Strict):
 
 class TeacherConfig(ModelConfig):
     train: TrainConfig | None = Field(None, description="how to train the teacher when no checkpoint is given")
+    device: str | None = Field(None, description="where the frozen teacher runs while the student trains: "
+                               "cpu or cuda:N (default: the training device); outputs come back once per batch")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the frozen teacher's precision while the student trains (its outputs are "
+                               "cast to float32); bfloat16 halves its memory")
 
 
 class LoaderConfig(Strict):

@@ -25,6 +25,7 @@ from joryu.run.process import is_main, same_on_all_processes, wait_for_everyone
 from joryu.run.rundir import dump_config, plan_run_dir
 from joryu.run.stages import restored, run_stages
 from joryu.teachers import FrozenTeacher
+from joryu.teachers.base import teacher_dtype
 
 
 class _OneStage(Method):
@@ -198,7 +199,12 @@ class Experiment:
                        train=train, train_cfg=train_cfg, seed=cfg.seed, augment=augment,
                        label="student alone", dry=True)
         with restored(teacher_model):  # freezing it for the check must not freeze it for training
-            dry_teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
+            # placed as in training (a missing device fails here); the cast to teacher.dtype waits
+            # for the real run, so the teacher is not rounded before it is trained or scored
+            dry_teacher = None
+            if teacher_model is not None:
+                teacher_dtype(cfg.teacher.dtype)
+                dry_teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key, device=cfg.teacher.device)
             run_stages(self.method, student=student_proto, teacher=dry_teacher, train=train, train_cfg=train_cfg,
                        seed=cfg.seed, augment=augment, num_classes=bundle.num_classes,
                        label=f"student + {cfg.method.name}", dry=True)
@@ -223,7 +229,10 @@ class Experiment:
                 run_dir=rd / "teacher" if rd else None, seed=cfg.seed, augment=teacher_aug,
                 progress=self.progress, resume=self.resume, label="teacher")
             teacher_result = res["train"]
-        teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
+        teacher = None
+        if teacher_model is not None:
+            teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key, device=cfg.teacher.device,
+                                    dtype=None if cfg.teacher.dtype == "float32" else cfg.teacher.dtype)
 
         nets: dict[str, tuple] = {}  # label -> (network, input key)
         histories = {}
@@ -261,7 +270,10 @@ class Experiment:
             ce_runs |= bctx.ce_runs
         histories.update(method_histories)
 
-        # --- the test split, read once per network, at the end
+        # --- the test split, read once per network, at the end (a teacher distilled from in 16 bits
+        # is scored with its 16-bit weights, computed in float32 like every other network)
+        if teacher_model is not None and cfg.teacher.dtype != "float32":
+            teacher_model.float()
         rows = {}
         for name, (net, key) in nets.items():
             net.to(pick_device(train_cfg)).eval()
