@@ -18,6 +18,7 @@ from joryu.errors import ConfigError, warn
 from joryu.evaluate import evaluate_predictions
 from joryu.methods import Method, Stage, StageContext, get_method
 from joryu.models.build import build_model, check_classes, input_shape_of
+from joryu.models.lora import is_peft, parameter_counts, save_adapters
 from joryu.outputs import forward, is_causal_lm
 from joryu.report import write_run_report
 from joryu.report.deploy import deployment_stats
@@ -281,11 +282,14 @@ class Experiment:
                                    bundle, key, teacher_model if name != "teacher" else None)
         last.to(pick_device(train_cfg)).eval()
         rows[label] = self._row(student, last.eval_logits, bundle, cfg.student.input_key, teacher_model)
+        rows[label]["trainable_params"] = parameter_counts(student)["trainable"]  # LoRA: the adapters
 
         summary = {"name": cfg.name, "run_dir": str(rd) if rd else None, "rows": rows,
                    "method": cfg.method.name, "data": bundle.name}
         if rd is not None and is_main():
             save_weights(student, rd / "student.safetensors")
+            if is_peft(student):  # the adapters alone, for peft's PeftModel.from_pretrained
+                save_adapters(student, rd / "adapter")
             if teacher_model is not None:
                 save_weights(teacher_model, rd / "teacher.safetensors")
             if self.method.labels_only:
