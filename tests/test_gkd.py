@@ -156,3 +156,20 @@ def test_gkd_through_distill_trains_and_refuses_data_without_prompts():
     plain = TensorData({k: v for k, v in data.tensors.items() if k != "prompt_length"}, 32, "no prompts")
     with pytest.raises(ConfigError, match="prompt_length"):
         joryu.distill(teacher, student, plain, method="gkd", epochs=1, batch_size=16, progress=False)
+
+
+def test_gkd_quick_reproduction_judges_its_one_claim(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    n = torch.get_num_threads()
+    try:
+        md = run_reproduction("gkd", quick=True, out_dir=tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert data["meta"]["quick"] and len(data["claims"]) == 1
+    rows = {t["title"]: t["rows"] for t in data["tables"]}["Test prompts (files never seen in training)"]
+    assert set(rows) == {"off-policy (lambda = 0)", "on-policy (lambda = 1)"}
+    assert all(len(v) == 2 and all(x > 0 for x in v) for r in rows.values() for v in r.values())
