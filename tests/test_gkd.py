@@ -173,3 +173,15 @@ def test_gkd_quick_reproduction_judges_its_one_claim(tmp_path):
     rows = {t["title"]: t["rows"] for t in data["tables"]}["Test prompts (files never seen in training)"]
     assert set(rows) == {"off-policy (lambda = 0)", "on-policy (lambda = 1)"}
     assert all(len(v) == 2 and all(x > 0 for x in v) for r in rows.values() for v in r.values())
+
+
+def test_seq_kd_from_a_bfloat16_teacher_on_the_cpu_trains_the_student():
+    data = prompt_data(n=32)
+    teacher, student = pair()
+    before = [p.clone() for p in student.parameters()]
+    _, metrics = joryu.distill(teacher, student, data, method="gkd", lmbda=0.0, seq_kd=True, max_new_tokens=4,
+                               teacher_device="cpu", teacher_dtype="bfloat16", epochs=1, batch_size=16,
+                               progress=False)
+    assert torch.isfinite(torch.tensor(metrics["distill"]["history"][-1]["train/loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())  # the caller's teacher is not cast

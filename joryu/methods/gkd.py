@@ -124,19 +124,21 @@ def sample_continuations(model, prompts: Tensor, max_new_tokens: int, temperatur
     Hugging Face model samples with ``generate``; any other causal model by a forward per token."""
     was = model.training
     model.eval()
+    home = prompts.device
+    mine = next(iter(model.parameters()), None)
+    seq = prompts.to(mine.device) if mine is not None else prompts  # a teacher on its own device
     try:
         if hasattr(model, "generate") and hasattr(model, "generation_config"):
-            return model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+            return model.generate(input_ids=seq, attention_mask=torch.ones_like(seq), do_sample=True,
                                   temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                  pad_token_id=pad, eos_token_id=eos)
+                                  pad_token_id=pad, eos_token_id=eos).to(home)
         ids_key, mask_key = _ids_and_mask_keys(model, input_key)
-        seq = prompts
         for _ in range(max_new_tokens):
             batch = {ids_key: seq, **({mask_key: torch.ones_like(seq)} if mask_key else {})}
             logits = forward(model, batch, input_key)[:, -1].float()
             nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1)
             seq = torch.cat([seq, nxt.to(seq.dtype)], 1)
-        return seq
+        return seq.to(home)
     finally:
         model.train(was)
 
