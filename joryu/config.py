@@ -105,7 +105,8 @@ class TeacherConfig(ModelConfig):
                                "cpu or cuda:N (default: the training device); outputs come back once per batch")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="the frozen teacher's precision while the student trains (its outputs are "
-                               "cast to float32); bfloat16 halves its memory")
+                               "cast to float32); bfloat16 halves its memory. The run's teacher.safetensors is "
+                               "then the teacher distilled from: its 16-bit weights, stored as float32")
 
 
 class LoaderConfig(Strict):

@@ -67,3 +67,20 @@ def test_the_teacher_section_holds_device_and_dtype():
     assert cfg.teacher.device == "cpu" and cfg.teacher.dtype == "bfloat16"
     assert ExperimentConfig.model_validate({"student": {"name": "mlp"},
                                             "teacher": {"name": "mlp"}}).teacher.dtype == "float32"
+
+
+def test_a_config_run_with_a_bfloat16_teacher_on_the_cpu(tmp_path, capsys):
+    from pathlib import Path
+
+    from joryu.cli import main
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "kd_digits.yaml"
+    out = tmp_path / "run"
+    code = main(["run", str(cfg), "train.epochs=1", "teacher.train.epochs=1", "baseline=false",
+                 "teacher.dtype=bfloat16", "teacher.device=cpu", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "report.md").is_file()
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float32 for t in load_file(out / "teacher.safetensors").values()
+               if t.is_floating_point())
