@@ -17,6 +17,7 @@ EXTRAS = {
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "peft": ("peft", "lora"),
 }
 
 

@@ -30,7 +30,8 @@ from joryu.models.reinit import fresh_copy
 from joryu.outputs import declare_inputs, is_causal_lm
 from joryu.run.evidence import SeedValues, judge, warnings_for
 from joryu.run.stages import run_stages
-from joryu.teachers import as_teacher
+from joryu.teachers import FrozenTeacher, as_teacher
+from joryu.teachers.base import teacher_dtype as teacher_dtype_of
 
 
 def as_tensor_data(data, num_classes: int | None = None):
@@ -88,6 +89,20 @@ def _teacher_modules(teacher) -> list[nn.Module]:
     return list(models()) if callable(models) else []
 
 
+def _cast_copy(teacher, dtype):
+    """The caller's teacher module(s), copied when ``dtype`` would change them (the cast is in place)."""
+    want = teacher_dtype_of(dtype)
+    if want is None or want == torch.float32:
+        return teacher
+    if isinstance(teacher, nn.Module):
+        return copy.deepcopy(teacher)
+    if isinstance(teacher, (list, tuple)):
+        return [_cast_copy(t, dtype) for t in teacher]
+    if isinstance(teacher, FrozenTeacher):
+        return FrozenTeacher(copy.deepcopy(teacher.model), teacher.input_key)
+    return teacher  # as_teacher refuses it with one line
+
+
 def _check_same_classes(teacher, student, data) -> None:
     if not isinstance(teacher, nn.Module):
         return
@@ -141,7 +156,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             augment: Augment | dict | None = None, progress: bool = True, resume: bool = False,
             num_classes: int | None = None, transform=None, eval_transform=None, views=None,
             loader: dict | None = None, inputs=None, teacher_inputs=None, columns: dict | None = None,
-            seeds: int | None = None, **overrides):
+            seeds: int | None = None, teacher_device=None, teacher_dtype=None, **overrides):
     """Train ``student`` from ``teacher`` with ``method``; returns ``(student, metrics)``.
 
     ``overrides`` are training settings (``epochs``, ``lr``, ``optimizer``, ``batch_size``...,
@@ -170,6 +185,11 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     arguments, or ``{forward_argument: batch_key}``, e.g. ``{"input_ids": "input_ids",
     "attention_mask": "attention_mask"}``); ``teacher_inputs`` those of the teacher (default:
     the same as the student's). Integer tensors (token ids) are passed as they are.
+
+    ``teacher_device`` (``"cpu"``, ``"cuda:N"``; default the training device) and ``teacher_dtype``
+    (``"float32"``, ``"bfloat16"``, ``"float16"``) place the frozen teacher
+    (``joryu.teachers.FrozenTeacher``): its outputs come back on the training device as float32
+    once per batch. A 16-bit teacher is a cast copy of the caller's; the caller's keeps its dtype.
 
     ``columns`` (``{batch key: column}``) renames a dataset's columns; a Hugging Face dataset whose
     columns are the names ``inputs`` reads (``input_ids``, ``attention_mask``, ``labels``) needs none.
@@ -229,7 +249,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
               [(p, p.requires_grad) for p in mod.parameters()]) for mod in modules]
     try:
         try:
-            t = as_teacher(teacher, t_inputs or "input") if teacher is not None else None
+            t = None
+            if teacher is not None:
+                t = as_teacher(_cast_copy(teacher, teacher_dtype), t_inputs or "input",
+                               device=teacher_device, dtype=teacher_dtype)
         except TypeError as e:
             raise ConfigError(str(e)) from None
         _check_shapes(teacher, student, train)

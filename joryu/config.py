@@ -48,10 +48,23 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1, description="steps between progress updates and finiteness checks")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch's default)")
     compile: bool = Field(False, description="torch.compile the trained network (in place; off by default)")
+    gradient_checkpointing: bool = Field(False, description="recompute the trained network's activations in "
+                                         "backward instead of keeping them: less memory, ~1/3 more compute "
+                                         "(Hugging Face models and the zoo's block networks)")
     log_with: list[str] = Field(default_factory=list, description="Accelerate trackers: tensorboard, wandb, "
                                 "mlflow, ... (the package must be installed; see joryu.tracking)")
     project: str | None = Field(None, description="tracker project name (default 'joryu')")
     run_name: str | None = Field(None, description="tracker run name (default: the experiment's name)")
+
+
+class LoraOptions(Strict):
+    """LoRA adapters on a student (``joryu.models.lora``, needs ``pip install peft``)."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float = Field(16, gt=0, description="scale numerator: the update is (alpha / r) B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | None = Field(None, description="layers to adapt (names or suffixes); default: "
+                                             "peft's choice for a transformers model")
 
 
 class ModelConfig(Strict):
@@ -65,6 +78,8 @@ class ModelConfig(Strict):
                           "{forward_argument: batch_key}, e.g. {input_ids: input_ids, attention_mask: "
                           "attention_mask}; default 'input'")
     input_key: str | list[str] | dict[str, str] = Field("input", description="older name of 'inputs'")
+    lora: LoraOptions | None = Field(None, description="train LoRA adapters on the frozen network instead of "
+                                     "all its weights (students only; pip install peft)")
 
     @model_validator(mode="after")
     def _resolve_inputs(self):
@@ -80,6 +95,18 @@ class ModelConfig(Strict):
 
 class TeacherConfig(ModelConfig):
     train: TrainConfig | None = Field(None, description="how to train the teacher when no checkpoint is given")
+
+    @model_validator(mode="after")
+    def _no_lora(self):
+        if self.lora is not None:
+            raise ValueError("lora applies to the student (the teacher is frozen): move it to student.lora")
+        return self
+    device: str | None = Field(None, description="where the frozen teacher runs while the student trains: "
+                               "cpu or cuda:N (default: the training device); outputs come back once per batch")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the frozen teacher's precision while the student trains (its outputs are "
+                               "cast to float32); bfloat16 halves its memory. The run's teacher.safetensors is "
+                               "then the teacher distilled from: its 16-bit weights, stored as float32")
 
 
 class LoaderConfig(Strict):

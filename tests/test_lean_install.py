@@ -9,7 +9,7 @@ from joryu._optional import missing_message, require
 from joryu.errors import ConfigError
 
 HEAVY = ["sklearn", "matplotlib", "mnist1d", "mlxtend", "transformers", "datasets", "onnx",
-         "onnxruntime", "tensorboard", "pandas", "scipy"]
+         "onnxruntime", "tensorboard", "pandas", "scipy", "peft"]
 
 
 def test_import_joryu_is_free_of_heavy_imports():

@@ -34,6 +34,7 @@ EXAMPLE = {  # method -> its example config (every registered method has one)
     "dropout_distillation": "dropout_distillation_mnist1d.yaml",
     "fitnets": "fitnets_mnist5k.yaml",
     "fsp": "fsp_digits.yaml",
+    "gkd": "gkd_gpt2_lm.yaml",
     "generalized_distillation": "generalized_distillation_digits.yaml",
     "kd": "kd_digits.yaml",
     "knowledge_concentration": "knowledge_concentration_grouped.yaml",
@@ -49,6 +50,7 @@ EXAMPLE = {  # method -> its example config (every registered method has one)
 
 SHORT = {  # a budget short enough that a stage's hand-over still has something to hand over
     "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1"],
+    "gkd": ["data.kwargs.num_samples=200", "data.kwargs.test_samples=32", "method.params.max_new_tokens=8"],
 }
 
 

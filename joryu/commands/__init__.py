@@ -15,4 +15,5 @@ COMMANDS = {  # name -> the module that holds the command
     "export": "joryu.commands.export",
     "report": "joryu.commands.report",
     "bench": "joryu.commands.bench",
+    "teacher-store": "joryu.commands.teacher_store",
 }

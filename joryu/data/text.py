@@ -20,6 +20,7 @@ import torch
 
 from joryu.data.core import TensorData
 from joryu.data.registry import DataBundle, register_dataset
+from joryu.errors import ConfigError
 from joryu.losses.positions import next_token_targets
 
 PAD = 0
@@ -80,11 +81,18 @@ def markov_sequences(n: int, vocab_size: int, min_len: int, max_len: int, seed: 
 
 @register_dataset("synthetic_lm", doc="padded token sequences from a fixed random Markov chain (causal LM)")
 def synthetic_lm(num_samples: int = 1200, test_samples: int = 400, vocab_size: int = 48, min_len: int = 8,
-                 max_len: int = 32, seed: int = 0) -> DataBundle:
+                 max_len: int = 32, seed: int = 0, prompt_length: int = 0) -> DataBundle:
+    """``prompt_length`` > 0 adds that column (the first tokens of every row are a prompt, for
+    on-policy distillation, ``gkd``); it must be shorter than ``min_len``."""
+    if prompt_length and not 0 < prompt_length < min_len:
+        raise ConfigError(f"synthetic_lm: prompt_length must be between 1 and min_len - 1 = {min_len - 1}, "
+                          f"got {prompt_length}")
     ids, mask = markov_sequences(num_samples + test_samples, vocab_size, min_len, max_len, seed)
     target = next_token_targets(ids, mask)
-    train, test = _split({"input_ids": ids, "attention_mask": mask, "target": target}, test_samples,
-                         vocab_size, "synthetic_lm")
+    tensors = {"input_ids": ids, "attention_mask": mask, "target": target}
+    if prompt_length:
+        tensors["prompt_length"] = torch.full((len(ids),), int(prompt_length))
+    train, test = _split(tensors, test_samples, vocab_size, "synthetic_lm")
     return DataBundle("synthetic_lm", train, test, vocab_size, (max_len,))
 
 

@@ -23,6 +23,7 @@ from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.models.checkpointing import enable_gradient_checkpointing
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -368,6 +369,8 @@ class Engine:
         for t in distiller.teachers():
             t.to(self.device)
         distiller.to(self.device)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(distiller.deployable())
         if compile:
             distiller.deployable().compile()
         loader = self._loader(train, cfg.batch_size, shuffle=True, augment=augment, drop_last=False)

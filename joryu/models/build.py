@@ -11,6 +11,7 @@ from joryu.data import TensorData, example_batch
 from joryu.errors import ConfigError, JoryuError, one_line
 from joryu.losses import positions
 from joryu.models import registry
+from joryu.models.lora import apply_lora
 from joryu.models.registry import create
 from joryu.outputs import declare_inputs, forward, input_keys, normalize_inputs
 from joryu.weights import load_into
@@ -33,6 +34,9 @@ def build_model(cfg, num_classes: int, input_shape, role: str = "model") -> torc
         if not path.exists():
             raise ConfigError(f"checkpoint {path} for model {cfg.name!r} not found")
         load_into(model, path, f"model {cfg.name!r}")
+    lora = getattr(cfg, "lora", None)
+    if lora is not None:
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     return model
 
 

@@ -146,34 +146,41 @@ class _StorageCounter:
             del self.refs[ptr]
 
 
-@torch.no_grad()
-def peak_forward_bytes(model, x, key: str = "input") -> int:
-    """Peak bytes of tensor storage one forward pass of ``x`` allocates (weights and input are not
-    counted: they exist before it), traced with a TorchDispatchMode over every aten operator."""
+def peak_bytes(fn, known=()) -> int:
+    """Peak bytes of CPU tensor storage that ``fn()`` allocates, traced with a TorchDispatchMode
+    over every aten operator (storages of the tensors in ``known`` do not count: they exist
+    before). Works for a forward pass as for a whole training step (forward and backward)."""
     import gc
 
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
     counter = _StorageCounter()
-    known = {t.untyped_storage().data_ptr() for t in _as_batch(x, key).values()
-             if isinstance(t, torch.Tensor)} | {
-        t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    skip = {t.untyped_storage().data_ptr() for t in known}
 
     class Mode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor) and t.device.type == "cpu" \
-                        and t.untyped_storage().data_ptr() not in known:
+                        and t.untyped_storage().data_ptr() not in skip:
                     counter.track(t)
             return out
 
     gc.collect()
     with Mode():
-        out = forward(model, _as_batch(x, key), key)
+        out = fn()
     del out
     return int(counter.peak)
+
+
+@torch.no_grad()
+def peak_forward_bytes(model, x, key: str = "input") -> int:
+    """Peak bytes of tensor storage one forward pass of ``x`` allocates (weights and input are not
+    counted: they exist before it); see :func:`peak_bytes`."""
+    batch = _as_batch(x, key)
+    known = [t for t in batch.values() if isinstance(t, torch.Tensor)] + [*model.parameters(), *model.buffers()]
+    return peak_bytes(lambda: forward(model, batch, key), known)
 
 
 def _cuda_stats(model, x, key, precision: str, repeats: int, big: torch.Tensor) -> dict:  # pragma: no cover

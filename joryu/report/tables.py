@@ -148,6 +148,12 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
                "error, with at least 5 seeds (joryu.stats); the interval is the matching 95% t interval. "
                "Choices read the validation split; the test split is read once, at the end.", "",
                *evidence_lines(evidence), ""]
+    trained = {k: r for k, r in rows.items() if r.get("trainable_params") is not None
+               and r["trainable_params"] < r.get("params", 0)}
+    if trained:  # e.g. a LoRA student: only its adapters trained
+        md += ["Trainable parameters while distilling: " + "; ".join(
+            f"{k} {_fmt_params(r['trainable_params'])} of {_fmt_params(r['params'])} "
+            f"({100 * r['trainable_params'] / max(1, r['params']):.2f}%)" for k, r in trained.items()), ""]
     quality = quality_rows(rows)
     if quality:
         md += ["## Accuracy, calibration, agreement with the teacher", "",

@@ -109,7 +109,10 @@ def run_comparison(cfg: ExperimentConfig, methods: list[str], run_dir=None, prog
     exp._commit()
     teacher_model, _ = exp.train_teacher(prepared)
     key_t = cfg.teacher.input_key if cfg.teacher is not None else "input"
-    teacher = FrozenTeacher(teacher_model, key_t) if teacher_model is not None else None
+    teacher = None
+    if teacher_model is not None:  # placed and cast as in a run (teacher.device, teacher.dtype)
+        teacher = FrozenTeacher(teacher_model, key_t, device=cfg.teacher.device,
+                                dtype=None if cfg.teacher.dtype == "float32" else cfg.teacher.dtype)
     rd = exp.run_dir
     arms: dict[tuple[str, int], Arm] = {}
     alone_method = get_method("supervised", {"input_key": cfg.student.input_key})
@@ -162,7 +165,7 @@ def run_comparison(cfg: ExperimentConfig, methods: list[str], run_dir=None, prog
             out.test = evidence.judge(test)
         teacher_val = None
         if teacher_model is not None:
-            teacher_model.to(device).eval()
+            teacher_model.float().to(device).eval()
             teacher_val = top1(lambda b: {"t": forward(teacher_model, b, key_t)}, split)
         first_val = out.val[out.selected] if out.selected else None
         out.warnings += evidence.warnings_for(len(out.seeds), first_val, teacher_val, alone_val[0], [], ALONE)

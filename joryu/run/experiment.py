@@ -18,6 +18,7 @@ from joryu.errors import ConfigError, warn
 from joryu.evaluate import evaluate_predictions
 from joryu.methods import Method, Stage, StageContext, get_method
 from joryu.models.build import build_model, check_classes, input_shape_of
+from joryu.models.lora import is_peft, parameter_counts, save_adapters
 from joryu.outputs import forward, is_causal_lm
 from joryu.report import write_run_report
 from joryu.report.deploy import deployment_stats
@@ -26,6 +27,7 @@ from joryu.run.process import is_main, same_on_all_processes, wait_for_everyone
 from joryu.run.rundir import dump_config, plan_run_dir
 from joryu.run.stages import restored, run_stages
 from joryu.teachers import FrozenTeacher
+from joryu.teachers.base import teacher_dtype
 
 
 class _OneStage(Method):
@@ -240,8 +242,12 @@ class Experiment:
         set_seed(cfg.seed)
         student = build_model(cfg.student, p.bundle.num_classes, p.bundle.input_shape, "student")
         with restored(p.teacher_model):  # freezing it for the check must not freeze it for training
-            teacher = (FrozenTeacher(p.teacher_model, cfg.teacher.input_key)
-                       if p.teacher_model is not None and method.needs_teacher else None)
+            # placed as in training (a missing device fails here); the cast to teacher.dtype waits
+            # for the real run, so the teacher is not rounded before it is trained or scored
+            teacher = None
+            if p.teacher_model is not None and method.needs_teacher:
+                teacher_dtype(cfg.teacher.dtype)
+                teacher = FrozenTeacher(p.teacher_model, cfg.teacher.input_key, device=cfg.teacher.device)
             run_stages(method, student=student, teacher=teacher, train=p.train, train_cfg=p.train_cfg,
                        seed=cfg.seed, augment=p.augment, num_classes=p.bundle.num_classes, label=label,
                        dry=True)
@@ -256,7 +262,10 @@ class Experiment:
 
         # --- teacher
         teacher_model, teacher_result = self.train_teacher(p)
-        teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key) if teacher_model is not None else None
+        teacher = None
+        if teacher_model is not None:
+            teacher = FrozenTeacher(teacher_model, cfg.teacher.input_key, device=cfg.teacher.device,
+                                    dtype=None if cfg.teacher.dtype == "float32" else cfg.teacher.dtype)
 
         nets: dict[str, tuple] = {}  # label -> (network, input key)
         histories = {}
@@ -272,7 +281,10 @@ class Experiment:
         histories.update(arms.histories)
         ce_runs |= arms.ce_runs
 
-        # --- the test split, read once per network, at the end
+        # --- the test split, read once per network, at the end (a teacher distilled from in 16 bits
+        # is scored with its 16-bit weights, computed in float32 like every other network)
+        if teacher_model is not None and cfg.teacher.dtype != "float32":
+            teacher_model.float()
         rows = {}
         for name, (net, key) in nets.items():
             net.to(pick_device(train_cfg)).eval()
@@ -280,11 +292,14 @@ class Experiment:
                                    bundle, key, teacher_model if name != "teacher" else None)
         last.to(pick_device(train_cfg)).eval()
         rows[label] = self._row(student, last.eval_logits, bundle, cfg.student.input_key, teacher_model)
+        rows[label]["trainable_params"] = parameter_counts(student)["trainable"]  # LoRA: the adapters
 
         summary = {"name": cfg.name, "run_dir": str(rd) if rd else None, "rows": rows,
                    "method": cfg.method.name, "data": bundle.name}
         if rd is not None and is_main():
             save_weights(student, rd / "student.safetensors")
+            if is_peft(student):  # the adapters alone, for peft's PeftModel.from_pretrained
+                save_adapters(student, rd / "adapter")
             if teacher_model is not None:
                 save_weights(teacher_model, rd / "teacher.safetensors")
         evidence = self._evidence(p, teacher, teacher_model, arms, rows)

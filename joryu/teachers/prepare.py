@@ -12,6 +12,10 @@ Decides, in one place, how a method's teacher runs:
   is invalidated when the teacher's weights or the data change. Stochastic teachers (MC dropout,
   a random choice among teachers) are never cached, and a teacher with feature taps only when
   asked (``cache_features=True``): stored feature maps can outgrow memory.
+- **place**: ``device`` / ``dtype`` pin a frozen teacher to its own device (the CPU, another GPU)
+  and precision (bfloat16, float16); its outputs come back on the training device as float32,
+  once per batch (:class:`FrozenTeacher`). A placed teacher is not folded (folding would build
+  float32 convolutions on the training device). A teacher is never wrapped in DDP or FSDP.
 
 Used by kd, fitnets (stage 2), born_again, generalized and noisy-label distillation and
 progressive blockwise (its output-KD steps and fine-tune). The others keep their own teacher:
@@ -35,16 +39,19 @@ def augment_draws(augment) -> int:
 
 
 def prepare(teacher, *, num_samples: int | None = None, augment=None, fold: bool = True,
-            cache: bool = True, input_key: str | None = None, cache_features: bool = False) -> Teacher:
+            cache: bool = True, input_key: str | None = None, cache_features: bool = False,
+            device=None, dtype=None) -> Teacher:
     """The teacher a method should call (see the module docstring).
 
     teacher: a Teacher, an nn.Module or a list of modules (an ensemble).
     num_samples: the training set's size; without it (a stream of unknown length) nothing is cached.
     augment: the run's ``joryu.data.Augment`` (its ``draws`` size the cache).
     fold / cache: turn either part off (methods expose them as ``fast_teacher`` / ``teacher_cache``).
+    device / dtype: where and in which precision the teacher runs (None: the training device, the
+    model's own dtype); see :class:`FrozenTeacher`.
     """
-    t = as_teacher(teacher, input_key or "input")
-    if fold and type(t) is FrozenTeacher and t.taps is None:
+    t = as_teacher(teacher, input_key or "input", device=device, dtype=dtype)
+    if fold and type(t) is FrozenTeacher and t.taps is None and not t.placed:
         t = FastTeacher(t.model, t.input_key)
     tapped = getattr(t, "taps", None) is not None
     if cache and num_samples and not getattr(t, "stochastic", False) and not isinstance(t, CachedTeacher) \
