@@ -18,7 +18,7 @@ from torch import nn
 
 from joryu.config import TrainConfig, load_config
 from joryu.errors import ConfigError
-from joryu.methods import Method, Stage, available, get_method
+from joryu.methods import Method, Stage, StageResult, available, get_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.models.build import build_model
 from joryu.run.experiment import Experiment
@@ -77,7 +77,8 @@ def test_check_before_training_then_one_real_run_through_the_same_loop(method, t
                               seed=0, augment=prepared.augment, progress=False,
                               num_classes=prepared.bundle.num_classes)
     assert isinstance(net, nn.Module) and results
-    assert all("history" in r for r in results.values())
+    assert all(isinstance(r, StageResult) for r in results.values())
+    assert all(r.skipped or r.distiller is not None for r in results.values())
 
 
 def test_the_check_copies_no_network():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ import torch
 from joryu.data.core import Augment, TensorData
 from joryu.errors import ConfigError, DataError
 from joryu.options import check_function_options
+from joryu.registry import Registry
 
 
 @dataclass
@@ -27,33 +27,40 @@ class DataBundle:
     val: object = None  # an explicit validation split (else one is carved from train)
 
 
-_DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}
+@dataclass
+class DatasetInfo:
+    """A registered dataset: its loader, whether it reads files from ``data.path``, one line on it."""
+
+    fn: Callable[..., DataBundle]
+    needs_path: bool
+    doc: str
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(name: str, needs_path: bool = False, doc: str = ""):
+    """Function decorator: register a loader returning a ``DataBundle`` under ``name``."""
+
     def wrap(fn):
-        _DATASETS[name] = (fn, needs_path, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        DATASETS.register(name, DatasetInfo(fn, needs_path, doc or (fn.__doc__ or "").strip().splitlines()[0]))
         return fn
 
     return wrap
 
 
 def available() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def describe() -> dict[str, str]:
-    return {k: ("[needs data.path] " if v[1] else "[built-in] ") + v[2] for k, v in sorted(_DATASETS.items())}
+    return {k: ("[needs data.path] " if d.needs_path else "[built-in] ") + d.doc for k, d in DATASETS.items()}
 
 
 def dataset_function(name: str) -> tuple[Callable[..., DataBundle], bool]:
     """The loader function registered as ``name`` and whether it reads files from a path."""
-    if name not in _DATASETS:
-        close = difflib.get_close_matches(name, available(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(available())}")
-    fn, needs_path, _ = _DATASETS[name]
-    return fn, needs_path
+    info = DATASETS.get(name, "Or give an import path 'package.module:factory'.")
+    return info.fn, info.needs_path
 
 
 def load(name: str, path: str | None = None, **kwargs) -> DataBundle:

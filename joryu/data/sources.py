@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
@@ -43,6 +44,7 @@ from torch.utils.data._utils.collate import default_collate
 from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
 from joryu.data.transforms import Draws
 from joryu.errors import ConfigError, DataError
+from joryu.options import validate_params
 from joryu.losses.positions import IGNORE_INDEX, shift_labels
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
@@ -57,29 +59,30 @@ _INPUT_NAMES = ("input", "image", "img", "pixel_values", "x", "inputs", "feature
 _TARGET_NAMES = ("target", "label", "labels", "y", "class", "targets")
 
 
-@dataclass
-class LoaderOptions:
-    """How a streamed dataset is loaded (``data.loader`` in a config)."""
+class LoaderOptions(BaseModel):
+    """How streamed data is loaded (ignored by in-memory tensor data); the one declaration of
+    these options (a config's ``data.loader`` is this model)."""
 
-    num_workers: int = 0
-    pin_memory: bool = False
-    persistent_workers: bool = False
-    prefetch_factor: int | None = None
-    non_blocking: bool = True
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in the main process)")
+    pin_memory: bool = Field(False, description="page-locked batches, for faster copies to the GPU")
+    persistent_workers: bool = Field(False, description="keep the workers alive between epochs")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead")
+    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
 
     @classmethod
     def of(cls, value) -> LoaderOptions:
+        """``value`` (None, a LoaderOptions or a mapping) as validated LoaderOptions; a wrong key
+        or value is one ConfigError."""
         if value is None:
             return cls()
         if isinstance(value, LoaderOptions):
             return value
-        if hasattr(value, "model_dump"):
-            value = value.model_dump()
-        try:
-            return cls(**dict(value))
-        except TypeError as e:
-            raise ConfigError(f"data.loader: {e}; allowed keys: num_workers, pin_memory, "
-                              "persistent_workers, prefetch_factor, non_blocking") from None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"data.loader must be a mapping of {', '.join(cls.model_fields)}, "
+                              f"got {type(value).__name__}")
+        return validate_params(cls, dict(value), "data.loader")
 
 
 def _is_hf(obj) -> bool:

@@ -59,7 +59,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
         m = get_method("dml", {"cohort_size": 2, "update": "sequential", "temperature": 1.0})
         set_seed(ctx.seed)
         _, res = run_stages(m, student=copy.deepcopy(ctx.init[0]), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="dml", num_classes=10)
-        return scores(ctx, list(res["mutual"]["distiller"].cohort))
+        return scores(ctx, list(res["mutual"].distiller.cohort))
 
     ALONE, DML = "independent: the two networks trained alone", "DML: the two networks as a cohort (sequential update)"
     hid = "-".join(str(h) for h in st["hidden"])

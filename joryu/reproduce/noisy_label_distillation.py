@@ -29,7 +29,7 @@ def _selected(net, data, cfg, seed, params, progress=False):
 
     set_seed(seed)
     student, res = run_stages(get_method("noisy_label_distillation", params), student=net, teacher=None, train=data, val=None, train_cfg=TrainConfig(**cfg), run_dir=None, seed=seed, augment=None, progress=progress, resume=False, label="distill (lam_grid)", num_classes=data.num_classes)
-    return student, res["select"]["distiller"].chosen
+    return student, res["select"].distiller.chosen
 
 
 @register_reproduction("noisy_label_distillation", default_seeds=5, quick_seeds=2,

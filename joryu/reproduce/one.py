@@ -65,7 +65,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
                                "rampup_epochs": st["rampup"] * ctx.cfg.epochs})
         set_seed(ctx.seed)
         student, res = run_stages(m, student=copy.deepcopy(init(ctx)), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label="one", num_classes=10)
-        d = res["one"]["distiller"]
+        d = res["one"].distiller
         ctx.ev_one, ctx.tr_one = _evaluate(d, ctx.ev), _evaluate(d, ctx.tr)
         return {"test acc (%)": ctx.ev_one["one"], "train acc (%)": ctx.tr_one["one"]}
 

@@ -41,7 +41,7 @@ class _OneStage(Method):
 
 class BaselineContext:
     """What a method's ``Baseline.run`` gets: the run's config, data and seed, the method's stage
-    context (``ctx.results``, ``ctx.extras``) and deployed network, and ways to train a comparison
+    context (``ctx.results``, ``ctx.state``) and deployed network, and ways to train a comparison
     with the run's code and budget (``train``)."""
 
     def __init__(self, exp: Experiment, ctx: StageContext, deployed, train, val, bundle, augment):
@@ -73,7 +73,7 @@ class BaselineContext:
                                 val=self.val, train_cfg=cfg, run_dir=rd / self.folder if rd else None,
                                 seed=self.cfg.seed, augment=self.augment, progress=self.exp.progress,
                                 resume=self.exp.resume, label=self.label, num_classes=self.num_classes)
-        self.histories[self.label] = res["train"]["history"]
+        self.histories[self.label] = res["train"].history
         if build is None:
             self.ce_runs.add(self.label)  # its training loss is the label cross-entropy
         return model
@@ -158,7 +158,7 @@ class Experiment:
         self.train_cfg = train_cfg
         bundle = load_data(cfg.data)
         if cfg.data.augment is not None:
-            augment = Augment(**cfg.data.augment.model_dump())
+            augment = cfg.data.augment
         else:  # transforms from the config replace the dataset's default batch augmentation
             augment = Augment() if cfg.data.transform is not None else bundle.augment
         if bundle.val is not None:
@@ -231,7 +231,7 @@ class Experiment:
         if teacher is not None:
             nets["teacher"] = (teacher_model, cfg.teacher.input_key)
             if teacher_result:
-                histories["teacher"] = teacher_result["history"]
+                histories["teacher"] = teacher_result.history
 
         # --- the method
         set_seed(cfg.seed)
@@ -243,9 +243,9 @@ class Experiment:
                                   train_cfg=train_cfg, run_dir=rd / cfg.method.name if rd else None,
                                   seed=cfg.seed, augment=augment, progress=self.progress, resume=self.resume,
                                   label=label, num_classes=bundle.num_classes, context=ctx)
-        method_histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r["history"]
-                            for stage_name, r in res.items()}
-        last = list(res.values())[-1]["distiller"]
+        method_histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r.history
+                            for stage_name, r in res.items() if not r.skipped}
+        last = [r.distiller for r in res.values() if r.distiller is not None][-1]
 
         # --- what the method is compared with: the student alone on the same budget, or the
         # method's own natural comparison (Method.baselines)
