@@ -16,8 +16,10 @@ from pydantic import (
 )
 
 from joryu.data.core import Augment
+from joryu.data.registry import dataset_function
 from joryu.data.sources import LoaderOptions
 from joryu.errors import ConfigError
+from joryu.models.registry import zoo_factory
 from joryu.options import (  # noqa: F401 - validate_params: the methods' and stages' entry
     check_function_options,
     format_validation_error,
@@ -233,8 +235,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 def check_options(cfg: ExperimentConfig) -> None:
     """Dataset kwargs against the dataset function; zoo model kwargs against the factory."""
-    from joryu.data.registry import dataset_function
-    from joryu.models.registry import zoo_factory
 
     if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
         fn, needs_path = dataset_function(cfg.data.name)

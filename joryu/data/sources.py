@@ -41,11 +41,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
-from joryu.data.transforms import Draws
+from joryu.data.core import (
+    Augment,
+    TensorData,
+    TensorLoader,
+    _hash,
+    apply_augment,
+    epoch_batches,
+    split_validation,
+)
+from joryu.data.registry import DataBundle
+from joryu.data.transforms import Draws, to_tensor
 from joryu.errors import ConfigError, DataError
-from joryu.options import validate_params
 from joryu.losses.positions import IGNORE_INDEX, shift_labels
+from joryu.options import validate_params
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
            "bundle_from", "align_labels"]
@@ -94,13 +103,11 @@ def _as_value(v, key: str):
     if isinstance(v, Tensor):
         return v.float() if v.dtype == torch.float64 else v
     if hasattr(v, "convert") and hasattr(v, "mode"):  # PIL image
-        from joryu.data.transforms import to_tensor
 
         return to_tensor(v)
     if isinstance(v, np.ndarray | np.generic):
         t = torch.from_numpy(np.ascontiguousarray(v))
         if t.dtype == torch.uint8 and t.dim() >= 2:
-            from joryu.data.transforms import to_tensor
 
             return to_tensor(np.asarray(v))
         return t.float() if t.dtype == torch.float64 else t
@@ -696,7 +703,6 @@ def _from_loader(dl: DataLoader, **kw) -> StreamData:
 
 def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):
     """``data`` as a ``TensorData`` or a ``StreamData`` (see the module docstring)."""
-    from joryu.data.registry import DataBundle
 
     if isinstance(data, TensorData | StreamData):
         if kw and isinstance(data, StreamData):
@@ -735,7 +741,6 @@ def align_labels(data, causal: bool):
     make the target for a causal LM (``causal``: shifted once) or any other model (as they are).
     Always made from ``labels``, so calling it again never shifts twice; data whose target is
     ``target`` is returned as it is."""
-    from joryu.data.registry import DataBundle
 
     if data is None:
         return None
@@ -756,7 +761,6 @@ def align_labels(data, causal: bool):
 
 def split_any(data, fraction: float, seed: int = 0):
     """A seeded validation split of any source (stratified by class where targets are known)."""
-    from joryu.data.core import split_validation
 
     if isinstance(data, TensorData):
         return split_validation(data, fraction, seed)
@@ -813,7 +817,6 @@ def _is_dataset(obj) -> bool:
 def bundle_from(result, name: str, test=None, val=None, options: dict | None = None):
     """A ``DataBundle`` from what a factory returned: a DataBundle, a dict with ``train`` (and
     ``test``, ``val``), a ``(train, test)`` pair, or one dataset (then ``test`` must be given)."""
-    from joryu.data.registry import DataBundle
 
     opts = options or {}
     what = f"data factory {name!r}"

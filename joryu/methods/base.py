@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -109,9 +110,8 @@ class MethodInfo:
 
 
 def _discover() -> None:
-    import joryu.methods as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    """Import every method module of this package (each registers itself)."""
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.name != "base" and not mod.name.startswith("_"):
             importlib.import_module(f"joryu.methods.{mod.name}")
 

@@ -53,7 +53,13 @@ from torch import nn
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import feature_l2_loss, kd_loss
-from joryu.methods._features import count_macs, run_until, tapped_teacher
+from joryu.methods._features import (
+    count_macs,
+    on_device_of,
+    run_until,
+    sample_input,
+    tapped_teacher,
+)
 from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
 from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
@@ -333,7 +339,6 @@ class ProgressiveBlockwise(Method):
 def _student_module(ctx, teacher: nn.Module, path: str) -> nn.Module:
     """The configured student's module at ``path`` (a trainable copy), checked to give the teacher
     block's output shape on a sample batch."""
-    from joryu.methods._features import on_device_of, sample_input
 
     if ctx.student is None:
         raise ConfigError("progressive_blockwise with student_blocks: student needs a configured student")

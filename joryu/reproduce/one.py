@@ -10,6 +10,7 @@ from accelerate.utils import set_seed
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
+from joryu.engine import Engine
 from joryu.methods import get_method
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
@@ -31,7 +32,6 @@ METRICS = ["test acc (%)", "train acc (%)"]
 
 
 def _evaluate(distiller, data) -> dict:
-    from joryu.engine import Engine
 
     out = Engine(TrainConfig(), None, progress=False).evaluate(distiller, data, "ev")
     return {k.split("/")[1]: v for k, v in out.items() if k.count("/") == 2 and k.endswith("/acc")}

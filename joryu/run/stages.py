@@ -198,8 +198,8 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
         cfg = stage_config(train_cfg, overrides, f"stage {name} train")
         sdir = (run_dir / stage.name if len(stages) > 1 else run_dir) if run_dir is not None else None
         if dry:
-            stage_train = _checked(f"stage {name}", "to build",
-                                   lambda: stage.data(ctx) if stage.data is not None else train)
+            stage_train = (_checked(f"stage {name}", "to build", stage.data, ctx)
+                           if stage.data is not None else train)
             distiller = _checked(f"stage {name}", "to build", stage.build, ctx)
             if stage.trains and cfg.epochs > 0:
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,

@@ -11,7 +11,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from joryu.outputs import Outputs, forward
-from joryu.teachers.base import Teacher, freeze
+from joryu.teachers.base import Teacher, freeze, weights_fingerprint
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -154,6 +154,5 @@ class FastTeacher(Teacher):
         return self
 
     def fingerprint(self) -> str:
-        from joryu.teachers.base import weights_fingerprint
 
         return weights_fingerprint(self.model)
