@@ -274,7 +274,6 @@ def image_folder_contender(root: Path, through_joryu: bool, workers: int = 2, ba
     """One epoch over the image folder (decode, transforms, ``workers`` loader workers) training a
     small student: joryu's streamed path through ``Engine.fit``, or a plain DataLoader loop over
     the same decode and the same transform objects."""
-
     torch.manual_seed(0)
     folder = ImageFolderDataset(root)
     classes = len(folder.classes)
@@ -387,7 +386,6 @@ def main(argv=None) -> int:
 
 def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, img=None,
                   n_images=0) -> None:
-
     def r(a, b):
         return f"{a / b:.3f}"
 

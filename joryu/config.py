@@ -235,7 +235,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 def check_options(cfg: ExperimentConfig) -> None:
     """Dataset kwargs against the dataset function; zoo model kwargs against the factory."""
-
     if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
         fn, needs_path = dataset_function(cfg.data.name)
         check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",

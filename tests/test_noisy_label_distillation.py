@@ -151,6 +151,7 @@ def test_default_auxiliary_is_trained_on_the_clean_rows_only():
     from joryu.methods import StageContext
 
     ctx = StageContext(student=nn.Linear(6, 3), teacher=None, train_data=data, num_classes=3, train_cfg=None)
+    ctx.state = m.new_state(ctx)
     aux_data = m.stages()[0].data(ctx)
     assert len(aux_data) == 30 and bool(aux_data.tensors["clean"].all())
 

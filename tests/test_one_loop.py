@@ -48,7 +48,8 @@ EXAMPLE = {  # method -> its example config (every registered method has one)
 
 
 SHORT = {  # a budget short enough that a stage's hand-over still has something to hand over
-    "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1"],
+    "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1",
+                               "method.params.sample_epochs=3", "method.params.gan_epochs=1"],
 }
 
 

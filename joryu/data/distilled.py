@@ -87,7 +87,6 @@ def distilled(path: str, test_data: str | None = None, **test_kwargs) -> DataBun
 def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> Path:
     """A PNG: one row per step (up to ``max_steps``), one column per image, titled with its label;
     the row label gives that step's learned lr(s) over the epochs. 1-D inputs are drawn as curves."""
-
     require("matplotlib", "drawing the distilled images").use("Agg")
     import matplotlib.pyplot as plt
 

@@ -38,7 +38,6 @@ _KNOWN = ("clean", "noise", "labels_per_class", "privileged", "input_b")
 
 
 def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
-
     if not isinstance(spec, dict):
         raise ConfigError(f"data.fields.clean must be a mapping (fraction, per_class or index_file), got {spec!r}")
     seed = int(spec.get("seed", 0))
@@ -62,7 +61,6 @@ def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
 
 
 def _view(data, key: str, spec):
-
     if not isinstance(spec, dict) or len({"transform", "factory"} & set(spec)) != 1:
         raise ConfigError(f"data.fields.{key} needs one of transform (a transform list) or factory "
                           "(package.module:fn returning a dataset aligned with the training data by index)")
@@ -87,7 +85,6 @@ def _view(data, key: str, spec):
 
 def apply_fields(data, spec: dict, num_classes: int):
     """``data`` with the per-sample fields ``spec`` asks for (see the module docstring)."""
-
     unknown = sorted(set(spec) - set(_KNOWN))
     if unknown:
         raise ConfigError(f"data.fields: unknown field {unknown[0]!r}; known: {', '.join(_KNOWN)}")

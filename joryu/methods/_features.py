@@ -20,7 +20,6 @@ from joryu.teachers import FrozenTeacher, Teacher
 
 def sample_input(data, key: str = "input", n: int = 2) -> Tensor:
     """``n`` prepared inputs of ``data`` under ``key`` (to size regressors and adapters)."""
-
     if isinstance(data, TensorData):
         if key not in data.tensors:
             raise ConfigError(f"the data has no {key!r} tensor (has {sorted(data.tensors)})")

@@ -135,7 +135,6 @@ def _input_shape(data) -> tuple:
 
 def build_cohort(student: nn.Module, params: DMLParams, num_classes: int, input_shape) -> list[nn.Module]:
     """The cohort: the student first, then the peers (zoo specs, or fresh copies of the student)."""
-
     if params.peers is not None:
         peers = []
         for spec in params.peers:

@@ -339,7 +339,6 @@ class ProgressiveBlockwise(Method):
 def _student_module(ctx, teacher: nn.Module, path: str) -> nn.Module:
     """The configured student's module at ``path`` (a trainable copy), checked to give the teacher
     block's output shape on a sample batch."""
-
     if ctx.student is None:
         raise ConfigError("progressive_blockwise with student_blocks: student needs a configured student")
     try:

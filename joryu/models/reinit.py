@@ -59,5 +59,4 @@ def seed_from(model: nn.Module, salt: int = 0) -> int:
     the run's seed (through the starting student's initial weights) without a global RNG draw, so a
     resumed run re-creates the same networks.
     """
-
     return (int(weights_fingerprint(model)[:8], 16) + 7919 * int(salt)) % (2**31 - 1)

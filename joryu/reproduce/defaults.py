@@ -86,7 +86,6 @@ def parse_grid(sets: list[str]) -> list[dict]:
 def sweep(method: str, grid: list[dict], seeds: int = 2, quick: bool = False, fixed: dict | None = None,
           fields: dict | None = None, pairs: list[str] | None = None, progress: bool = True) -> dict:
     """Validation accuracy of the student alone and with ``method`` at each grid point, per pair and seed."""
-
     needs_teacher = getattr(get_method(method, fixed or {}), "needs_teacher", True)
     out = {"method": method, "fixed": fixed or {}, "fields": fields or {}, "grid": grid, "pairs": {}}
     for pname, p in _pairs(quick).items():

@@ -32,7 +32,6 @@ METRICS = ["test acc (%)", "train acc (%)"]
 
 
 def _evaluate(distiller, data) -> dict:
-
     out = Engine(TrainConfig(), None, progress=False).evaluate(distiller, data, "ev")
     return {k.split("/")[1]: v for k, v in out.items() if k.count("/") == 2 and k.endswith("/acc")}
 

@@ -168,7 +168,6 @@ def plan_run_dir(cfg, out: str | os.PathLike | None = None, overwrite: bool = Fa
 def _normalised(dumped: dict) -> dict:
     """A dumped config with the method's parameters filled in with their defaults, so that
     ``temperature: 4.0`` written out and the same default left implicit compare equal."""
-
     out = dict(dumped)
     method = dict(out.get("method") or {})
     try:
@@ -181,7 +180,6 @@ def _normalised(dumped: dict) -> dict:
 
 
 def _plan_resume(cfg, path: Path) -> RunPlan:
-
     if not path.is_dir():
         raise RunDirError(f"--resume: no run folder {path} to resume; start the run without --resume")
     saved_file = path / "config.yaml"

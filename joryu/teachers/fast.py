@@ -154,5 +154,4 @@ class FastTeacher(Teacher):
         return self
 
     def fingerprint(self) -> str:
-
         return weights_fingerprint(self.model)

@@ -214,7 +214,6 @@ def build_store(teacher, data, path: str | Path, k: int, *, temperature: float =
 
     Returns the opened ``TopKStore``.
     """
-
     path = Path(path)
     if value_dtype not in VALUE_DTYPES:
         raise ConfigError(f"value_dtype must be one of {', '.join(VALUE_DTYPES)}, got {value_dtype!r}")
