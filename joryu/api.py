@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from joryu.config import AugmentConfig, TrainConfig, validate_params
+from joryu.config import TrainConfig, validate_params
 from joryu.data import (
     Augment,
     LoaderOptions,
@@ -234,7 +234,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         train, val = split_any(data, val_fraction, seed)
     if isinstance(augment, dict):
-        augment = Augment(**validate_params(AugmentConfig, augment, "augment").model_dump())
+        augment = validate_params(Augment, augment, "augment")
     causal = is_causal_lm(student)  # Hugging Face labels: shifted once for a causal LM
     train, val = align_labels(train, causal), align_labels(val, causal)
     if inputs is not None:
@@ -273,7 +273,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
                 mm.train(was)
             for p, rg in grads:
                 p.requires_grad_(rg)
-    metrics = {name: {k: v for k, v in r.items() if k != "distiller"} for name, r in results.items()}
+    metrics = {name: r.summary() for name, r in results.items()}
     if seeds is not None:
         metrics["evidence"] = evidence
     return student, metrics

@@ -27,8 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import joryu
+from joryu.atomic import atomic_write_text
 from joryu.config import TrainConfig
-from joryu.data import Augment, TensorData, TensorLoader, load
+from joryu.data import Augment, TensorData, TensorLoader, as_source, build_transform, load
+from joryu.data.files import ImageFolderDataset
 from joryu.engine import Engine
 from joryu.methods.kd import KDDistiller
 from joryu.methods.supervised import SupervisedDistiller
@@ -271,9 +274,6 @@ def image_folder_contender(root: Path, through_joryu: bool, workers: int = 2, ba
     """One epoch over the image folder (decode, transforms, ``workers`` loader workers) training a
     small student: joryu's streamed path through ``Engine.fit``, or a plain DataLoader loop over
     the same decode and the same transform objects."""
-    from joryu.data import as_source, build_transform
-    from joryu.data.files import ImageFolderDataset
-
     torch.manual_seed(0)
     folder = ImageFolderDataset(root)
     classes = len(folder.classes)
@@ -386,8 +386,6 @@ def main(argv=None) -> int:
 
 def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, img=None,
                   n_images=0) -> None:
-    import joryu
-
     def r(a, b):
         return f"{a / b:.3f}"
 
@@ -424,7 +422,6 @@ def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, 
                 "2 loader workers; MLP student, batch 32), images per second:", "",
                 "| joryu (Engine.fit over the streamed folder) | plain DataLoader loop | ratio [>= 0.97] |",
                 "|---|---|---|", f"| {j:.0f} | {p:.0f} | {j / p:.3f} |", ""]
-    from joryu.atomic import atomic_write_text
 
     atomic_write_text(path, "\n".join(out) + "\n" + NOTES)
 

@@ -15,8 +15,17 @@ from pydantic import (
     model_validator,
 )
 
+from joryu.data.core import Augment
+from joryu.data.registry import dataset_function
+from joryu.data.sources import LoaderOptions
 from joryu.errors import ConfigError
-from joryu.options import check_function_options, signature_model  # noqa: F401
+from joryu.models.registry import zoo_factory
+from joryu.options import (  # noqa: F401 - validate_params: the methods' and stages' entry
+    check_function_options,
+    format_validation_error,
+    signature_model,
+    validate_params,
+)
 
 
 class Strict(BaseModel):
@@ -109,30 +118,6 @@ class TeacherConfig(ModelConfig):
                                "then the teacher distilled from: its 16-bit weights, stored as float32")
 
 
-class LoaderConfig(Strict):
-    """How streamed data is loaded (ignored by in-memory tensor data)."""
-
-    num_workers: int = Field(0, ge=0)
-    pin_memory: bool = False
-    persistent_workers: bool = False
-    prefetch_factor: int | None = Field(None, ge=1)
-    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
-class AugmentConfig(Strict):
-    """Batch-wise augmentation; mirrors ``joryu.data.Augment`` (see its docstring)."""
-
-    shift: int = Field(0, ge=0, description="maximum random translation along each spatial axis")
-    flip: bool = Field(False, description="random horizontal flip (last axis)")
-    noise: float = Field(0.0, ge=0, description="standard deviation of added Gaussian noise")
-    draws: int = Field(0, ge=0, description="0: fresh draws; K > 0: one of K fixed draws per sample")
-
-    @model_validator(mode="after")
-    def _draws_without_noise(self):
-        if self.draws > 0 and self.noise > 0:
-            raise ValueError("fixed draws (draws > 0) cannot be combined with noise; use shift/flip, "
-                             "or draws: 0")
-        return self
-
-
 class DataConfig(Strict):
     name: str = Field("mnist1d", description="a registered dataset, or package.module:factory")
     path: str | None = None
@@ -148,10 +133,10 @@ class DataConfig(Strict):
                                   "transform of the raw input (e.g. input_teacher for a teacher)")
     fields: dict[str, Any] = Field(default_factory=dict, description="per-sample fields: clean, "
                                    "labels_per_class, noise, privileged")
-    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    loader: LoaderOptions = Field(default_factory=LoaderOptions, description="how streamed data is loaded")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     split_seed: int = 0
-    augment: AugmentConfig | None = Field(None, description="override the dataset's augmentation")
+    augment: Augment | None = Field(None, description="override the dataset's augmentation")
     teacher_augment: bool = Field(True, description="train the teacher with the dataset's augmentation")
 
 
@@ -180,38 +165,6 @@ class ExperimentConfig(Strict):
         if not v or any(c in v for c in "/\\"):
             raise ValueError("name must be non-empty and contain no path separators")
         return v
-
-
-def format_validation_error(e: ValidationError, prefix: str = "") -> str:
-    """One line per problem: the dotted key, what is wrong and what is allowed."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            model = _model_at(e.title, err["loc"][:-1])
-            if model is not None:
-                msg += f" (allowed: {', '.join(sorted(model.model_fields))})"
-        elif "input" in err and err["type"] not in ("missing",):
-            msg += f" (got {err['input']!r})"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-
-
-def _model_at(title: str, loc) -> type[BaseModel] | None:
-    model: Any = {"ExperimentConfig": ExperimentConfig, "TrainConfig": TrainConfig}.get(title)
-    for key in loc:
-        if model is None or not isinstance(key, str) or key not in getattr(model, "model_fields", {}):
-            return None
-        ann = model.model_fields[key].annotation
-        args = getattr(ann, "__args__", ())
-        candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = candidates[0] if candidates else None
-    return model
 
 
 def parse_value(text: str, key: str = "value") -> Any:
@@ -301,7 +254,7 @@ def build_config(raw: dict) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("config error: " + format_validation_error(e)) from None
+        raise ConfigError("config error: " + format_validation_error(e, model=ExperimentConfig)) from None
     check_options(cfg)
     return cfg
 
@@ -310,18 +263,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     return build_config(apply_overrides(load_yaml(path), list(overrides)))
 
 
-def validate_params(model: type[BaseModel], params: dict, where: str) -> BaseModel:
-    try:
-        return model.model_validate(params)
-    except ValidationError as e:
-        raise ConfigError("config error: " + format_validation_error(e, prefix=f"{where}.")) from None
-
-
 def check_options(cfg: ExperimentConfig) -> None:
     """Dataset kwargs against the dataset function; zoo model kwargs against the factory."""
-    from joryu.data.registry import dataset_function
-    from joryu.models.registry import zoo_factory
-
     if ":" not in cfg.data.name:  # a factory by import path is checked when it is called
         fn, needs_path = dataset_function(cfg.data.name)
         check_function_options(fn, cfg.data.kwargs, "data.kwargs", f"dataset {cfg.data.name!r}",

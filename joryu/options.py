@@ -62,3 +62,42 @@ def check_function_options(fn, options: dict, where: str, what: str, skip: tuple
             else:
                 parts.append(f"{where}.{loc}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("config error: " + "; ".join(parts)) from None
+
+
+def format_validation_error(e: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per problem: the dotted key, what is wrong and what is allowed (the allowed keys
+    of an unknown one are read off ``model``, the model that was validated)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            inner = _model_at(model, err["loc"][:-1])
+            if inner is not None:
+                msg += f" (allowed: {', '.join(sorted(inner.model_fields))})"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg += f" (got {err['input']!r})"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _model_at(model: type[BaseModel] | None, loc) -> type[BaseModel] | None:
+    """The pydantic model found at the key path ``loc`` inside ``model``."""
+    for key in loc:
+        if model is None or not isinstance(key, str) or key not in getattr(model, "model_fields", {}):
+            return None
+        ann = model.model_fields[key].annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return model
+
+
+def validate_params(model: type[BaseModel], params: dict, where: str) -> BaseModel:
+    """``params`` validated by ``model``; a wrong key or value is one ConfigError naming ``where``."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as e:
+        raise ConfigError("config error: " + format_validation_error(e, prefix=f"{where}.", model=model)) from None

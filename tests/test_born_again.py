@@ -68,7 +68,7 @@ def test_generations_chain(tiny_data, variant):
     cfg = TrainConfig(epochs=6, lr=0.02, batch_size=64)
     out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["gen1", "gen2", "gen3"]
-    d1, d2, d3 = (res[g]["distiller"] for g in ("gen1", "gen2", "gen3"))
+    d1, d2, d3 = (res[g].distiller for g in ("gen1", "gen2", "gen3"))
     assert d1.student is student and out is d3.student and out is not student
     # generation k's teacher is generation k-1's final weights, frozen and unchanged by training gen k
     fp1, fp2 = weights_fingerprint(d1.student), weights_fingerprint(d2.student)
@@ -82,7 +82,7 @@ def test_generations_chain(tiny_data, variant):
     # the teacher is in eval mode: dropout off, repeated calls agree
     b = {"input": tiny_data.tensors["input"][:16], "index": torch.arange(16), "data_id": "x", "aug_id": 1}
     assert torch.equal(d3.teacher(b).logits, d3.teacher(b).logits)
-    val = res["gen3"]["val"]
+    val = res["gen3"].val
     assert {"val/student/acc", "val/gen1/acc", "val/gen2/acc", "val/gen3/acc", "val/bane/acc"} <= set(val)
     assert val["val/gen3/acc"] == val["val/student/acc"] and val["val/gen1/acc"] > 70
     assert val["val/gen2/acc"] > 60

@@ -96,9 +96,9 @@ def test_cross_modal_end_to_end_with_different_label_spaces():
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=16,
                                                                                      lr=0.01), run_dir=None, seed=0, augment=None, progress=False)
     assert set(res) == {"transfer", "finetune"}
-    h = res["transfer"]["history"]
+    h = res["transfer"].history
     assert h[-1]["train/transfer"] < h[0]["train/transfer"]
-    assert res["transfer"]["distiller"].adapter is None
+    assert res["transfer"].distiller.adapter is None
     assert set(net.state_dict()) == set(SmallCNN(4, 4).state_dict())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())
 
@@ -118,7 +118,7 @@ def test_cross_modal_on_zoo_lenets_with_default_layers():
     student = create("lenet5", input_shape=(1, 8, 8), num_classes=10)
     m = get_method("cross_modal", {"transfer_epochs": 1, "finetune_labels_per_class": 1, "finetune_epochs": 1})
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
-    assert net is student and len(res["finetune"]["history"]) == 1
+    assert net is student and len(res["finetune"].history) == 1
 
 
 def test_student_alone_baseline_trains_and_tests_on_the_students_modality(monkeypatch):

@@ -96,14 +96,14 @@ def test_method_runs_two_stages_and_retrains_from_the_initial_weights(tiny_data)
     net, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=40), run_dir=None, seed=0, augment=None, progress=False)
     for k in init:
         torch.testing.assert_close(at_start[k], init[k])  # a fresh student, not the stage-1 model
-    stats = res["retrain"]["distiller"].pseudo_stats
+    stats = res["retrain"].distiller.pseudo_stats
     assert stats["kept"] == round(0.5 * (240 - 30)) and stats["transforms"] == 3
-    sup = res["supervised"]["distiller"].student
+    sup = res["supervised"].distiller.student
     assert sup is not net
     # stage 1 saw only the 30 labelled samples: one step per epoch at batch 40
-    assert res["supervised"]["history"][-1]["step"] == 5
+    assert res["supervised"].history[-1]["step"] == 5
     n_real, n_pseudo = mix_counts(40, 0.6)
-    assert res["retrain"]["history"][0]["step"] == -(-stats["kept"] // n_pseudo)
+    assert res["retrain"].history[0]["step"] == -(-stats["kept"] // n_pseudo)
 
 
 def test_quick_reproduction_reports_its_claims(tmp_path):

@@ -152,9 +152,9 @@ def test_distiller_learns_and_state_roundtrips(tiny_data, tmp_path):
     m = get_method("dataset_distillation", {"steps": 2, "epochs": 2, "init_lr": 0.1, "save_path": str(tmp_path / "d.safetensors")})
     cfg = TrainConfig(epochs=30, batch_size=120, lr=0.05, scheduler="constant")
     net, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False, resume=False, label="dd", num_classes=3)
-    dist = res["distill"]["distiller"]
+    dist = res["distill"].distiller
     assert isinstance(dist, DatasetDistiller) and dist.images.shape == (2, 3, 8)
-    hist = res["distill"]["history"]
+    hist = res["distill"].history
     assert hist[-1]["train/loss"] < hist[0]["train/loss"] - 0.1
     assert hist[-1]["val/acc"] > 60
     assert all(not p.requires_grad for p in dist.student.parameters())

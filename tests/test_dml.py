@@ -127,10 +127,10 @@ def test_cohort_of_different_architectures_trains_and_reports_every_member(tiny_
     cfg = TrainConfig(epochs=15, lr=0.01, batch_size=32)
     out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False)
     assert out is student
-    val = res["mutual"]["val"]
+    val = res["mutual"].val
     assert {"val/net1/acc", "val/net2/acc", "val/net3/acc", "val/ensemble/acc"} <= set(val)
     assert val["val/acc"] == val["val/net1/acc"] and val["val/net1/acc"] > 70
-    d = res["mutual"]["distiller"]
+    d = res["mutual"].distiller
     assert len(d.cohort) == 3 and d.cohort[1].fc.in_features == 16  # mlp hidden (16,)
 
 

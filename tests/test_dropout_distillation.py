@@ -74,7 +74,7 @@ def test_student_is_deterministic_initialised_from_the_teacher_and_trains(tiny_d
     net, res = run_stages(m, student=dropnet(seed=6), teacher=FrozenTeacher(teacher), train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert not dropout_modules(net)
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
-    assert res["distill"]["history"][-1]["train/loss"] > 0
+    assert res["distill"].history[-1]["train/loss"] > 0
 
 
 def test_wrong_teacher_or_student_is_a_config_error(tiny_data):

@@ -145,9 +145,9 @@ def test_fitnets_two_stages_end_to_end_on_a_custom_module(tiny_data):
     assert all(torch.equal(after[k], captured["after"][k]) for k in after)
     assert captured["regressor"] is None  # dropped after stage 1
     assert set(net.state_dict()) == s_keys  # the deployed student has no regressor
-    assert results["hint"]["history"][-1]["train/hint"] < results["hint"]["history"][0]["train/hint"]
-    assert "train/kd" in results["kd"]["history"][0]
-    lams = [r["lambda"] for r in results["kd"]["history"]]
+    assert results["hint"].history[-1]["train/hint"] < results["hint"].history[0]["train/hint"]
+    assert "train/kd" in results["kd"].history[0]
+    lams = [r["lambda"] for r in results["kd"].history]
     want = [FitNetsKDDistiller.official_schedule(e, 2, 4.0, 1.0) for e in range(2)]
     assert lams == pytest.approx(want) and lams[0] > lams[1]
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())  # teacher untouched

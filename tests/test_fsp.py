@@ -65,9 +65,9 @@ def test_fsp_two_stages_on_zoo_resnets():
     m = get_method("fsp", {"teacher_pairs": pairs, "student_pairs": pairs, "fsp_epochs": 3, "fsp_lr": 0.01})
     fc = student.fc.weight.clone()
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
-    hist = res["fsp"]["history"]
+    hist = res["fsp"].history
     assert hist[-1]["train/fsp"] < hist[0]["train/fsp"]
-    assert "train/loss" in res["train"]["history"][0]
+    assert "train/loss" in res["train"].history[0]
     assert not torch.equal(fc, student.fc.weight)  # stage 2 trains the whole student
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())
     assert not teacher._forward_hooks and not teacher.layer1._forward_hooks  # taps removed

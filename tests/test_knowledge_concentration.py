@@ -106,13 +106,13 @@ def test_method_trains_specialists_then_concentrates(tiny_data):
     before = [p.clone() for p in teacher.parameters()]
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=3, batch_size=50), run_dir=None, seed=0, augment=None, progress=False, num_classes=5)
     assert list(res) == ["specialist1", "specialist2", "distill"]
-    assert res["specialist1"]["history"][0]["step"] == -(-int(torch.isin(data.targets, torch.tensor([0, 3])).sum()) // 50)
+    assert res["specialist1"].history[0]["step"] == -(-int(torch.isin(data.targets, torch.tensor([0, 3])).sum()) // 50)
     assert isinstance(net.fc, VerticalHead)
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
-    d = res["distill"]["distiller"]
+    d = res["distill"].distiller
     assert isinstance(d.teacher, SpecialistTeacher) and len(d.teacher.specialists) == 2
     assert float(d.lam.mean()) == pytest.approx(1.0) and not torch.equal(d.lam, torch.ones(2))
-    hist = res["distill"]["history"][-1]
+    hist = res["distill"].history[-1]
     assert {"train/kd", "train/ce", "lambda_min", "lambda_max"} <= set(hist)
 
 

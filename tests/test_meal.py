@@ -116,10 +116,11 @@ def test_meal_trains_missing_teachers_then_distils_through_the_engine(tiny_data)
     before = [p.clone() for p in given.models()[0].parameters()]
     student, res = run_stages(m, student=net(0), teacher=given, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=40), run_dir=None, seed=0, augment=None, progress=False)
     assert list(res) == ["teacher2", "teacher3", "distill"]
-    assert res["teacher2"]["history"] == []  # already given: 0 epochs
-    assert len(res["teacher3"]["history"]) == 2  # trained
+    assert res["teacher2"].skipped and res["teacher2"].distiller is None  # already given: not trained
+    assert not res["teacher3"].skipped
+    assert len(res["teacher3"].history) == 2  # trained
     assert all(torch.equal(a, b) for a, b in zip(before, given.models()[0].parameters()))
-    hist = res["distill"]["history"][-1]
+    hist = res["distill"].history[-1]
     assert {"train/sim", "train/adv", "train/d_loss"} <= set(hist)
     assert hist["teacher0_share"] + hist["teacher1_share"] + hist["teacher2_share"] == pytest.approx(1.0)
     loader = TensorLoader(tiny_data, 240, shuffle=False)

@@ -107,12 +107,12 @@ def test_stages_train_an_auxiliary_on_the_clean_rows_then_the_student():
     net, results = run_stages(m, student=student, teacher=None, train=data, val=None, train_cfg=TrainConfig(epochs=3, lr=0.05, batch_size=32,
                                                                       device="cpu"), run_dir=None, seed=0, augment=None, progress=False)
     assert net is student and not all(torch.equal(a, b) for a, b in zip(init, student.parameters()))
-    aux = results["distill"]["distiller"].auxiliary.models()[0]
+    aux = results["distill"].distiller.auxiliary.models()[0]
     assert aux is not student
     # pretraining saw all 300 rows (10 steps per epoch); the auxiliary stage only the 30 clean rows
     # (one step per epoch at batch 32, for aux_epochs = 5)
-    assert results["pretrain"]["history"][-1]["step"] == 30
-    assert results["auxiliary"]["history"][-1]["step"] == 5
+    assert results["pretrain"].history[-1]["step"] == 30
+    assert results["auxiliary"].history[-1]["step"] == 5
 
 
 def test_missing_clean_mask_is_a_clear_error():
@@ -151,6 +151,7 @@ def test_default_auxiliary_is_trained_on_the_clean_rows_only():
     from joryu.methods import StageContext
 
     ctx = StageContext(student=nn.Linear(6, 3), teacher=None, train_data=data, num_classes=3, train_cfg=None)
+    ctx.state = m.new_state(ctx)
     aux_data = m.stages()[0].data(ctx)
     assert len(aux_data) == 30 and bool(aux_data.tensors["clean"].all())
 
@@ -172,17 +173,17 @@ def test_lambda_is_chosen_on_held_out_clean_rows():
     keep, held = split_clean(data, 0.3, 0)
     assert len(held) == 9 and len(keep) == 291 and bool(data.tensors["clean"][held].all())
     # the auxiliary trained on the 21 remaining clean rows: one step per epoch at batch 32
-    assert res["auxiliary"]["history"][-1]["step"] == 5
+    assert res["auxiliary"].history[-1]["step"] == 5
     # every candidate trained on the 291 kept rows (10 steps per epoch), from the same init
     for lam in grid:
-        assert res[f"distill_lam{lam:g}"]["history"][-1]["step"] == 30
-        assert res[f"distill_lam{lam:g}"]["distiller"].student is not student
-    sel = res["select"]["distiller"]
+        assert res[f"distill_lam{lam:g}"].history[-1]["step"] == 30
+        assert res[f"distill_lam{lam:g}"].distiller.student is not student
+    sel = res["select"].distiller
     held_data = data.subset(held)
-    scores = {lam: heldout_accuracy(res[f"distill_lam{lam:g}"]["distiller"].student, held_data) for lam in grid}
+    scores = {lam: heldout_accuracy(res[f"distill_lam{lam:g}"].distiller.student, held_data) for lam in grid}
     assert sel.scores == scores
     best = max(sorted(grid, reverse=True), key=lambda v: scores[v])
     assert sel.chosen == best
-    chosen = res[f"distill_lam{best:g}"]["distiller"].student
+    chosen = res[f"distill_lam{best:g}"].distiller.student
     assert net is student and all(torch.equal(a, b) for a, b in zip(student.parameters(), chosen.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), init.parameters()))

@@ -146,7 +146,7 @@ def test_cifar_resnet_default_trunk_end_and_training(tiny_data):
     m = get_method("one", {"trunk_end": "2"})
     out, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=TrainConfig(epochs=10, lr=0.01, batch_size=32), run_dir=None, seed=0, augment=None, progress=False)
     assert out is student
-    val = res["one"]["val"]
+    val = res["one"].val
     assert {"val/one/acc", "val/one_e/acc", "val/gated/acc", "val/branch2/acc"} <= set(val)
     assert val["val/acc"] == val["val/one/acc"] > 70
     assert not student._forward_hooks and not student[2]._forward_hooks  # the deployable carries no hooks

@@ -18,7 +18,7 @@ from torch import nn
 
 from joryu.config import TrainConfig, load_config
 from joryu.errors import ConfigError
-from joryu.methods import Method, Stage, available, get_method
+from joryu.methods import Method, Stage, StageResult, available, get_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.models.build import build_model
 from joryu.run.experiment import Experiment
@@ -49,7 +49,8 @@ EXAMPLE = {  # method -> its example config (every registered method has one)
 
 
 SHORT = {  # a budget short enough that a stage's hand-over still has something to hand over
-    "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1"],
+    "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1",
+                               "method.params.sample_epochs=3", "method.params.gan_epochs=1"],
     "gkd": ["data.kwargs.num_samples=200", "data.kwargs.test_samples=32", "method.params.max_new_tokens=8"],
 }
 
@@ -79,7 +80,8 @@ def test_check_before_training_then_one_real_run_through_the_same_loop(method, t
                               seed=0, augment=prepared.augment, progress=False,
                               num_classes=prepared.bundle.num_classes)
     assert isinstance(net, nn.Module) and results
-    assert all("history" in r for r in results.values())
+    assert all(isinstance(r, StageResult) for r in results.values())
+    assert all(r.skipped or r.distiller is not None for r in results.values())
 
 
 def test_the_check_copies_no_network():

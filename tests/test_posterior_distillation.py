@@ -141,15 +141,15 @@ def test_posterior_distillation_two_stages_through_the_engine(tiny_data):
                                               "gan_epochs": 2, "hidden": 16, "num_predictive": 20})
     cfg = TrainConfig(epochs=1)
     ens, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=tiny_data, train_cfg=cfg, run_dir=None, seed=0, augment=None, progress=False, resume=False, label="apd", num_classes=3)
-    sampler = res["sample"]["distiller"]
+    sampler = res["sample"].distiller
     # 240 samples / batch 100 = 3 iterations per epoch, 60 in all: (60 - 20) / 5 samples kept
     assert sampler.iteration == 60 and len(sampler.samples) == 8
-    assert res["sample"]["val"]["val/sgld/acc"] > 60
-    gan = res["gan"]["distiller"]
+    assert res["sample"].val["val/sgld/acc"] > 60
+    gan = res["gan"].distiller
     assert isinstance(gan, APDDistiller) and isinstance(ens, GeneratorEnsemble)
     assert gan.samples.shape == (8, flatten_params(student).numel())
-    assert {"val/generator/acc", "val/sgld/acc"} <= set(res["gan"]["val"])
-    assert "gen_std" in res["gan"]["history"][-1]
+    assert {"val/generator/acc", "val/sgld/acc"} <= set(res["gan"].val)
+    assert "gen_std" in res["gan"].history[-1]
     # the student's weights are a template only; the GAN trains generator and critic
     assert all(not p.requires_grad for p in gan.student.parameters())
     assert ens(tiny_data.tensors["input"][:4]).shape == (4, 3)
@@ -171,6 +171,7 @@ def test_sgld_step_and_gan_betas_come_from_the_params(tiny_data):
     stages = m.stages()
     ctx = StageContext(student=nn.Linear(8, 3), teacher=None, train_data=tiny_data, num_classes=3,
                        train_cfg=TrainConfig(epochs=1))
+    ctx.state = m.new_state(ctx)
     sampler = stages[0].build(ctx)
     assert sampler.lr == pytest.approx(1e-6 * len(tiny_data))
     (opt,) = sampler.configure_optimizers(None)
@@ -179,7 +180,7 @@ def test_sgld_step_and_gan_betas_come_from_the_params(tiny_data):
         sgld = type(opt)([w], lr=sampler.lr, num_data=len(tiny_data), generator=torch.Generator().manual_seed(0))
         sgld.step()
     assert float(w.var()) == pytest.approx(1e-6, rel=0.05)
-    ctx.extras["samples"] = torch.randn(4, sum(p.numel() for p in ctx.student.parameters()))
+    ctx.state.samples = torch.randn(4, sum(p.numel() for p in ctx.student.parameters()))
     gan = stages[1].build(ctx)
     opts = gan.configure_optimizers(lambda ps: torch.optim.Adam(ps, lr=1e-4))
     assert all(g["betas"] == (0.9, 0.999) for o in opts for g in o.param_groups)

@@ -98,7 +98,7 @@ def test_kd_with_draws_uses_the_cache(tmp_path):
     teacher = FrozenTeacher(trained_bn_model("cnn1d", (1, 40)))
     student = create("mlp", num_classes=10, input_shape=(1, 40), hidden=(16,))
     _, res = run_stages(get_method("kd"), student=student, teacher=teacher, train=data, val=None, train_cfg=TrainConfig(epochs=6, batch_size=32), run_dir=None, seed=0, augment=Augment(shift=2, draws=2), progress=False)
-    last = res["distill"]["history"][-1]
+    last = res["distill"].history[-1]
     loader = TensorLoader(data, 32, seed=0, augment=Augment(shift=2, draws=2))
     pairs = {int(i) * 2 + int(d) for e in range(6) for i, d in enumerate(loader.epoch_draws(e))}
     assert last["cache_misses"] == len(pairs) and last["cache_hits"] == 6 * 128 - len(pairs)

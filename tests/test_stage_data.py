@@ -34,8 +34,8 @@ def test_stage_data_overrides_the_training_data(tiny_data):
     m.stages = lambda: stages
     aug = Augment(noise=0.1)
     _, res = run_stages(m, student=nn.Linear(8, 3), teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=10), run_dir=None, seed=7, augment=aug, progress=False)
-    assert res["small"]["history"][0]["step"] == 4  # 40 samples / batch 10
-    assert res["all"]["history"][0]["step"] == 24  # the run's 240 samples
+    assert res["small"].history[0]["step"] == 4  # 40 samples / batch 10
+    assert res["all"].history[0]["step"] == 24  # the run's 240 samples
     assert seen["seed"] == 7 and seen["augment"] is aug
 
 
@@ -48,7 +48,7 @@ def test_stage_train_overrides_may_depend_on_the_context(tiny_data):
                           train=lambda ctx: {"batch_size": ctx.train_cfg.batch_size * 2})]
 
     _, res = run_stages(M(None), student=nn.Linear(8, 3), teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=60), run_dir=None, seed=0, augment=None, progress=False)
-    assert res["s"]["history"][0]["step"] == 2  # 240 samples / batch 120
+    assert res["s"].history[0]["step"] == 2  # 240 samples / batch 120
 
 
 class TwoStage(Method):
@@ -68,5 +68,5 @@ def test_a_stage_can_train_on_its_own_data(tiny_data):
 
     student = torch.nn.Linear(8, 3)
     _, res = run_stages(TwoStage(None), student=student, teacher=None, train=tiny_data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=5), run_dir=None, seed=0, augment=None, progress=False)
-    assert res["all"]["history"][-1]["step"] == len(tiny_data) // 5
-    assert res["subset"]["history"][-1]["step"] == 2  # 10 samples / batch 5
+    assert res["all"].history[-1]["step"] == len(tiny_data) // 5
+    assert res["subset"].history[-1]["step"] == 2  # 10 samples / batch 5

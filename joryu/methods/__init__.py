@@ -6,6 +6,7 @@ from joryu.methods.base import (
     Params,
     Stage,
     StageContext,
+    StageResult,
     available,
     get_method,
     listing,
@@ -13,4 +14,4 @@ from joryu.methods.base import (
     register_method,
 )
 
-__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "available", "get_method", "listing", "method_info", "register_method"]
+__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "StageResult", "available", "get_method", "listing", "method_info", "register_method"]

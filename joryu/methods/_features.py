@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from joryu.data import TensorData
 from joryu.errors import ConfigError
 from joryu.outputs import call
 from joryu.taps import resolve
@@ -19,8 +20,6 @@ from joryu.teachers import FrozenTeacher, Teacher
 
 def sample_input(data, key: str = "input", n: int = 2) -> Tensor:
     """``n`` prepared inputs of ``data`` under ``key`` (to size regressors and adapters)."""
-    from joryu.data import TensorData
-
     if isinstance(data, TensorData):
         if key not in data.tensors:
             raise ConfigError(f"the data has no {key!r} tensor (has {sorted(data.tensors)})")

@@ -6,7 +6,8 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,29 +22,66 @@ class Params(BaseModel):
 
 
 @dataclass
-class StageContext:
-    """What a stage's builder receives: the student to train, the teacher, data and earlier results."""
+class StageResult:
+    """What one stage left, filled by the stage loop (``joryu.run.stages``): the trained Distiller,
+    the engine's per-epoch history and last validation metrics, its timing and optimizer steps.
+    A skipped stage (``Stage.skip``) has no distiller and ``skipped=True``; a step that trains
+    nothing (``Stage.trains=False``) has its distiller and an empty history."""
+
+    distiller: Any = None
+    history: list[dict] = field(default_factory=list)
+    val: dict = field(default_factory=dict)
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    steps: int = 0
+    updates: int = 0  # optimizer updates (joryu.meter counts them; budgets are checked on them)
+    skipped: bool = False
+
+    def summary(self) -> dict:
+        """Everything but the distiller, as plain data (a stage's ``done.json``, ``joryu.distill``'s
+        metrics)."""
+        return {"history": self.history, "val": self.val, "train_time_s": self.train_time_s,
+                "samples_per_s": self.samples_per_s, "steps": self.steps, "updates": self.updates,
+                "skipped": self.skipped}
+
+
+S = TypeVar("S")
+
+
+@dataclass
+class StageContext(Generic[S]):
+    """What a stage's builder receives: the student to train, the teacher, data, the results of
+    earlier stages and the method's own ``state``: the typed values its stages hand to each other
+    (trained teachers, a pseudo-labelled set, posterior samples...), made once per run by
+    ``Method.new_state`` before the first stage."""
 
     student: Any
     teacher: Any
     train_data: Any
     num_classes: int
     train_cfg: TrainConfig
-    results: dict = field(default_factory=dict)  # stage name -> whatever the stage left
-    extras: dict = field(default_factory=dict)
+    results: dict[str, StageResult] = field(default_factory=dict)  # stage name -> what it left
     seed: int = 0  # the run's seed (for methods that draw their own randomness)
     augment: Any = None  # the run's batch augmentation (joryu.data.Augment or None)
+    state: S | None = None  # the method's hand-offs between its stages (Method.new_state)
 
 
 @dataclass
 class Stage:
-    """One engine run: a Distiller built from the context, trained with ``train`` overrides."""
+    """One engine run: a Distiller built from the context, trained with ``train`` overrides.
+
+    ``skip(ctx)`` true: the stage builds and trains nothing (e.g. a teacher that was given), and
+    its result is recorded as skipped. ``trains=False``: a step that only builds (e.g. choosing
+    among networks the earlier stages trained): no engine run, its network is scored on the
+    validation data, and it is what the run deploys when it comes last."""
 
     name: str
     build: Callable[[StageContext], Any]
     train: dict | Callable[[StageContext], dict] = field(default_factory=dict)  # TrainConfig overrides
     after: Callable[[StageContext, Any], None] | None = None  # e.g. keep the student, drop a regressor
     data: Callable[[StageContext], Any] | None = None  # this stage's training data (default: the run's)
+    skip: Callable[[StageContext], bool] | None = None  # true: nothing to do in this run
+    trains: bool = True  # False: a step that builds its network without training it
 
 
 @dataclass
@@ -51,7 +89,7 @@ class Baseline:
     """A row that answers "did the method help?": a network trained (or taken) on the same data and
     budget without the method's idea. ``run(b)`` gets the experiment's ``BaselineContext`` (see
     ``joryu.run.experiment``: ``b.fresh_student()``, ``b.train(...)``, ``b.ctx`` with the method's
-    stage results, ``b.deployed``) and returns the network to evaluate and report. Baselines run
+    stage results and state, ``b.deployed``) and returns the network to evaluate and report. Baselines run
     after the method, so they may reuse what it left (e.g. data distillation's stage-1 model)."""
 
     label: str
@@ -74,9 +112,8 @@ class MethodInfo:
 
 
 def _discover() -> None:
-    import joryu.methods as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    """Import every method module of this package (each registers itself)."""
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.name != "base" and not mod.name.startswith("_"):
             importlib.import_module(f"joryu.methods.{mod.name}")
 
@@ -129,6 +166,12 @@ class Method:
 
     def stages(self) -> list[Stage]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def new_state(self, ctx: StageContext) -> Any:
+        """What the stages hand to each other, made once per run before the first stage and kept
+        as ``ctx.state``: a method with more than one stage returns its own small dataclass (e.g.
+        the teachers trained so far). By default a method has none."""
+        return None
 
     def deployed_network(self, student, teacher):
         """An untrained network of the architecture ``deployable()`` returns, built from the run's

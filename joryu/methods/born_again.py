@@ -39,15 +39,17 @@ not samples.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from joryu.distiller import Distiller
 from joryu.losses import cwtm_loss, dkpp_loss, ensemble_logits, kd_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Method, Params, Stage, StageContext, register_method
 from joryu.models.reinit import fresh_copy, seed_from
 from joryu.outputs import forward
 from joryu.teachers import FrozenTeacher, Teacher, prepare_for
@@ -108,6 +110,15 @@ class BornAgainDistiller(Distiller):
         return out
 
 
+@dataclass
+class BornAgainState:
+    """What a generation hands to the next: the seed later students are drawn from (read off the
+    first student's weights) and the trained generations so far."""
+
+    seed: int
+    generations: list[nn.Module] = field(default_factory=list)
+
+
 class BornAgainParams(Params):
     generations: int = Field(2, ge=1, description="networks trained in sequence, generation 1 included")
     variant: Literal["kd", "kd_labels", "cwtm", "dkpp"] = Field(
@@ -123,23 +134,24 @@ class BornAgain(Method):
     Params = BornAgainParams
     needs_teacher = False
 
+    def new_state(self, ctx: StageContext) -> BornAgainState:
+        return BornAgainState(seed=seed_from(ctx.student))
+
     def stages(self):
         p = self.params
 
-        def first(ctx):
-            ctx.extras["ban_seed"] = seed_from(ctx.student)
-            ctx.extras["ban_generations"] = []
+        def first(ctx: StageContext[BornAgainState]):
             return BornAgainDistiller(ctx.student, None, (), p.variant, p.temperature, p.label_weight)
 
-        def keep(ctx, distiller):
-            ctx.extras["ban_generations"].append(distiller.student)
+        def keep(ctx: StageContext[BornAgainState], distiller):
+            ctx.state.generations.append(distiller.student)
 
         def later(k):
-            def build(ctx):
+            def build(ctx: StageContext[BornAgainState]):
                 # earlier generations as frozen teachers: eval mode, requires_grad off, never changed again
-                gens = [FrozenTeacher(net) for net in ctx.extras["ban_generations"]]
+                gens = [FrozenTeacher(net) for net in ctx.state.generations]
                 prev = gens[-1]
-                student = fresh_copy(prev.model, ctx.extras["ban_seed"] + k)
+                student = fresh_copy(prev.model, ctx.state.seed + k)
                 teacher = prepare_for(ctx, prev, fold=p.fast_teacher, cache=p.teacher_cache)
                 return BornAgainDistiller(student, teacher, list(gens), p.variant, p.temperature, p.label_weight)
 

@@ -34,6 +34,7 @@ Deviations and best guesses:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -44,7 +45,7 @@ from joryu.data import TensorData, TensorLoader
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import confident_pseudo_labels, mix_counts
-from joryu.methods.base import Baseline, Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.teachers import (
@@ -130,6 +131,20 @@ class MixedBatchDistiller(Distiller):
         return {"loss": F.cross_entropy(logits, y), "real_share": torch.tensor(n_real / len(y))}
 
 
+@dataclass
+class DataDistillationState:
+    """What the stages hand over: the run's training data split into the labelled part A and the
+    unlabelled part B, the student's initial weights (stage 2 starts from them again), stage 1's
+    model, and B's confident pseudo-labels with their statistics."""
+
+    labeled: TensorData
+    unlabeled: TensorData
+    init: dict
+    supervised_model: torch.nn.Module | None = None
+    pseudo: TensorData | None = None
+    pseudo_stats: dict | None = None
+
+
 class DataDistillationParams(Params):
     labeled_fraction: float = Field(0.1, gt=0, le=1, description="share of each class labelled (without a 'labeled' key)")
     labeled_per_class: int | None = Field(None, ge=1, description="labelled samples per class (overrides the fraction)")
@@ -153,58 +168,54 @@ class DataDistillation(Method):
     def needs_teacher(self) -> bool:  # teacher: given pseudo-labels with the run's teacher
         return self.params.teacher == "given"
 
+    def new_state(self, ctx: StageContext) -> DataDistillationState:
+        p, data = self.params, ctx.train_data
+        if not isinstance(data, TensorData):
+            raise ConfigError("data_distillation needs in-memory (TensorData) training data")
+        lab, unl = labeled_split(data, ctx.seed, p.labeled_per_class, p.labeled_fraction)
+        if len(unl) == 0:
+            raise ConfigError("data_distillation: no unlabelled samples left; lower labeled_fraction")
+        return DataDistillationState(data.subset(lab, data.name + "/labeled"),
+                                     data.subset(unl, data.name + "/unlabeled"),
+                                     copy.deepcopy(ctx.student.state_dict()))
+
     def stages(self):
         p = self.params
 
-        def split(ctx):
-            if "split" not in ctx.extras:
-                data = ctx.train_data
-                if not isinstance(data, TensorData):
-                    raise ConfigError("data_distillation needs in-memory (TensorData) training data")
-                lab, unl = labeled_split(data, ctx.seed, p.labeled_per_class, p.labeled_fraction)
-                if len(unl) == 0:
-                    raise ConfigError("data_distillation: no unlabelled samples left; lower labeled_fraction")
-                ctx.extras["split"] = (data.subset(lab, data.name + "/labeled"), data.subset(unl, data.name + "/unlabeled"))
-                ctx.extras["init"] = copy.deepcopy(ctx.student.state_dict())
-            return ctx.extras["split"]
-
-        def pseudo_label(ctx, model):
-            labeled, unlabeled = split(ctx)
+        def pseudo_label(ctx: StageContext[DataDistillationState], model):
+            st = ctx.state
             teacher = TransformEnsembleTeacher(FrozenTeacher(copy.deepcopy(model)),
-                                               transforms_for(labeled.input_shape, p.shifts, p.shift_step, p.flip,
-                                                              p.scales))
-            probs = ensemble_probs(teacher, unlabeled)
+                                               transforms_for(st.labeled.input_shape, p.shifts, p.shift_step,
+                                                              p.flip, p.scales))
+            probs = ensemble_probs(teacher, st.unlabeled)
             keep, labels, tau = confident_pseudo_labels(probs, p.keep_fraction)
             idx = torch.nonzero(keep).flatten()
-            pseudo = unlabeled.subset(idx, unlabeled.name + "/pseudo").with_tensors(target=labels[idx])
-            stats = {"threshold": tau, "kept": int(keep.sum()), "unlabeled": len(unlabeled),
-                     "transforms": len(teacher.transforms),
-                     "pseudo_acc": 100.0 * float((labels[idx] == unlabeled.targets[idx]).float().mean()),
-                     "pseudo_acc_all": 100.0 * float((labels == unlabeled.targets).float().mean())}
-            ctx.extras["pseudo"], ctx.extras["pseudo_stats"] = pseudo, stats
+            st.pseudo = st.unlabeled.subset(idx, st.unlabeled.name + "/pseudo").with_tensors(target=labels[idx])
+            st.pseudo_stats = {"threshold": tau, "kept": int(keep.sum()), "unlabeled": len(st.unlabeled),
+                               "transforms": len(teacher.transforms),
+                               "pseudo_acc": 100.0 * float((labels[idx] == st.unlabeled.targets[idx]).float().mean()),
+                               "pseudo_acc_all": 100.0 * float((labels == st.unlabeled.targets).float().mean())}
 
-        def build_supervised(ctx):
-            split(ctx)
+        def build_supervised(ctx: StageContext[DataDistillationState]):
             return SupervisedDistiller(copy.deepcopy(ctx.student))
 
-        def after_supervised(ctx, distiller):
-            ctx.extras["supervised_model"] = distiller.student
+        def after_supervised(ctx: StageContext[DataDistillationState], distiller):
+            ctx.state.supervised_model = distiller.student
             pseudo_label(ctx, distiller.student)
 
-        def build_retrain(ctx):
-            labeled, _ = split(ctx)
-            ctx.student.load_state_dict(ctx.extras["init"])
-            d = MixedBatchDistiller(ctx.student, labeled, p.real_fraction, ctx.train_cfg.batch_size, ctx.seed,
-                                    ctx.augment)
-            d.pseudo_stats = ctx.extras["pseudo_stats"]
+        def build_retrain(ctx: StageContext[DataDistillationState]):
+            ctx.student.load_state_dict(ctx.state.init)
+            d = MixedBatchDistiller(ctx.student, ctx.state.labeled, p.real_fraction, ctx.train_cfg.batch_size,
+                                    ctx.seed, ctx.augment)
+            d.pseudo_stats = ctx.state.pseudo_stats
             return d
 
-        def retrain_data(ctx):
+        def retrain_data(ctx: StageContext[DataDistillationState]):
             if p.teacher == "given":
                 if ctx.teacher is None:
                     raise ConfigError("data_distillation with teacher: given needs a teacher")
                 pseudo_label(ctx, ctx.teacher.models()[0])
-            return ctx.extras["pseudo"]
+            return ctx.state.pseudo
 
         def retrain_train(ctx):
             return {"batch_size": mix_counts(ctx.train_cfg.batch_size, p.real_fraction)[1]}
@@ -217,7 +228,7 @@ class DataDistillation(Method):
             if p.supervised_batch_size is not None:
                 sup_train["batch_size"] = p.supervised_batch_size
             stages.append(Stage("supervised", build_supervised, train=sup_train,
-                                data=lambda ctx: split(ctx)[0], after=after_supervised))
+                                data=lambda ctx: ctx.state.labeled, after=after_supervised))
         stages.append(Stage("retrain", build_retrain, train=retrain_train, data=retrain_data))
         return stages
 
@@ -228,9 +239,9 @@ class DataDistillation(Method):
         p = self.params
 
         def labelled_only(b):
-            if "supervised_model" in b.ctx.extras:
-                return b.ctx.extras["supervised_model"]
-            labeled, _ = b.ctx.extras["split"]
+            if b.ctx.state.supervised_model is not None:
+                return b.ctx.state.supervised_model
+            labeled = b.ctx.state.labeled
             t = {k: v for k, v in (("epochs", p.supervised_epochs), ("batch_size", p.supervised_batch_size))
                  if v is not None}
             return b.train(b.fresh_student(), data=labeled, train=t)

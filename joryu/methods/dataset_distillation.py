@@ -45,6 +45,7 @@ Deviations and best guesses:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -62,7 +63,7 @@ from joryu.losses.dataset_distillation import (
     softplus_inverse,
     unrolled_sgd_state,
 )
-from joryu.methods.base import Baseline, Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
 
 
 def reinit(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None) -> nn.Module:
@@ -185,6 +186,13 @@ class DatasetDistiller(Distiller):
         return net
 
 
+@dataclass
+class DatasetDistillationState:
+    """What the run leaves for its baseline: the distilled set (images, labels, learned rates)."""
+
+    distilled: DistilledSet | None = None
+
+
 class DatasetDistillationParams(Params):
     images_per_class: int = Field(1, ge=1, description="synthetic images per class in each step")
     steps: int = Field(10, ge=1, description="S: synthetic batches (distill_steps)")
@@ -203,6 +211,9 @@ class DatasetDistillation(Method):
     Params = DatasetDistillationParams
     needs_teacher = False
 
+    def new_state(self, ctx: StageContext) -> DatasetDistillationState:
+        return DatasetDistillationState()
+
     def stages(self):
         p = self.params
 
@@ -212,9 +223,9 @@ class DatasetDistillation(Method):
             return DatasetDistiller(ctx.student, ctx.num_classes, shape, p.images_per_class, p.steps, p.epochs,
                                     p.init_lr, p.random_init, p.init, p.checkpoint, p.final_eval, p.beta1)
 
-        def after(ctx, distiller):
+        def after(ctx: StageContext[DatasetDistillationState], distiller):
             d = distiller.distilled()
-            ctx.extras["distilled"] = d
+            ctx.state.distilled = d
             if p.save_path:
                 d.source = getattr(ctx.train_data, "name", "").split("/")[0] or None
                 path = save_distilled(p.save_path, d)
@@ -228,8 +239,8 @@ class DatasetDistillation(Method):
         theta_0 with the same steps and the learned learning rates."""
 
         def random_real(b):
-            d = b.ctx.extras["distilled"]
-            theta0 = b.ctx.results["distill"]["distiller"].student
+            d = b.ctx.state.distilled
+            theta0 = b.ctx.results["distill"].distiller.student
             data = b.train_data
             per_class = d.images.shape[1] // d.num_classes
             gen = torch.Generator().manual_seed(b.seed)

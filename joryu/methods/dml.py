@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from joryu import models as zoo
 from joryu.distiller import Distiller
 from joryu.losses import dml_loss, ensemble_logits
 from joryu.methods.base import Method, Params, Stage, register_method
@@ -134,8 +135,6 @@ def _input_shape(data) -> tuple:
 
 def build_cohort(student: nn.Module, params: DMLParams, num_classes: int, input_shape) -> list[nn.Module]:
     """The cohort: the student first, then the peers (zoo specs, or fresh copies of the student)."""
-    from joryu import models as zoo
-
     if params.peers is not None:
         peers = []
         for spec in params.peers:

@@ -44,6 +44,7 @@ logits only. ``specialists: given`` uses the run's teacher, which must be a ``Sp
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -53,7 +54,7 @@ from pydantic import Field
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import per_sample_vertical_kl, self_paced_weights, vertical_kd_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Method, Params, Stage, StageContext, register_method
 from joryu.models.grouped import attach_vertical_head
 from joryu.outputs import forward
 from joryu.teachers import SpecialistTeacher, contiguous_verticals, freeze, vertical_index
@@ -124,6 +125,14 @@ class KnowledgeConcentrationDistiller(Distiller):
         return {"lambda_min": float(self.lam.min()), "lambda_max": float(self.lam.max())}
 
 
+@dataclass
+class ConcentrationState:
+    """What the specialist stages hand to the distillation: the trained, frozen specialists, one
+    per vertical in order."""
+
+    specialists: list[torch.nn.Module] = field(default_factory=list)
+
+
 class KnowledgeConcentrationParams(Params):
     num_verticals: int = Field(5, ge=1, description="contiguous, equal verticals (unless verticals is given)")
     verticals: list[list[int]] | None = Field(None, description="explicit class lists, one per vertical")
@@ -159,6 +168,9 @@ def _verticals(p: KnowledgeConcentrationParams, num_classes: int) -> list[list[i
 class KnowledgeConcentration(Method):
     Params = KnowledgeConcentrationParams
 
+    def new_state(self, ctx: StageContext) -> ConcentrationState:
+        return ConcentrationState()
+
     def stages(self):
         p = self.params
         stages = []
@@ -185,8 +197,8 @@ class KnowledgeConcentration(Method):
                         q.requires_grad_(True)
                     return VerticalCEDistiller(model.train(), _verticals(p, ctx.num_classes)[k])
 
-                def keep(ctx, d):
-                    ctx.extras.setdefault("specialists", []).append(freeze(d.student))
+                def keep(ctx: StageContext[ConcentrationState], d):
+                    ctx.state.specialists.append(freeze(d.student))
 
                 train = {"epochs": p.specialist_epochs} if p.specialist_epochs else {}
                 stages.append(Stage(f"specialist{k + 1}", build, train=train, data=data, after=keep))
@@ -199,7 +211,7 @@ class KnowledgeConcentration(Method):
                     raise ConfigError("knowledge_concentration with specialists: given needs a SpecialistTeacher")
                 verticals = teacher.verticals
             else:
-                teacher = SpecialistTeacher(ctx.extras["specialists"], verticals, ctx.num_classes)
+                teacher = SpecialistTeacher(ctx.state.specialists, verticals, ctx.num_classes)
             if p.grouped_head:
                 try:
                     attach_vertical_head(ctx.student, verticals, p.group_width, p.head_path)

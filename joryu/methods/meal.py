@@ -37,6 +37,7 @@ Deviations and pitfalls of the official code (AaronHeee/MEAL) that are fixed her
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -47,7 +48,7 @@ from torch import nn
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import Discriminator, discriminator_loss, generator_loss, pool_to, similarity_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Method, Params, Stage, StageContext, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.taps import Taps
 from joryu.teachers import EnsembleTeacher, FrozenTeacher, RandomChoiceTeacher, Teacher
@@ -156,6 +157,14 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     return m.train()
 
 
+@dataclass
+class MEALState:
+    """What MEAL's stages hand over: the teacher networks, the given ones first, then each one
+    a teacher stage trains."""
+
+    teachers: list[nn.Module]
+
+
 class MEALParams(Params):
     num_teachers: int = Field(3, ge=1, description="teachers to choose from; missing ones are trained first")
     adversarial: bool = Field(False, description="add the per-block discriminators (min-max; the paper: on)")
@@ -180,34 +189,30 @@ class MEALParams(Params):
 class MEAL(Method):
     Params = MEALParams
 
+    def new_state(self, ctx: StageContext) -> MEALState:
+        return MEALState(teachers=teacher_models(ctx.teacher))
+
     def stages(self):
         p = self.params
-        stages = []
 
-        def have(ctx):
-            if "teachers" not in ctx.extras:
-                ctx.extras["teachers"] = teacher_models(ctx.teacher)
-            return ctx.extras["teachers"]
+        def teacher_stage(i: int) -> Stage:
+            """Train teacher i + 1 (a re-initialised copy of the first) unless the run gave it."""
 
-        def needed(ctx, i):
-            return len(have(ctx)) <= i
+            def build(ctx: StageContext[MEALState]):
+                return SupervisedDistiller(reinitialised(ctx.state.teachers[0], ctx.seed * 1000 + i))
 
-        for i in range(1, p.num_teachers):
-            def build_teacher(ctx, i=i):
-                ctx.extras[f"train_teacher{i}"] = needed(ctx, i)
-                return SupervisedDistiller(reinitialised(have(ctx)[0], ctx.seed * 1000 + i))
+            def keep(ctx: StageContext[MEALState], d):
+                ctx.state.teachers.append(FrozenTeacher(d.student).model)
 
-            def keep(ctx, d, i=i):
-                if ctx.extras.pop(f"train_teacher{i}"):
-                    ctx.extras["teachers"].append(FrozenTeacher(d.student).model)
+            return Stage(f"teacher{i + 1}", build, after=keep,
+                         skip=lambda ctx: len(ctx.state.teachers) > i)
 
-            stages.append(Stage(f"teacher{i + 1}", build_teacher, after=keep,
-                                train=lambda ctx, i=i: {} if needed(ctx, i) else {"epochs": 0}))
+        def build(ctx: StageContext[MEALState]):
+            return MEALDistiller(ctx.student, ctx.state.teachers[: p.num_teachers], ctx.num_classes,
+                                 student_layers=p.student_layers, teacher_layers=p.teacher_layers,
+                                 pooled_dim=p.pooled_dim, gammas=p.gammas, etas=p.etas,
+                                 adversarial=p.adversarial, similarity=p.similarity,
+                                 label_weight=p.label_weight, d_lr=p.d_lr, seed=ctx.seed,
+                                 d_hidden=p.d_hidden)
 
-        def build(ctx):
-            models = have(ctx)[: p.num_teachers]
-            return MEALDistiller(ctx.student, models, ctx.num_classes, p.student_layers, p.teacher_layers,
-                                 p.pooled_dim, p.gammas, p.etas, p.adversarial, p.similarity, p.label_weight,
-                                 p.d_lr, ctx.seed, d_hidden=p.d_hidden)
-
-        return stages + [Stage("distill", build)]
+        return [teacher_stage(i) for i in range(1, p.num_teachers)] + [Stage("distill", build)]

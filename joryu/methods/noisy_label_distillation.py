@@ -49,6 +49,7 @@ Deviations and best guesses (docs/methods/noisy_label_distillation.md lists the 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import Field
@@ -56,7 +57,7 @@ from pydantic import Field
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import noisy_label_loss, relation_graph
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import Method, Params, Stage, StageContext, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.teachers import FrozenTeacher, Teacher, prepare_for
@@ -139,6 +140,19 @@ class SelectedStudent(SupervisedDistiller):
         return {"chosen_lam": self.chosen, **{f"heldout_acc_lam{k:g}": v for k, v in self.scores.items()}}
 
 
+@dataclass
+class NoisyLabelState:
+    """What the stages hand on: the auxiliary network the auxiliary stages train (None with
+    ``use_teacher``); with ``lam_grid``, the (trained-on rows, held-out clean rows) split, the
+    student's initial copy every candidate starts from, and each lambda's held-out accuracy and
+    trained student."""
+
+    auxiliary: torch.nn.Module | None = None
+    split: tuple[torch.Tensor, torch.Tensor] | None = None
+    init: torch.nn.Module | None = None
+    scores: dict[float, tuple[float, torch.nn.Module]] = field(default_factory=dict)
+
+
 class NoisyLabelParams(Params):
     lam: float = Field(0.5, ge=0, le=1, description="lambda: weight of the given (noisy) label in y^lambda")
     temperature: float = Field(1.0, gt=0, description="T in softmax(f_aux(x)/T)")
@@ -179,17 +193,33 @@ class NoisyLabelDistillation(Method):
     def needs_teacher(self) -> bool:  # the auxiliary is trained here unless the user brings one
         return self.params.use_teacher
 
+    def new_state(self, ctx: StageContext) -> NoisyLabelState:
+        p = self.params
+        split = init = None
+        if p.lam_grid is not None:
+            clean_subset(ctx.train_data)  # fail early if nothing is marked clean
+            split = split_clean(ctx.train_data, p.lam_holdout, ctx.seed)
+            init = copy.deepcopy(ctx.student)
+        return NoisyLabelState(auxiliary=None if p.use_teacher else copy.deepcopy(ctx.student),
+                               split=split, init=init)
+
     def stages(self):
         p = self.params
         stages = []
+
+        def trained_rows(ctx: StageContext[NoisyLabelState]):
+            """The data the method trains on: all rows, less the held-out clean rows with lam_grid."""
+            if ctx.state.split is None:
+                return ctx.train_data
+            keep, _ = ctx.state.split
+            return ctx.train_data.subset(keep, ctx.train_data.name + "/train")
+
         if not p.use_teacher:
-            def aux_net(ctx):
-                if "auxiliary" not in ctx.extras:
-                    ctx.extras["auxiliary"] = copy.deepcopy(ctx.student)
-                return ctx.extras["auxiliary"]
+            def train_auxiliary(ctx: StageContext[NoisyLabelState]):
+                return SupervisedDistiller(ctx.state.auxiliary)
 
             if p.pretrain_on_all:
-                stages.append(Stage("pretrain", lambda ctx: SupervisedDistiller(aux_net(ctx)),
+                stages.append(Stage("pretrain", train_auxiliary,
                                     train={"epochs": p.pretrain_epochs} if p.pretrain_epochs else {}))
             aux_train = {}
             if p.aux_epochs:
@@ -198,22 +228,12 @@ class NoisyLabelDistillation(Method):
                 aux_train["lr"] = p.aux_lr
             if p.aux_batch_size:
                 aux_train["batch_size"] = p.aux_batch_size
-            stages.append(Stage("auxiliary", lambda ctx: SupervisedDistiller(aux_net(ctx)), train=aux_train,
+            stages.append(Stage("auxiliary", train_auxiliary, train=aux_train,
                                 data=lambda ctx: clean_subset(trained_rows(ctx))))
 
-        def trained_rows(ctx):
-            """The data the method trains on: all rows, less the held-out clean rows with lam_grid."""
-            if p.lam_grid is None:
-                return ctx.train_data
-            if "nld_split" not in ctx.extras:
-                clean_subset(ctx.train_data)
-                ctx.extras["nld_split"] = split_clean(ctx.train_data, p.lam_holdout, ctx.seed)
-            keep, _ = ctx.extras["nld_split"]
-            return ctx.train_data.subset(keep, ctx.train_data.name + "/train")
-
-        def auxiliary(ctx):
+        def auxiliary(ctx: StageContext[NoisyLabelState]):
             clean_subset(ctx.train_data)  # fail early if nothing is marked clean
-            aux = ctx.teacher if p.use_teacher else FrozenTeacher(ctx.extras["auxiliary"])
+            aux = ctx.teacher if p.use_teacher else FrozenTeacher(ctx.state.auxiliary)
             return prepare_for(ctx, aux, fold=p.fast_teacher, cache=p.teacher_cache)
 
         if p.lam_grid is None:
@@ -229,25 +249,23 @@ class NoisyLabelDistillation(Method):
             raise ConfigError(f"method.params.lam_grid values must lie in [0, 1], got {p.lam_grid}")
 
         def candidate(lam):
-            def build(ctx):
-                trained_rows(ctx)
-                init = ctx.extras.setdefault("nld_init", copy.deepcopy(ctx.student))
-                return NoisyLabelDistiller(copy.deepcopy(init), auxiliary(ctx), lam, p.temperature,
+            def build(ctx: StageContext[NoisyLabelState]):
+                return NoisyLabelDistiller(copy.deepcopy(ctx.state.init), auxiliary(ctx), lam, p.temperature,
                                            p.relation(ctx.num_classes))
 
-            def score(ctx, d):
-                _, held = ctx.extras["nld_split"]
+            def score(ctx: StageContext[NoisyLabelState], d):
+                _, held = ctx.state.split
                 acc = heldout_accuracy(d.student, ctx.train_data.subset(held, ctx.train_data.name + "/heldout"))
-                ctx.extras.setdefault("nld_scores", {})[lam] = (acc, d.student)
+                ctx.state.scores[lam] = (acc, d.student)
 
             return Stage(f"distill_lam{lam:g}", build, data=trained_rows, after=score)
 
-        def select(ctx):
-            scores = ctx.extras["nld_scores"]
+        def select(ctx: StageContext[NoisyLabelState]):
+            scores = ctx.state.scores
             best = max(grid, key=lambda v: scores[v][0])  # grid is descending: ties go to the larger lambda
             ctx.student.load_state_dict(scores[best][1].state_dict())
             return SelectedStudent(ctx.student, best, {k: v[0] for k, v in scores.items()})
 
         stages += [candidate(lam) for lam in grid]
-        stages.append(Stage("select", select, train={"epochs": 0}, data=trained_rows))
+        stages.append(Stage("select", select, trains=False))  # a step: chooses, trains nothing
         return stages

@@ -41,6 +41,7 @@ predictive samples). Deviations and best guesses:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from joryu.losses.posterior import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from joryu.methods.base import Baseline, Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
 from joryu.outputs import forward
 
 
@@ -214,6 +215,14 @@ class APDDistiller(Distiller):
         return {"gen_std": float(gen.std(0).mean()), "sgld_std": float(self.samples.std(0).mean())}
 
 
+@dataclass
+class PosteriorState:
+    """What the sampling stage hands to the GAN stage: the kept SGLD samples, one flattened
+    parameter vector per row (at most ``max_samples``, the latest)."""
+
+    samples: torch.Tensor | None = None
+
+
 class PosteriorDistillationParams(Params):
     sgld_lr: float = Field(0.05, gt=0, description="epsilon (reference config 0.05 with N = 50k); step h = eps/N")
     sgld_step: float | None = Field(None, gt=0, description="h = eps/N directly (reference 1e-6); overrides sgld_lr")
@@ -244,6 +253,9 @@ class PosteriorDistillation(Method):
     Params = PosteriorDistillationParams
     needs_teacher = False
 
+    def new_state(self, ctx: StageContext) -> PosteriorState:
+        return PosteriorState()
+
     def stages(self):
         p = self.params
 
@@ -251,11 +263,11 @@ class PosteriorDistillation(Method):
             return SGLDDistiller(ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin,
                                  p.noise, step=p.sgld_step)
 
-        def keep_samples(ctx, distiller):
-            ctx.extras["samples"] = distiller.sample_tensor()[-p.max_samples:]
+        def keep_samples(ctx: StageContext[PosteriorState], distiller):
+            ctx.state.samples = distiller.sample_tensor()[-p.max_samples:]
 
-        def build_gan(ctx):
-            return APDDistiller(ctx.student, ctx.extras["samples"], p.z_dim, p.hidden, p.layers, p.n_critic,
+        def build_gan(ctx: StageContext[PosteriorState]):
+            return APDDistiller(ctx.student, ctx.state.samples, p.z_dim, p.hidden, p.layers, p.n_critic,
                                 p.gp_weight, p.gan_batch, betas=p.gan_betas, standardize=p.standardize,
                                 num_predictive=p.num_predictive)
 
@@ -290,7 +302,7 @@ class PosteriorDistillation(Method):
                 step=p.sgld_step))
 
         def sgld(b):
-            return ParameterEnsemble(b.ctx.results["sample"]["distiller"].student, b.ctx.extras["samples"])
+            return ParameterEnsemble(b.ctx.results["sample"].distiller.student, b.ctx.state.samples)
 
         return [Baseline("SGD (MAP, same iterations)", sgd, folder="baseline_sgd"),
                 Baseline("SGLD samples' ensemble", sgld)]

@@ -43,6 +43,7 @@ Deviations and best guesses:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch.nn.functional as F
@@ -52,8 +53,14 @@ from torch import nn
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import feature_l2_loss, kd_loss
-from joryu.methods._features import count_macs, run_until, tapped_teacher
-from joryu.methods.base import Baseline, Method, Params, Stage, register_method
+from joryu.methods._features import (
+    count_macs,
+    on_device_of,
+    run_until,
+    sample_input,
+    tapped_teacher,
+)
+from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
 from joryu.methods.kd import kd_objective
 from joryu.outputs import forward
 from joryu.taps import Taps, resolve
@@ -226,6 +233,15 @@ class FinetuneDistiller(Distiller):
         return {"loss": self.alpha * soft + (1 - self.alpha) * ce, "kd": soft, "ce": ce}
 
 
+@dataclass
+class BlockwiseState:
+    """What the block steps hand on: the hybrid network (the teacher's copy whose blocks are
+    replaced one step at a time, and the final student) and the student block of each path."""
+
+    hybrid: nn.Module
+    blocks: list[nn.Module]
+
+
 class ProgressiveBlockwiseParams(Params):
     blocks: list[str] = Field(..., min_length=1, description="teacher module paths of the blocks, input side first")
     ratio: float = Field(0.5, gt=0, le=1, description="fraction of each conv's filters kept in a student block")
@@ -247,42 +263,41 @@ class ProgressiveBlockwiseParams(Params):
 class ProgressiveBlockwise(Method):
     Params = ProgressiveBlockwiseParams
 
+    def new_state(self, ctx: StageContext) -> BlockwiseState:
+        """The hybrid network (a copy of the teacher) and the student block of each path."""
+        p = self.params
+        teacher = getattr(ctx.teacher, "model", None)
+        if not isinstance(teacher, nn.Module):
+            raise ConfigError("progressive_blockwise builds the student from the teacher's network: the "
+                              "teacher must be a single network (a FrozenTeacher)")
+        if p.student_blocks == "halve":
+            if ctx.student is not None and not _same_architecture(ctx.student, teacher):
+                raise ConfigError(f"progressive_blockwise builds its student by halving the teacher's blocks; "
+                                  f"the configured student ({type(ctx.student).__name__}, "
+                                  f"{sum(q.numel() for q in ctx.student.parameters())} parameters) is not the "
+                                  "teacher's architecture: configure the teacher's, or set student_blocks: "
+                                  "student to use the student's modules at the block paths")
+            new = [student_block(resolve(teacher, b), p.ratio) for b in p.blocks]
+            _check_smaller(teacher, p.blocks, new)
+        else:
+            new = [_student_module(ctx, teacher, b) for b in p.blocks]
+        return BlockwiseState(hybrid=copy.deepcopy(teacher), blocks=new)
+
     def stages(self):
         p = self.params
 
-        def setup(ctx):
-            if "pbkd_hybrid" not in ctx.extras:
-                teacher = getattr(ctx.teacher, "model", None)
-                if not isinstance(teacher, nn.Module):
-                    raise ConfigError("progressive_blockwise builds the student from the teacher's network: the "
-                                      "teacher must be a single network (a FrozenTeacher)")
-                if p.student_blocks == "halve":
-                    if ctx.student is not None and not _same_architecture(ctx.student, teacher):
-                        raise ConfigError(f"progressive_blockwise builds its student by halving the teacher's blocks; "
-                                          f"the configured student ({type(ctx.student).__name__}, "
-                                          f"{sum(q.numel() for q in ctx.student.parameters())} parameters) is not the "
-                                          "teacher's architecture: configure the teacher's, or set student_blocks: "
-                                          "student to use the student's modules at the block paths")
-                    new = [student_block(resolve(teacher, b), p.ratio) for b in p.blocks]
-                    _check_smaller(teacher, p.blocks, new)
-                else:
-                    new = [_student_module(ctx, teacher, b) for b in p.blocks]
-                ctx.extras["pbkd_new"] = new
-                ctx.extras["pbkd_hybrid"] = copy.deepcopy(teacher)
-            return ctx.extras["pbkd_hybrid"]
-
         def build_step(i):
-            def build(ctx):
-                hybrid = setup(ctx)
-                replace_module(hybrid, p.blocks[i], ctx.extras["pbkd_new"][i])
+            def build(ctx: StageContext[BlockwiseState]):
+                hybrid = ctx.state.hybrid
+                replace_module(hybrid, p.blocks[i], ctx.state.blocks[i])
                 teacher = (tapped_teacher(ctx.teacher, {"block": p.blocks[i]}) if p.loss == "local"
                            else prepare_for(ctx))
                 return BlockStepDistiller(hybrid, teacher, i, p.blocks, p.loss, p.freeze_earlier, p.temperature,
                                           p.alpha)
             return build
 
-        def build_finetune(ctx):
-            return FinetuneDistiller(setup(ctx), prepare_for(ctx), p.finetune_loss, p.temperature, p.alpha)
+        def build_finetune(ctx: StageContext[BlockwiseState]):
+            return FinetuneDistiller(ctx.state.hybrid, prepare_for(ctx), p.finetune_loss, p.temperature, p.alpha)
 
         step_train = {}
         if p.step_epochs is not None:
@@ -324,8 +339,6 @@ class ProgressiveBlockwise(Method):
 def _student_module(ctx, teacher: nn.Module, path: str) -> nn.Module:
     """The configured student's module at ``path`` (a trainable copy), checked to give the teacher
     block's output shape on a sample batch."""
-    from joryu.methods._features import on_device_of, sample_input
-
     if ctx.student is None:
         raise ConfigError("progressive_blockwise with student_blocks: student needs a configured student")
     try:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from joryu.errors import ConfigError
+from joryu.teachers.base import weights_fingerprint
 
 
 def reinitialise(model: nn.Module, seed: int, skip: set[int] | frozenset = frozenset()) -> nn.Module:
@@ -58,6 +59,4 @@ def seed_from(model: nn.Module, salt: int = 0) -> int:
     the run's seed (through the starting student's initial weights) without a global RNG draw, so a
     resumed run re-creates the same networks.
     """
-    from joryu.teachers.base import weights_fingerprint
-
     return (int(weights_fingerprint(model)[:8], 16) + 7919 * int(salt)) % (2**31 - 1)

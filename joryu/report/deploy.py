@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from joryu.data import TensorData
+from joryu.data import example_batch as batch_of
 from joryu.outputs import forward
 
 
@@ -49,14 +51,10 @@ def example_batch(data, key, n: int):
     loaders prepare them; falls back to random normal inputs when ``data`` is a shape. For a model
     with several inputs (``key`` a list or mapping, or a key the data lacks because the model
     declares its own inputs), a batch dict of every tensor the data has."""
-    from joryu.data import TensorData
-
     if isinstance(data, (tuple, list)):
         return torch.randn(n, *data)
     has_key = isinstance(key, str) and (key in data.tensors if isinstance(data, TensorData) else key in data[0])
     if not has_key:
-        from joryu.data import example_batch as batch_of
-
         b = batch_of(data, n)
         return {k: _repeat_to(v, n) for k, v in b.items() if isinstance(v, torch.Tensor)}
     if isinstance(data, TensorData):

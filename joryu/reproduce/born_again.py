@@ -41,7 +41,7 @@ def _next_generation(prev, ctx, st, variant="kd", temperature=1.0):
     m.stages = lambda: stages
     set_seed(ctx.seed)
     _, res = run_stages(m, student=copy.deepcopy(prev), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label=f"born_again/{variant}", num_classes=10)
-    return res["gen2"]["distiller"].student
+    return res["gen2"].distiller.student
 
 
 def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:

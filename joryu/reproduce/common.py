@@ -52,8 +52,6 @@ def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, se
 
     A bundle with its own validation split (e.g. ``mnist100``, whose splits are built from disjoint
     source images) keeps its three splits as they are: pooling them would mix the pools."""
-    from joryu.data import TensorData
-
     if bundle.val is not None:
         return bundle.train, bundle.val, bundle.test
     tr, te = bundle.train, bundle.test

@@ -48,8 +48,8 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
     def data_distillation(ctx):
         params = {**ctx.common, "shifts": 2, "shift_step": 2}
         net, res = run_stages(get_method("data_distillation", params), student=student(ctx), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=aug, progress=False, resume=False, label="data distillation", num_classes=10)
-        ctx.sup = res["supervised"]["distiller"].student  # stage 1: the model trained on the labelled set alone
-        ctx.pseudo_multi = res["retrain"]["distiller"].pseudo_stats
+        ctx.sup = res["supervised"].distiller.student  # stage 1: the model trained on the labelled set alone
+        ctx.pseudo_multi = res["retrain"].distiller.pseudo_stats
         return score(net, ctx)
 
     def supervised_only(ctx):  # stage 1 of the data-distillation run (its training time is in that arm's)
@@ -58,7 +58,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
     def single(ctx):
         params = {**ctx.common, "shifts": 0, "teacher": "given"}
         net, res = run_stages(get_method("data_distillation", params), student=student(ctx), teacher=FrozenTeacher(ctx.sup), train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=aug, progress=False, resume=False, label="self-training", num_classes=10)
-        ctx.pseudo_single = res["retrain"]["distiller"].pseudo_stats
+        ctx.pseudo_single = res["retrain"].distiller.pseudo_stats
         return score(net, ctx)
 
     def tables(r):

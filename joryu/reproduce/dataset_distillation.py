@@ -35,7 +35,7 @@ def _distill(model, train, params: dict, outer_steps: int, seed: int, progress: 
                       scheduler="constant", log_every=1000)
     t = time.perf_counter()
     _, res = run_stages(get_method("dataset_distillation", params), student=model, teacher=None, train=train, val=None, train_cfg=cfg, run_dir=None, seed=seed, augment=None, progress=progress, resume=False, label="dataset_distillation", num_classes=train.num_classes)
-    distiller = res["distill"]["distiller"]
+    distiller = res["distill"].distiller
     return distiller.distilled(), copy.deepcopy(distiller.student), time.perf_counter() - t
 
 

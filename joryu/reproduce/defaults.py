@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 
 from joryu import models
+from joryu.atomic import atomic_write_text
 from joryu.data import load, split_validation
+from joryu.data.fields import apply_fields
+from joryu.methods import get_method
 from joryu.reproduce.common import accuracy, predict, seeded, train
 from joryu.teachers import FrozenTeacher
 
@@ -83,9 +86,6 @@ def parse_grid(sets: list[str]) -> list[dict]:
 def sweep(method: str, grid: list[dict], seeds: int = 2, quick: bool = False, fixed: dict | None = None,
           fields: dict | None = None, pairs: list[str] | None = None, progress: bool = True) -> dict:
     """Validation accuracy of the student alone and with ``method`` at each grid point, per pair and seed."""
-    from joryu.data.fields import apply_fields
-    from joryu.methods import get_method
-
     needs_teacher = getattr(get_method(method, fixed or {}), "needs_teacher", True)
     out = {"method": method, "fixed": fixed or {}, "fields": fields or {}, "grid": grid, "pairs": {}}
     for pname, p in _pairs(quick).items():
@@ -172,7 +172,6 @@ def main(argv=None) -> int:
     res = sweep(a.method, grid, a.seeds, a.quick, json.loads(a.fixed), json.loads(a.fields),
                 [p for p in a.pairs.split(",") if p] or None)
     command = "python -m joryu.reproduce.defaults " + " ".join(sys.argv[1:] if argv is None else argv)
-    from joryu.atomic import atomic_write_text
 
     out = Path(a.out) / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)

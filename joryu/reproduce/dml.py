@@ -89,7 +89,7 @@ def _study(evaluate: str, st: dict, bench: str) -> Study:
         set_seed(ctx.seed)
         _, res = run_stages(m, student=copy.deepcopy(ctx.init[0]), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label="dml",
                             num_classes=ctx.d.num_classes)
-        return scores(ctx, list(res["mutual"]["distiller"].cohort))
+        return scores(ctx, list(res["mutual"].distiller.cohort))
 
     ALONE, DML = "independent: the two networks trained alone", "DML: the two networks as a cohort (sequential update)"
     claim = ("Networks trained as a mutual-learning cohort generalise better than the same networks trained "

@@ -58,7 +58,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
                   "specialist_epochs": ep(SPEC_EPOCHS)}
         throwaway = seeded(0, models.create, "mlp", input_shape=d.input_shape, num_classes=C, hidden=(HIDDEN,))
         _, res = run_stages(get_method("knowledge_concentration", params), student=throwaway, teacher=FrozenTeacher(proto), train=tr, val=None, train_cfg=TrainConfig(epochs=1, batch_size=128), run_dir=None, seed=0, augment=None, progress=False, resume=False, label="specialists", num_classes=C)
-        specialists = res["distill"]["distiller"].teacher
+        specialists = res["distill"].distiller.teacher
         ev = te if evaluate == "test" else va
         x = ev.prepare_input(ev.tensors["input"])
         sp_logits = specialists({"input": x, "target": ev.targets}).logits

@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 
 from joryu import models
+from joryu.config import TrainConfig
 from joryu.data import load
 from joryu.data.fields import apply_fields
+from joryu.methods import get_method
 from joryu.methods.noisy_label_distillation import clean_subset
 from joryu.reproduce.claims import Table
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
+from joryu.run.stages import run_stages
 
 LAM_GRID = (0.0, 0.25, 0.5)  # lambda chosen from these on held-out clean rows, fixed before any run
 GROUPS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # the hand-made "knowledge graph" (see choices)
@@ -23,13 +26,10 @@ def _selected(net, data, cfg, seed, params, progress=False):
     """The method's full pipeline through the engine; returns (student, chosen lambda)."""
     from accelerate.utils import set_seed
 
-    from joryu.config import TrainConfig
-    from joryu.methods import get_method
-    from joryu.run.stages import run_stages
 
     set_seed(seed)
     student, res = run_stages(get_method("noisy_label_distillation", params), student=net, teacher=None, train=data, val=None, train_cfg=TrainConfig(**cfg), run_dir=None, seed=seed, augment=None, progress=progress, resume=False, label="distill (lam_grid)", num_classes=data.num_classes)
-    return student, res["select"]["distiller"].chosen
+    return student, res["select"].distiller.chosen
 
 
 @register_reproduction("noisy_label_distillation", default_seeds=5, quick_seeds=2,

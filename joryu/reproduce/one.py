@@ -10,6 +10,7 @@ from accelerate.utils import set_seed
 from joryu import models
 from joryu.config import TrainConfig
 from joryu.data import Augment, load
+from joryu.engine import Engine
 from joryu.methods import get_method
 from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
 from joryu.reproduce.protocol import Arm, Compare, Study
@@ -31,8 +32,6 @@ METRICS = ["test acc (%)", "train acc (%)"]
 
 
 def _evaluate(distiller, data) -> dict:
-    from joryu.engine import Engine
-
     out = Engine(TrainConfig(), None, progress=False).evaluate(distiller, data, "ev")
     return {k.split("/")[1]: v for k, v in out.items() if k.count("/") == 2 and k.endswith("/acc")}
 
@@ -65,7 +64,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
                                "rampup_epochs": st["rampup"] * ctx.cfg.epochs})
         set_seed(ctx.seed)
         student, res = run_stages(m, student=copy.deepcopy(init(ctx)), teacher=None, train=ctx.tr, val=None, train_cfg=ctx.cfg, run_dir=None, seed=ctx.seed, augment=ctx.aug, progress=False, resume=False, label="one", num_classes=10)
-        d = res["one"]["distiller"]
+        d = res["one"].distiller
         ctx.ev_one, ctx.tr_one = _evaluate(d, ctx.ev), _evaluate(d, ctx.tr)
         return {"test acc (%)": ctx.ev_one["one"], "train acc (%)": ctx.tr_one["one"]}
 

@@ -59,7 +59,8 @@ def _mlp(shape):
 
 def _sgd(ctx, eval_key="te"):
     sgd_method = get_method("posterior_distillation", {**_params(ctx.quick), "noise": False})
-    only_sample = SimpleNamespace(name="sgd", stages=lambda m=sgd_method: m.stages()[:1])
+    only_sample = SimpleNamespace(name="sgd", stages=lambda m=sgd_method: m.stages()[:1],
+                                  new_state=sgd_method.new_state)
     net, _ = run_stages(only_sample, student=seeded(ctx.seed, _mlp, ctx.shape), teacher=None, train=ctx.tr, val=None, train_cfg=TrainConfig(epochs=1, log_every=1000), run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="sgd", num_classes=10)
     net.eval()
     with torch.no_grad():
@@ -70,7 +71,7 @@ def _sgld(ctx, eval_key="te"):
     """One run of the method: the SGLD chain, then the GAN on its samples (the APD arm reads the generator)."""
     method = get_method("posterior_distillation", _params(ctx.quick))
     ens, res = run_stages(method, student=seeded(ctx.seed, _mlp, ctx.shape), teacher=None, train=ctx.tr, val=None, train_cfg=TrainConfig(epochs=1, log_every=1000), run_dir=None, seed=ctx.seed, augment=None, progress=False, resume=False, label="apd", num_classes=10)
-    apd = res["gan"]["distiller"]
+    apd = res["gan"].distiller
     ctx.ensemble, ctx.apd = ens, apd
     with torch.no_grad():
         return _metrics(lambda x: ensemble_probs(apd.student, apd.samples, x), ctx[eval_key])

@@ -42,9 +42,8 @@ class ReproInfo:
 
 
 def _discover() -> None:
-    import joryu.reproduce as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    """Import every reproduction module of this package (each registers itself)."""
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.name != "registry":
             importlib.import_module(f"joryu.reproduce.{mod.name}")
 

@@ -135,7 +135,7 @@ def run_comparison(cfg: ExperimentConfig, methods: list[str], run_dir=None, prog
                 out.refused[name] = f"failed while training on seed {s}: {one_line(e)}"
                 runnable = [(n, mm) for n, mm in runnable if n != name]
                 continue
-            last = list(res.values())[-1]["distiller"]
+            last = [r.distiller for r in res.values() if r.distiller is not None][-1]
             last.eval()
             arms[(name, s)] = Arm(last.eval_logits, cost_of(res))
             if s == out.seeds[0]:

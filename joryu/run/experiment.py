@@ -44,7 +44,7 @@ class _OneStage(Method):
 
 class BaselineContext:
     """What a method's ``Baseline.run`` gets: the run's config, data and seed, the method's stage
-    context (``ctx.results``, ``ctx.extras``) and deployed network, and ways to train a comparison
+    context (``ctx.results``, ``ctx.state``) and deployed network, and ways to train a comparison
     with the run's code and budget (``train``)."""
 
     def __init__(self, exp: Experiment, ctx: StageContext, deployed, train, val, bundle, augment,
@@ -79,7 +79,7 @@ class BaselineContext:
                                 val=self.val, train_cfg=cfg, run_dir=rd / self.folder if rd else None,
                                 seed=self.seed, augment=self.augment, progress=self.exp.progress,
                                 resume=self.exp.resume, label=self.label, num_classes=self.num_classes)
-        self.histories[self.label] = res["train"]["history"]
+        self.histories[self.label] = res["train"].history
         self.costs[self.label] = cost_of(res)
         if build is None:
             self.ce_runs.add(self.label)  # its training loss is the label cross-entropy
@@ -88,9 +88,11 @@ class BaselineContext:
 
 def cost_of(results: dict) -> dict:
     """What a trained arm cost: batches stepped and training seconds, summed over its stages."""
-    return {"batches": int(sum(r.get("steps", 0) or 0 for r in results.values())),
-            "train_time_s": float(sum(r.get("train_time_s", 0.0) or 0.0 for r in results.values())),
-            "stages": len(results)}
+    trained = [r for r in results.values() if not r.skipped]
+    return {"batches": int(sum(r.steps or 0 for r in trained)),
+            "updates": int(sum(getattr(r, "updates", 0) or 0 for r in trained)),
+            "train_time_s": float(sum(r.train_time_s or 0.0 for r in trained)),
+            "stages": len(trained)}
 
 
 @dataclass
@@ -194,7 +196,7 @@ class Experiment:
         self.train_cfg = train_cfg
         bundle = load_data(cfg.data)
         if cfg.data.augment is not None:
-            augment = Augment(**cfg.data.augment.model_dump())
+            augment = cfg.data.augment
         else:  # transforms from the config replace the dataset's default batch augmentation
             augment = Augment() if cfg.data.transform is not None else bundle.augment
         if bundle.val is not None:
@@ -273,7 +275,7 @@ class Experiment:
         if teacher is not None:
             nets["teacher"] = (teacher_model, cfg.teacher.input_key)
             if teacher_result:
-                histories["teacher"] = teacher_result["history"]
+                histories["teacher"] = teacher_result.history
 
         arms = self._train_arms(p, teacher, cfg.seed, rd)
         student, last, label = arms.student, arms.last, arms.label
@@ -337,8 +339,8 @@ class Experiment:
                                   train_cfg=p.train_cfg, run_dir=root / cfg.method.name if root else None,
                                   seed=seed, augment=p.augment, progress=self.progress, resume=self.resume,
                                   label=label, num_classes=p.bundle.num_classes, context=ctx)
-        histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r["history"]
-                     for stage_name, r in res.items()}
+        histories = {(f"{label} ({stage_name})" if len(res) > 1 else label): r.history
+                     for stage_name, r in res.items() if not r.skipped}
         ce_runs = set(histories) if self.method.labels_only else set()
         costs = {label: cost_of(res)}
         nets = {}
@@ -353,7 +355,7 @@ class Experiment:
             histories = {**bctx.histories, **histories}
             ce_runs |= bctx.ce_runs
             costs.update(bctx.costs)
-        last = list(res.values())[-1]["distiller"]
+        last = [r.distiller for r in res.values() if r.distiller is not None][-1]
         return Arms(seed, student, last, label, nets, histories, ce_runs, costs)
 
     def _top1(self, predict, data) -> float:

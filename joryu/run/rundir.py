@@ -25,7 +25,9 @@ from pathlib import Path
 import yaml
 
 from joryu import atomic
-from joryu.errors import RunDirError
+from joryu.config import build_config
+from joryu.errors import ConfigError, JoryuError, RunDirError
+from joryu.methods import get_method
 
 # Dotted config keys that do not change what a run computes: they may differ on --resume.
 # A key matches if it equals an entry or ends with "." + entry.
@@ -166,9 +168,6 @@ def plan_run_dir(cfg, out: str | os.PathLike | None = None, overwrite: bool = Fa
 def _normalised(dumped: dict) -> dict:
     """A dumped config with the method's parameters filled in with their defaults, so that
     ``temperature: 4.0`` written out and the same default left implicit compare equal."""
-    from joryu.errors import JoryuError
-    from joryu.methods import get_method
-
     out = dict(dumped)
     method = dict(out.get("method") or {})
     try:
@@ -181,9 +180,6 @@ def _normalised(dumped: dict) -> dict:
 
 
 def _plan_resume(cfg, path: Path) -> RunPlan:
-    from joryu.config import build_config
-    from joryu.errors import ConfigError
-
     if not path.is_dir():
         raise RunDirError(f"--resume: no run folder {path} to resume; start the run without --resume")
     saved_file = path / "config.yaml"

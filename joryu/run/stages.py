@@ -5,7 +5,9 @@ before training.
 what ``Experiment``, ``joryu.distill``, the baselines and the reproductions call. Each stage gets
 its training settings merged with the run's and validated (``stage_config``), its data, a
 Distiller built from the shared ``StageContext``, and one ``Engine``; what it leaves goes into
-``ctx.results`` and its ``after`` hook hands over to the next stage.
+``ctx.results`` (a ``StageResult``), and its ``after`` hook hands over to the next stage through
+the method's typed ``ctx.state``. A stage whose ``skip(ctx)`` is true builds and trains nothing
+and is recorded as skipped; a step with ``trains=False`` builds its network without the engine.
 
 ``dry=True`` is the check before training, the same loop in another mode: the same context, the
 same stage builders and the same ``Engine`` set-up (device, loader, optimizers, schedules,
@@ -35,7 +37,7 @@ from joryu.data import Augment
 from joryu.engine import Engine, load_weights, save_weights
 from joryu.errors import ConfigError, JoryuError, one_line
 from joryu.losses import positions
-from joryu.methods import StageContext
+from joryu.methods import StageContext, StageResult
 from joryu.models.build import probe_logits
 from joryu.run.process import is_main
 
@@ -139,19 +141,20 @@ def _stage_label(label: str, stage_name: str, n_stages: int) -> str:
     return f"{label}:{stage_name}" if n_stages > 1 else label
 
 
-def _dry_stage(engine: Engine, distiller, data, augment, where: str) -> None:
+def _checked(where: str, what: str, fn, *args):
+    """``fn(*args)`` in the check before training: a failure becomes one line naming ``where``."""
     try:
-        engine.dry_step(distiller, data, augment)
+        return fn(*args)
     except JoryuError as e:
         if os.environ.get("JORYU_DEBUG"):
             raise
-        raise type(e)(f"check before training, stage {where}: {one_line(e)}") from None
+        raise type(e)(f"check before training, {where}: {one_line(e)}") from None
     except Exception as e:
         if os.environ.get("JORYU_DEBUG"):
             raise
-        raise ConfigError(f"check before training, stage {where} failed on one batch: "
-                          f"{type(e).__name__}: {one_line(e)} (nothing was trained; set "
-                          "JORYU_DEBUG=1 for the traceback)") from None
+        raise ConfigError(f"check before training, {where} failed {what}: {type(e).__name__}: "
+                          f"{one_line(e)} (nothing was trained; set JORYU_DEBUG=1 for the "
+                          "traceback)") from None
 
 
 def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, val=None,
@@ -159,9 +162,11 @@ def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, 
                progress: bool = True, resume: bool = False, label: str | None = None,
                num_classes: int | None = None, context: StageContext | None = None,
                dry: bool = False):
-    """Run ``method``'s stages; returns (deployable network, ``ctx.results``).
+    """Run ``method``'s stages; returns (deployable network, ``ctx.results``: stage name ->
+    ``StageResult``).
 
-    ``context``: the StageContext to use (and fill), when the caller needs it later.
+    ``context``: the StageContext to use (and fill), when the caller needs it later (its
+    ``state`` is made here by ``method.new_state`` unless it has one).
     ``dry``: the check before training (see the module docstring); returns (None, checked stage
     labels) and leaves ``student`` and ``teacher`` as they were."""
     ctx = context or StageContext(student=student, teacher=teacher, train_data=train,
@@ -171,8 +176,12 @@ def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, 
     label = label or method.name
     if dry:
         with preserved_rng(), restored(student, teacher):
+            if ctx.state is None:
+                ctx.state = _checked(label, "to set up", method.new_state, ctx)
             return None, _run(method, ctx, train, val, train_cfg, None, seed, augment, False, False,
                               label, dry=True)
+    if ctx.state is None:
+        ctx.state = method.new_state(ctx)
     return _run(method, ctx, train, val, train_cfg, run_dir, seed, augment, progress, resume, label)
 
 
@@ -182,32 +191,27 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
     distiller, checked = None, []
     for stage in stages:
         name = _stage_label(label, stage.name, len(stages))
+        if stage.skip is not None and stage.skip(ctx):
+            ctx.results[stage.name] = StageResult(skipped=True)
+            continue
         overrides = stage.train(ctx) if callable(stage.train) else stage.train
         cfg = stage_config(train_cfg, overrides, f"stage {name} train")
         sdir = (run_dir / stage.name if len(stages) > 1 else run_dir) if run_dir is not None else None
         if dry:
-            try:
-                stage_train = stage.data(ctx) if stage.data is not None else train
-                distiller = stage.build(ctx)
-            except JoryuError as e:
-                raise type(e)(f"check before training, stage {name}: {one_line(e)}") from None
-            except Exception as e:
-                if os.environ.get("JORYU_DEBUG"):
-                    raise
-                raise ConfigError(f"check before training, stage {name} failed to build: "
-                                  f"{type(e).__name__}: {one_line(e)} (set JORYU_DEBUG=1 for the "
-                                  "traceback)") from None
-            if cfg.epochs > 0:
+            stage_train = (_checked(f"stage {name}", "to build", stage.data, ctx)
+                           if stage.data is not None else train)
+            distiller = _checked(f"stage {name}", "to build", stage.build, ctx)
+            if stage.trains and cfg.epochs > 0:
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,
                                 progress=False)
-                _dry_stage(engine, distiller, stage_train, augment, name)
+                _checked(f"stage {name}", "on one batch", engine.dry_step, distiller, stage_train,
+                         augment)
             checked.append(name)
             # What follows one step (the stage's hand-over to the next) may legitimately need a
             # trained stage (e.g. posterior samples): a failure there ends the check quietly,
             # since the real run may well pass it.
             try:
-                ctx.results[stage.name] = {"distiller": distiller, "history": [], "val": {},
-                                           "train_time_s": 0.0, "samples_per_s": 0.0}
+                ctx.results[stage.name] = StageResult(distiller=distiller)
                 if stage.after is not None:
                     stage.after(ctx, distiller)
             except Exception:  # noqa: BLE001
@@ -215,25 +219,37 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             continue
         stage_train = stage.data(ctx) if stage.data is not None else train
         distiller = stage.build(ctx)
-        done = sdir / "done.json" if sdir is not None else None
-        if resume and done is not None and done.is_file():
-            full = sdir / "distiller.safetensors"  # older runs kept the Distiller in final.safetensors
-            load_weights(distiller, full if full.is_file() else sdir / "final.safetensors")
-            result = json.loads(done.read_text())
+        if not stage.trains:  # a step: nothing to train, save or resume; scored like a stage
+            engine = Engine(cfg, None, seed=seed, stage=name, progress=False)
+            result = StageResult(distiller, val=engine.evaluate(distiller, val) if val is not None else {})
         else:
-            engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
-            fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
-            result = {"history": fit.history, "val": fit.val, "train_time_s": fit.train_time_s,
-                      "samples_per_s": fit.samples_per_s, "steps": fit.steps, "updates": fit.updates}
-            if sdir is not None and is_main():
-                # final.safetensors: the deployable network's own state dict (loads into the plain
-                # model); distiller.safetensors: everything the stage trained, for --resume.
-                save_weights(distiller.deployable(), sdir / "final.safetensors")
-                save_weights(distiller, sdir / "distiller.safetensors")
-                atomic_write_text(done, json.dumps(result, indent=1))
-        ctx.results[stage.name] = {"distiller": distiller, **result}
+            result = _train_stage(distiller, stage_train, val, cfg, sdir, seed, name, augment,
+                                  progress, resume)
+        ctx.results[stage.name] = result
         if stage.after is not None:
             stage.after(ctx, distiller)
     if dry:
         return checked
     return distiller.deployable(), ctx.results
+
+
+def _train_stage(distiller, data, val, cfg, sdir, seed, name, augment, progress, resume) -> StageResult:
+    """One stage through the engine, or its saved result when ``resume`` finds it done."""
+    done = sdir / "done.json" if sdir is not None else None
+    if resume and done is not None and done.is_file():
+        full = sdir / "distiller.safetensors"  # older runs kept the Distiller in final.safetensors
+        load_weights(distiller, full if full.is_file() else sdir / "final.safetensors")
+        saved = json.loads(done.read_text())
+        return StageResult(distiller, **{k: v for k, v in saved.items()
+                                         if k in StageResult.__dataclass_fields__})
+    engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
+    fit = engine.fit(distiller, data, val, augment=augment, resume=resume)
+    result = StageResult(distiller, history=fit.history, val=fit.val, train_time_s=fit.train_time_s,
+                         samples_per_s=fit.samples_per_s, steps=fit.steps, updates=fit.updates)
+    if sdir is not None and is_main():
+        # final.safetensors: the deployable network's own state dict (loads into the plain
+        # model); distiller.safetensors: everything the stage trained, for --resume.
+        save_weights(distiller.deployable(), sdir / "final.safetensors")
+        save_weights(distiller, sdir / "distiller.safetensors")
+        atomic_write_text(done, json.dumps(result.summary(), indent=1))
+    return result

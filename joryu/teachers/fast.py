@@ -12,7 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from joryu import meter
 from joryu.outputs import Outputs, forward
-from joryu.teachers.base import Teacher, batch_size, freeze
+from joryu.teachers.base import Teacher, batch_size, freeze, weights_fingerprint
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -155,6 +155,4 @@ class FastTeacher(Teacher):
         return self
 
     def fingerprint(self) -> str:
-        from joryu.teachers.base import weights_fingerprint
-
         return weights_fingerprint(self.model)

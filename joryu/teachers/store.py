@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from joryu.data.sources import as_source, make_loader
 from joryu.errors import ConfigError
 from joryu.losses.positions import class_dim
 from joryu.losses.topk import topk_from_logits
@@ -213,8 +214,6 @@ def build_store(teacher, data, path: str | Path, k: int, *, temperature: float =
 
     Returns the opened ``TopKStore``.
     """
-    from joryu.data.sources import as_source, make_loader
-
     path = Path(path)
     if value_dtype not in VALUE_DTYPES:
         raise ConfigError(f"value_dtype must be one of {', '.join(VALUE_DTYPES)}, got {value_dtype!r}")
