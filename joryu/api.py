@@ -18,7 +18,7 @@ from joryu.data import (
     example_batch,
     split_any,
 )
-from joryu.data.sources import align_labels
+from joryu.data.sources import align_labels, check_labels
 from joryu.errors import ConfigError, DataError, one_line
 from joryu.losses.positions import num_classes
 from joryu.methods import get_method, method_info
@@ -142,6 +142,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         data = as_source(train_data, num_classes, **stream_opts)
         if not isinstance(data, TensorData):
             example_batch(data, 1)
+        check_labels(data, data.num_classes, "train_data")
     except DataError as e:
         raise ConfigError(f"train_data: {one_line(e)}") from None
     if stream_opts and not hasattr(data, "views"):
@@ -158,6 +159,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             raise ConfigError(f"val_data: {one_line(e)}") from None
         if hasattr(val, "for_eval"):
             val = val.for_eval()
+        check_labels(val, data.num_classes, "val_data")
     else:
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")

@@ -191,6 +191,19 @@ def mnist_idx(path: str) -> DataBundle:
     return DataBundle("mnist_idx", train, test, num_classes, tuple(tr["input"].shape[1:]), Augment(shift=2))
 
 
+def _disjoint(train, test) -> None:
+    """Refuse an image that is in both the training and the test folder (a link or a copy)."""
+    from joryu.data.files import file_identities
+
+    paths = [p for p, _ in train.samples] + [p for p, _ in test.samples]
+    keys = file_identities(paths)
+    where = dict(zip(keys[:len(train.samples)], paths))
+    for key, path in zip(keys[len(train.samples):], paths[len(train.samples):]):
+        if key in where:
+            raise DataError(f"test image {path} is the same file as training image {where[key]}; "
+                            "the test split must hold images the model never trained on: delete one")
+
+
 @register_dataset("image_folder", needs_path=True)
 def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
                  test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
@@ -203,6 +216,7 @@ def image_folder(path: str, image_size: int | None = None, test_path: str | None
         if test.classes != full.classes:
             raise DataError(f"class folders differ between {path} and {test_path}: "
                             f"{full.classes} vs {test.classes}")
+        _disjoint(full, test)
         train = full
     else:
         tr, te = _stratified_split(full.targets.numpy(), int(round(test_fraction * len(full))), seed)

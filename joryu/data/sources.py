@@ -46,7 +46,7 @@ from joryu.errors import ConfigError, DataError
 from joryu.losses.positions import IGNORE_INDEX, shift_labels
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
-           "bundle_from", "align_labels"]
+           "bundle_from", "align_labels", "check_labels"]
 
 class DatasetError(DataError, ConfigError):
     """A dataset that does not fit (sample structure, shapes, splits): a DataError and, as the
@@ -269,7 +269,7 @@ class StreamData:
         ds = self.dataset
         if self.iterable:
             ys = [to_sample(r, self.columns, causal=self.causal)["target"] for r in ds]
-            t = torch.as_tensor([int(y) for y in ys])[: self._base_len()]
+            t = self._as_indices(ys)[: self._base_len()]
             return t[self._kept()]
         full = None
         if _is_hf(ds):
@@ -283,7 +283,10 @@ class StreamData:
                 if full is not None and col == "labels" and self.causal and "target" not in (self.columns or {}):
                     full = shift_labels(full)
         elif getattr(ds, "targets", None) is not None:
-            full = torch.as_tensor(ds.targets)
+            try:
+                full = torch.as_tensor(ds.targets)
+            except (ValueError, TypeError, RuntimeError):  # names, ragged lists: one line says which
+                full = self._as_indices(list(ds.targets))
         if full is not None:
             return full[self.positions] if self.positions is not None else full
         return self._scan_targets()
@@ -316,6 +319,17 @@ class StreamData:
                 return torch.stack(ys)
             except RuntimeError:  # ragged sequences: every position, flattened (classes only)
                 return torch.cat([y.reshape(-1) for y in ys])
+        return self._as_indices(ys)
+
+    def _as_indices(self, ys) -> Tensor:
+        for i, y in enumerate(ys):
+            whole = isinstance(y, int) or (isinstance(y, Tensor) and y.numel() == 1 and
+                                           not y.is_floating_point()) or (
+                isinstance(y, float | Tensor) and float(y) == int(float(y)))
+            if not whole:
+                raise DatasetError(f"sample {i} of {self.name} has target {y!r} ({type(y).__name__}), not a "
+                                   "class index; targets are integer classes 0..K-1 (map class names to "
+                                   "indices, e.g. classes.index(name))")
         return torch.as_tensor([int(y) for y in ys])
 
     def _infer_classes(self) -> int:
@@ -705,12 +719,14 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
         x, y = data
         if len(x) != len(y):
             raise ConfigError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input")
-        y = y.long()
+        if len(y) == 0:
+            raise DatasetError(f"{name or 'the data'} has no samples (0 rows); give at least one")
+        y = _class_indices(y, name or "the data")
         return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, name or "user")
     if isinstance(data, dict) and ("target" in data or "labels" in data) and all(
             isinstance(t, Tensor) for t in data.values()):
         hf = "target" not in data  # Hugging Face labels: the target until align_labels says otherwise
-        y = (data["labels"] if hf else data["target"]).long()  # input_ids, attention_mask, ... and target
+        y = _class_indices(data["labels"] if hf else data["target"], name or "the data")  # input_ids, attention_mask, ... and target
         known = y[y != IGNORE_INDEX]
         k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
         return TensorData({**data, "target": y}, k, name or "user", hf_labels=hf)
@@ -725,6 +741,65 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
     raise ConfigError(f"train_data cannot be a {type(data).__name__}: give a torch Dataset, IterableDataset, "
                       "DataLoader, Hugging Face dataset, (inputs, targets) tensors, a dict of tensors with "
                       "'target' or a joryu TensorData")
+
+
+def _class_indices(y: Tensor, name: str) -> Tensor:
+    """Targets as class indices (int64); floats must hold whole numbers (``2.0``, not ``0.5``)."""
+    if y.is_floating_point():
+        bad = ~torch.isfinite(y) | (y != y.round())
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad.reshape(len(y), -1).any(1))[0])
+            raise DatasetError(f"{name}: target of sample {i} is {y[i].tolist()!r}, not a class index; "
+                               "targets are integer classes 0..K-1 (soft or regression targets are "
+                               "not supported)")
+    if y.dtype == torch.bool or y.is_complex():
+        raise DatasetError(f"{name}: targets are {y.dtype}; give integer class indices 0..K-1")
+    return y.long()
+
+
+def _known_targets(data) -> Tensor | None:
+    """``data``'s targets where they are known without reading every sample (tensor data, a
+    ``targets`` attribute, a Hugging Face column, a ``target`` field); None otherwise."""
+    if isinstance(data, TensorData):
+        return data.targets
+    ds = data.dataset
+    if data.iterable or not ("target" in data.fields or getattr(data, "_targets", None) is not None
+                             or _is_hf(ds) or getattr(ds, "targets", None) is not None):
+        return None
+    try:
+        return data.targets
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+def check_labels(data, num_classes: int, split: str) -> None:
+    """Refuse, in one line and before training, a split that cannot be trained on or scored: one
+    without samples, or whose labels fall outside ``[0, num_classes)`` (``IGNORE_INDEX``, -100,
+    marks a position without a label). Labels are checked where they are known without a pass
+    over the samples (see ``_known_targets``); streamed ones are checked batch by batch."""
+    if data is None:
+        return
+    name = getattr(data, "name", split)
+    try:
+        n = len(data)
+    except DatasetError:
+        n = None  # an endless stream: its length is its budget's business
+    if n == 0:
+        raise DatasetError(f"the {split} split ({name}) has no samples; give it at least one "
+                           "(check the factory, the files or data.val_fraction)")
+    t = _known_targets(data)
+    if t is None or t.numel() == 0:
+        return
+    if t.is_floating_point():
+        t = _class_indices(t, f"the {split} split ({name})")
+    flat = t.reshape(len(t), -1)
+    bad = ((flat < 0) & (flat != IGNORE_INDEX)) | (flat >= num_classes)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.any(1))[0])
+        value = int(flat[i][bad[i]][0])
+        raise DatasetError(f"the {split} split ({name}) has label {value} (sample {i}), outside the "
+                           f"{num_classes} classes 0..{num_classes - 1} the data has; fix its labels, "
+                           "or set num_classes to cover them")
 
 
 def align_labels(data, causal: bool):
@@ -856,6 +931,8 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
             raise DatasetError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
                                f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
                                "data.transform and data.eval_transform)")
+    for split, data in (("train", src), ("test", test), ("val", val)):
+        check_labels(data, int(num_classes), split)
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 

@@ -152,6 +152,8 @@ class Experiment:
             raise ConfigError(f"{rd} holds a finished run; nothing to resume (its report is "
                               f"{rd / 'report.md'})")
         tracking.check_trackers(cfg.train.log_with)
+        if cfg.teacher is not None and cfg.teacher.train is not None:
+            tracking.check_trackers(cfg.teacher.train.log_with, "teacher.train.log_with")
         train_cfg = cfg.train
         if train_cfg.log_with and not train_cfg.run_name:
             train_cfg = train_cfg.model_copy(update={"run_name": cfg.name})
