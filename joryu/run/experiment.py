@@ -139,7 +139,13 @@ class Experiment:
 
     def _commit(self) -> None:
         if self.plan is not None:
-            self.plan.commit(dump_config(self.cfg), is_main())
+            planned = self.plan.path
+            path = same_on_all_processes(lambda: self.plan.commit(dump_config(self.cfg), True))
+            self.plan.path, self.plan.committed, self.run_dir = path, True, path
+            if path != planned:
+                self.log(f"run folder: {path} ({planned} was taken by a run started at the same time)")
+            for note in self.plan.notes:
+                warn(note)
             wait_for_everyone()
 
     def check(self) -> Prepared:
@@ -211,11 +217,23 @@ class Experiment:
         """Check, then train the teacher (unless given), the method and its comparison rows, and
         score every network once on the test split."""
         p = self.check()
+        self._commit()
+        ok = False
+        try:  # --overwrite: the run this one replaces is deleted only when this one finishes
+            summary = self._train(p)
+            ok = True
+            return summary
+        finally:
+            if self.plan is not None:
+                self.plan.finish(ok)
+                if not ok and self.plan.notes:
+                    warn(self.plan.notes[-1])
+
+    def _train(self, p: Prepared) -> dict:
         cfg, rd = self.cfg, self.run_dir
         bundle, train, val, augment, train_cfg = p.bundle, p.train, p.val, p.augment, p.train_cfg
         teacher_model, tcfg, teacher_aug, sup_teacher = p.teacher_model, p.tcfg, p.teacher_aug, p.sup_teacher
         train_teacher = sup_teacher is not None
-        self._commit()
 
         # --- teacher
         teacher_result = None
