@@ -26,7 +26,17 @@ class Strict(BaseModel):
 class TrainConfig(Strict):
     """How one stage is trained."""
 
-    epochs: int = Field(20, ge=0, description="passes over the training data; 0 trains nothing (evaluates only)")
+    epochs: int = Field(20, ge=0, description="passes over the training data; 0 trains nothing (evaluates only). "
+                        "Ignored when max_steps is given")
+    max_steps: int | None = Field(None, ge=1, description="optimizer updates for the whole stage (as the "
+                                  "Hugging Face Trainer's max_steps): the stage stops after this many, "
+                                  "mid-epoch if need be, and epochs is ignored; an epoch is then one pass, "
+                                  "ended by the data's end (an endless stream: never) or steps_per_epoch. "
+                                  "Needed, or steps_per_epoch, for a stream without a length")
+    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch at most: an epoch ends "
+                                        "after this many or at the data's end (each epoch is a new pass over "
+                                        "a stream). Gives a stream without a length (an IterableDataset "
+                                        "with no __len__) its epochs")
     batch_size: int = Field(128, ge=1, description="samples per training batch (per process)")
     eval_batch_size: int = Field(1000, ge=1, description="samples per batch when evaluating")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam", description="the optimizer")

@@ -76,3 +76,21 @@ def stream_label_out_of_range():
 def float_targets():
     x, y = _xy(30)
     return {"train": (x, y.float() + 0.5), "test": _xy(30)}
+
+
+class Endless(torch.utils.data.IterableDataset):
+    """An endless stream (no __len__) of 40-feature samples in 3 classes."""
+
+    num_classes = 3
+
+    def __iter__(self):
+        k = 0
+        while True:
+            g = torch.Generator().manual_seed(k)
+            yield torch.randn(40, generator=g), k % 3
+            k += 1
+
+
+def endless():
+    x, y = _xy(30)
+    return {"train": Endless(), "val": (x, y), "test": (x, y)}

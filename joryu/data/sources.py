@@ -5,7 +5,9 @@
 * joryu's ``TensorData`` (kept on the device: the fast path for small data),
 * ``(inputs, targets)`` tensors or a two-tensor ``TensorDataset`` (become a ``TensorData``),
 * a map-style ``torch.utils.data.Dataset`` whose samples are ``(input, target)`` tuples or dicts,
-* an ``IterableDataset`` (it must define ``__len__``: the samples per epoch),
+* an ``IterableDataset``, with ``__len__`` (the samples per epoch) or without (a true stream,
+  possibly endless: trained with ``train.max_steps`` or ``train.steps_per_epoch``; its
+  ``num_classes`` must be given, and its validation data too),
 * a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept),
 * a Hugging Face ``datasets.Dataset`` (optional dependency; columns ``label``/``labels`` and
   ``image``/``pixel_values`` are found by name, or named with ``columns``; columns a model's
@@ -214,19 +216,43 @@ class StreamData:
         if self.eval_transform is None and hasattr(self.transform, "deterministic"):
             self.eval_transform = self.transform.deterministic()  # the non-random steps
         if self.num_classes is None:
-            self.num_classes = self._infer_classes()
+            ds = self.dataset
+            declared = getattr(ds, "num_classes", None)
+            if isinstance(declared, int):
+                self.num_classes = declared
+            elif getattr(ds, "classes", None) is not None:
+                self.num_classes = len(ds.classes)
+            elif not self.sized:
+                raise DatasetError(f"{self.name} is a stream without a length, so its classes cannot be "
+                                   "counted by reading it: give num_classes (joryu.distill(num_classes=...), "
+                                   "or a num_classes attribute on the dataset)")
+            else:
+                self.num_classes = self._infer_classes()
         if not self.iterable and self.collate is None and len(self) > 0:
             to_sample(self._raw(0), self.columns, f"sample 0 of {self.name}", self.causal)
 
     # ------------------------------------------------------------------ size and targets
+    @property
+    def sized(self) -> bool:
+        """False for a stream without a length (an IterableDataset with no ``__len__``)."""
+        if not self.iterable or self.length is not None:
+            return True
+        try:
+            len(self.dataset)
+        except TypeError:
+            return False
+        return True
+
     def _base_len(self) -> int:
         if self.length is not None:
             return int(self.length)
         try:
             return len(self.dataset)
         except TypeError:
-            raise DatasetError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
-                               "per epoch) so the schedule knows the epoch length") from None
+            raise DatasetError(f"{self.name} is a stream without a length ({type(self.dataset).__name__} "
+                               "has no __len__): give the training budget in steps, train.max_steps "
+                               "(optimizer updates) or train.steps_per_epoch (batches per epoch), or "
+                               "define __len__ (samples per epoch)") from None
 
     def _kept(self) -> Tensor:
         """Iterable split: which stream positions belong here (a pure function of the seed)."""
@@ -398,9 +424,9 @@ class StreamData:
 
     def _stream(self) -> Iterator[tuple[int, object]]:
         kept = self._kept() if self.keep is not None else None
-        n = self._base_len()
+        n = self._base_len() if self.sized else None  # None: until the stream ends (maybe never)
         for p, raw in enumerate(self.dataset):
-            if p >= n:
+            if n is not None and p >= n:
                 break
             if kept is None or bool(kept[p]):
                 yield p, raw
@@ -442,7 +468,8 @@ class StreamData:
         h = hashlib.sha1()
         ds = self.dataset
         h.update(f"{type(ds).__module__}.{type(ds).__name__}:{getattr(ds, 'root', '')}".encode())
-        h.update(str(self._base_len() if not self.iterable or self.length else len(self)).encode())
+        h.update(str(self._base_len() if not self.iterable or self.length else
+                     len(self) if self.sized else "unsized").encode())
         h.update(repr(getattr(self.transform, "spec", self.transform)).encode())
         h.update(repr(sorted(self.views)).encode())
         h.update(repr(self.keep).encode())
@@ -527,6 +554,8 @@ class _IterView(IterableDataset):
         workers, w = (info.num_workers, info.id) if info is not None else (1, 0)
         shards, shard = workers * self.world_size, self.rank * workers + w
         d = self.data
+        if hasattr(d.dataset, "set_epoch"):  # each epoch a new pass: the stream may reshuffle by epoch
+            d.dataset.set_epoch(self.epoch)
         for k, (p, raw) in enumerate(d._stream()):
             if k % shards == shard:
                 yield k, (raw if d.collate is not None else d.process(raw, p, self.epoch, self.train))
@@ -590,8 +619,13 @@ class StreamLoader:
         self._view = None
 
     @property
-    def num_samples(self) -> int:
-        return len(self.data)
+    def num_samples(self) -> int | None:
+        """Samples per epoch (None: a stream without a length)."""
+        return len(self.data) if self.data.sized else None
+
+    def batches_per_epoch(self) -> int | None:
+        """``len(self)``, or None for a stream without a length (it ends when the stream does)."""
+        return len(self) if self.data.sized else None
 
     def _build(self) -> DataLoader:
         kw = dict(num_workers=self.num_workers, pin_memory=self.pin, persistent_workers=self.persistent,
@@ -643,17 +677,19 @@ class StreamLoader:
             self._view.epoch = epoch
         else:
             self._sampler.set_epoch(epoch)
-        steps = len(self)
+        steps = self.batches_per_epoch()  # None: until the stream ends
         if start:
             from accelerate import skip_first_batches
 
             loader = skip_first_batches(loader, start)
         it = iter(loader)
-        for i in range(start, steps):
+        i = start - 1
+        while steps is None or i + 1 < steps:
+            i += 1
             try:
                 raw = next(it)
             except StopIteration:
-                if self.data.iterable and self.world_size > 1:
+                if self.data.iterable and self.world_size > 1 and steps is not None:
                     raise DatasetError(f"{self.data.name}: a process ran out of streamed samples; make the "
                                        "stream's length divisible by processes x workers x batch size") from None
                 return
@@ -836,6 +872,10 @@ def split_any(data, fraction: float, seed: int = 0):
         return data, None
     if not 0 < fraction < 1:
         raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
+    if not data.sized:
+        raise ConfigError(f"{data.name} is a stream without a length: a validation split cannot be carved "
+                          "from it; give the validation data (val_data=..., data.val) or set the validation "
+                          "fraction to 0 (val_fraction=0, data.val_fraction: 0)")
     if data.iterable:
         return (replace(data, keep=(seed, fraction, False), name=data.name + "/train"),
                 replace(data, keep=(seed, fraction, True), name=data.name + "/val").for_eval())

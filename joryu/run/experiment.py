@@ -173,7 +173,8 @@ class Experiment:
             train, val = bundle.train, bundle.val
         else:
             train, val = split_any(bundle.train, cfg.data.val_fraction, cfg.data.split_seed)
-        self.log(f"data {bundle.name}: {len(train)} train / {len(val) if val is not None else 0} val / "
+        size = len(train) if getattr(train, "sized", True) else "a stream of"
+        self.log(f"data {bundle.name}: {size} train / {len(val) if val is not None else 0} val / "
                  f"{len(bundle.test)} test, input {bundle.input_shape}, {bundle.num_classes} classes")
 
         # --- build every network and check them on the data before anything is written or trained

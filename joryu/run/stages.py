@@ -197,7 +197,7 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
                 raise ConfigError(f"check before training, stage {name} failed to build: "
                                   f"{type(e).__name__}: {one_line(e)} (set JORYU_DEBUG=1 for the "
                                   "traceback)") from None
-            if cfg.epochs > 0:
+            if cfg.epochs > 0 or cfg.max_steps is not None:
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,
                                 progress=False)
                 _dry_stage(engine, distiller, stage_train, augment, name)
