@@ -8,7 +8,9 @@
 * an ``IterableDataset``, with ``__len__`` (the samples per epoch) or without (a true stream,
   possibly endless: trained with ``train.max_steps`` or ``train.steps_per_epoch``; its
   ``num_classes`` must be given, and its validation data too),
-* a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept),
+* a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept,
+  and so is its own ``sampler`` or ``batch_sampler``: a ``WeightedRandomSampler``, a sampler that
+  groups by length; see ``_UserBatches`` for when its resume is exact),
 * a Hugging Face ``datasets.Dataset`` (optional dependency; columns ``label``/``labels`` and
   ``image``/``pixel_values`` are found by name, or named with ``columns``; columns a model's
   ``inputs`` name, such as ``input_ids`` and ``attention_mask``, are batch keys as they are),
@@ -209,6 +211,8 @@ class StreamData:
     length: int | None = None  # samples per epoch of an IterableDataset without __len__
     keep: tuple | None = None  # iterable split: (seed, fraction, take_val)
     causal: bool = False  # Hugging Face ``labels`` are shifted (a causal LM's data, see align_labels)
+    sampler: object = None  # a user DataLoader's own sampler (batched by batch_size; training only)
+    batch_sampler: object = None  # a user DataLoader's own batch sampler (training only)
 
     def __post_init__(self):
         self.iterable = isinstance(self.dataset, IterableDataset)
@@ -433,6 +437,12 @@ class StreamData:
 
     # ------------------------------------------------------------------ variants
     def subset(self, idx, name: str | None = None) -> StreamData:
+        own = self.sampler if self.sampler is not None else self.batch_sampler
+        if own is not None:
+            raise DatasetError(f"{self.name} comes with its own sampler ({type(own).__name__}), which draws "
+                               "from the whole dataset: a validation split cannot be carved from under it; "
+                               "give the validation data (val_data=..., data.val) or set the validation "
+                               "fraction to 0 (val_fraction=0, data.val_fraction: 0)")
         if self.iterable:
             raise DatasetError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
                                "with data.val_fraction (a seeded split by stream position)")
@@ -581,6 +591,53 @@ class _EpochBatches(torch.utils.data.Sampler):
         return len(epoch_batches(self.n, self.batch_size, self.seed, 0, False, self.drop_last))
 
 
+def _generator_of(source) -> torch.Generator | None:
+    for holder in (source, getattr(source, "sampler", None)):
+        gen = getattr(holder, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+    return None
+
+
+class _UserBatches(torch.utils.data.Sampler):
+    """A user's ``batch_sampler``, or ``sampler`` batched by ``batch_size``, as batches of
+    ``(epoch, position)`` keys: it trains as the user built it.
+
+    The order is made a pure function of the epoch where the sampler allows it, so a resume
+    mid-epoch (which skips the batches already trained on) is exact: a sampler with its own
+    ``torch.Generator`` has it re-seeded at each epoch from (its initial seed, epoch); one with
+    ``set_epoch`` (as ``DistributedSampler``) is told the epoch. A sampler that draws from the
+    global generator is not (``exact`` False): the engine says so in one line on resume."""
+
+    def __init__(self, sampler, batch_sampler, batch_size: int, drop_last: bool):
+        from torch.utils.data import BatchSampler
+
+        self.source = batch_sampler if batch_sampler is not None else sampler
+        self.inner = batch_sampler if batch_sampler is not None else BatchSampler(sampler, batch_size, drop_last)
+        gen = _generator_of(self.source)
+        self.base = gen.initial_seed() if gen is not None else None
+        self.exact = gen is not None or hasattr(self.source, "set_epoch") or (
+            hasattr(self.source, "sampler") and hasattr(self.source.sampler, "set_epoch"))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for holder in (self.source, getattr(self.source, "sampler", None)):
+            if hasattr(holder, "set_epoch"):
+                holder.set_epoch(epoch)
+        gen = _generator_of(self.source)
+        if gen is not None:
+            gen.manual_seed(_mix(self.base, epoch) & ((1 << 63) - 1))
+
+    def __iter__(self):
+        e = self.epoch
+        for b in self.inner:
+            yield [(e, int(i)) for i in b]
+
+    def __len__(self):
+        return len(self.inner)
+
+
 class StreamLoader:
     """Iterates a ``StreamData`` (or any dataset ``as_source`` accepts) in deterministic batches.
 
@@ -623,6 +680,13 @@ class StreamLoader:
         """Samples per epoch (None: a stream without a length)."""
         return len(self.data) if self.data.sized else None
 
+    @property
+    def exact_resume(self) -> bool:
+        """False when a resume mid-epoch cannot repeat the epoch's order (a user's sampler that
+        draws from the global random generator)."""
+        return getattr(self.loader.batch_sampler, "exact", getattr(self._sampler, "exact", True)) \
+            if not self.data.iterable else True
+
     def batches_per_epoch(self) -> int | None:
         """``len(self)``, or None for a stream without a length (it ends when the stream does)."""
         return len(self) if self.data.sized else None
@@ -635,8 +699,13 @@ class StreamLoader:
         if self.data.iterable:
             self._view = _IterView(self.data, self.train, self.rank, self.world_size, self.seed)
             return DataLoader(self._view, batch_size=self.batch_size, drop_last=self.drop_last, **kw)
-        self._sampler = _EpochBatches(len(self.data), self.batch_size, self.seed, self.shuffle,
-                                      self.drop_last)
+        own = self.data.sampler is not None or self.data.batch_sampler is not None
+        if self.train and own:
+            self._sampler = _UserBatches(self.data.sampler, self.data.batch_sampler, self.batch_size,
+                                         self.drop_last)
+        else:
+            self._sampler = _EpochBatches(len(self.data), self.batch_size, self.seed, self.shuffle,
+                                          self.drop_last)
         loader = DataLoader(_MapView(self.data, self.train, self.seed), batch_sampler=self._sampler, **kw)
         if self.world_size > 1:
             from accelerate.data_loader import prepare_data_loader
@@ -726,19 +795,19 @@ class StreamLoader:
 def _from_loader(dl: DataLoader, **kw) -> StreamData:
     from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
-    standard = (type(dl.batch_sampler) is BatchSampler and
-                isinstance(dl.sampler, RandomSampler | SequentialSampler)) or \
-        isinstance(dl.dataset, IterableDataset)
-    if not standard:
-        raise ConfigError(f"a DataLoader with a custom sampler ({type(dl.sampler).__name__}) cannot be "
-                          "sharded and resumed exactly; pass its dataset and let joryu batch it")
+    iterable = isinstance(dl.dataset, IterableDataset)
+    plain_batches = type(dl.batch_sampler) is BatchSampler
+    own = {}
+    if not iterable and not (plain_batches and isinstance(dl.sampler, RandomSampler | SequentialSampler)):
+        # the user's own sampler (weighted, grouped...) is kept: it trains as given
+        own = {"sampler": dl.sampler} if plain_batches else {"batch_sampler": dl.batch_sampler}
     collate = None if dl.collate_fn is default_collate else dl.collate_fn
     loader = LoaderOptions(num_workers=dl.num_workers, pin_memory=dl.pin_memory,
                            persistent_workers=dl.persistent_workers,
                            prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
     kw.setdefault("loader", loader)
     return StreamData(dl.dataset, batch_size=dl.batch_size, shuffle=isinstance(dl.sampler, RandomSampler),
-                      drop_last=dl.drop_last, collate=collate, **kw)
+                      drop_last=dl.drop_last, collate=collate, **own, **kw)
 
 
 def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):

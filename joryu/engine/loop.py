@@ -22,7 +22,7 @@ from joryu.data.core import Augment, TensorData
 from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError, warn
 
 
 def optimizer_builder(cfg: TrainConfig):
@@ -438,6 +438,11 @@ class Engine:
                 raise ConfigError(f"checkpoint {last} was written with {saved} batches per epoch, the "
                                    f"data now gives {run.steps_per_epoch}; resume on the same data and "
                                    "batch size, or start afresh without --resume")
+            if state.step_in_epoch > 0 and not getattr(run.loader, "exact_resume", True):
+                own = run.loader.data.sampler if run.loader.data.sampler is not None else run.loader.data.batch_sampler
+                warn(f"{self.stage}: resumed mid-epoch with the DataLoader's own sampler ({type(own).__name__}), "
+                     "which draws from the global random generator: the rest of this epoch follows a new "
+                     "order (give it generator=torch.Generator().manual_seed(S) for an exact resume)")
             if state.updates < 0:  # a checkpoint from before updates were counted
                 state.updates = run.schedulers[0].last_epoch if run.schedulers else state.global_step
             state.loader = self._loader_state(run)
