@@ -129,6 +129,8 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     ``target`` is never shifted (see ``joryu.losses.positions``).
     """
     train_cfg, m = _split_overrides(method, overrides)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     stream_opts = {"columns": dict(columns)} if columns else {}
     if transform is not None or eval_transform is not None or views or loader:
         tf = build_transform(transform)

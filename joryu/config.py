@@ -202,6 +202,7 @@ def parse_value(text: str, key: str = "value") -> Any:
     errors, not strings or silently ignored keys."""
     stripped = text.strip()
     try:
+        check_yaml_size(text, f"override {key}")
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         if stripped[:1] in "{[":

@@ -79,18 +79,33 @@ def float_targets():
 
 
 class Endless(torch.utils.data.IterableDataset):
-    """An endless stream (no __len__) of 40-feature samples in 3 classes."""
+    """An endless stream (no __len__) of ``dim``-feature samples in 3 classes."""
 
     num_classes = 3
+
+    def __init__(self, dim=40):
+        self.dim = dim
 
     def __iter__(self):
         k = 0
         while True:
             g = torch.Generator().manual_seed(k)
-            yield torch.randn(40, generator=g), k % 3
+            yield torch.randn(self.dim, generator=g), k % 3
             k += 1
 
 
 def endless():
     x, y = _xy(30)
     return {"train": Endless(), "val": (x, y), "test": (x, y)}
+
+
+def empty_val():
+    x, y = _xy(30)
+    return {"train": (x, y), "test": (x, y), "val": (x[:0], y[:0])}
+
+
+def val_label_out_of_range():
+    x, y = _xy(30)
+    y_val = y.clone()
+    y_val[1] = 9
+    return {"train": (x, y), "test": (x, y), "val": (x, y_val), "num_classes": 3}

@@ -104,6 +104,10 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
     mdata = require("mnist1d.data", "the mnist1d dataset")
     get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
+    if int(num_samples) < 10 or not 0 < float(train_split) < 1 or int(seed) < 0:
+        raise ConfigError("mnist1d: num_samples must be at least 10 (it draws num_samples // 10 signals per "
+                          f"class), train_split in (0, 1) and seed >= 0; got num_samples={num_samples}, "
+                          f"train_split={train_split}, seed={seed}")
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
     d = make_dataset(args)

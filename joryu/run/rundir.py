@@ -208,15 +208,13 @@ class RunPlan:
             self.committed = True
             return self.path
         try:
-            if self.mode == "resume":
+            if self.mode == "resume":  # its config.yaml is the saved one, kept as it is
                 self.path.mkdir(parents=True, exist_ok=True)
                 if self.lock is None:
                     self.lock = RunLock.acquire(self.path)
-            elif self.mode == "overwrite":
-                self._replace_old()
             else:
-                self._claim()
-            atomic.atomic_write_text(self.path / "config.yaml", config_text)
+                self._replace_old() if self.mode == "overwrite" else self._claim()
+                atomic.atomic_write_text(self.path / "config.yaml", config_text)
         except BaseException:
             if self.mode != "resume":
                 self._undo()
