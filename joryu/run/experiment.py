@@ -225,10 +225,9 @@ class Experiment:
             ok = True
             return summary
         finally:
-            if self.plan is not None:
-                self.plan.finish(ok)
-                if not ok and self.plan.notes:
-                    warn(self.plan.notes[-1])
+            note = self.plan.finish(ok) if self.plan is not None else None
+            if note:
+                warn(note)
 
     def _train(self, p: Prepared) -> dict:
         cfg, rd = self.cfg, self.run_dir

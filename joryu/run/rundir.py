@@ -274,9 +274,11 @@ class RunPlan:
                 atomic.replace(self.aside, self.path)
             self.aside = None
 
-    def finish(self, ok: bool) -> None:
+    def finish(self, ok: bool) -> str | None:
         """The run ended: ``ok`` (it finished) deletes the run it replaced; otherwise a replaced
-        finished run is put back in place of this unfinished one. Then the lock is released."""
+        finished run is put back in place of this unfinished one (the note returned says so).
+        Then the lock is released."""
+        note = None
         if self.aside is not None:
             if ok:
                 shutil.rmtree(self.aside, ignore_errors=True)
@@ -287,11 +289,12 @@ class RunPlan:
                         atomic.replace(self.path, failed)
                     atomic.replace(self.aside, self.path)
                     shutil.rmtree(failed, ignore_errors=True)
-                self.notes.append(f"the run this one was to replace is kept in {self.path}")
+                note = f"the run this one was to replace is kept in {self.path}"
             self.aside = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        return note
 
 
 def _next_free(base: Path, name: str) -> Path:
