@@ -19,7 +19,7 @@ from joryu.data import (
     example_batch,
     split_any,
 )
-from joryu.data.sources import align_labels
+from joryu.data.sources import align_labels, check_labels
 from joryu.engine.loop import pick_device
 from joryu.errors import ConfigError, DataError, one_line
 from joryu.evaluate import evaluate_model
@@ -200,6 +200,8 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ConfigError(f"seeds must be a whole number >= 1, got {seeds!r}")
     train_cfg, m = _split_overrides(method, overrides)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     stream_opts = {"columns": dict(columns)} if columns else {}
     if transform is not None or eval_transform is not None or views or loader:
         tf = build_transform(transform)
@@ -213,6 +215,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
         data = as_source(train_data, num_classes, **stream_opts)
         if not isinstance(data, TensorData):
             example_batch(data, 1)
+        check_labels(data, data.num_classes, "train_data")
     except DataError as e:
         raise ConfigError(f"train_data: {one_line(e)}") from None
     if stream_opts and not hasattr(data, "views"):
@@ -229,6 +232,7 @@ def distill(teacher: nn.Module | None, student: nn.Module, train_data, method: s
             raise ConfigError(f"val_data: {one_line(e)}") from None
         if hasattr(val, "for_eval"):
             val = val.for_eval()
+        check_labels(val, data.num_classes, "val_data")
     else:
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")

@@ -35,7 +35,17 @@ class Strict(BaseModel):
 class TrainConfig(Strict):
     """How one stage is trained."""
 
-    epochs: int = Field(20, ge=0, description="passes over the training data; 0 trains nothing (evaluates only)")
+    epochs: int = Field(20, ge=0, description="passes over the training data; 0 trains nothing (evaluates only). "
+                        "Ignored when max_steps is given")
+    max_steps: int | None = Field(None, ge=1, description="optimizer updates for the whole stage (as the "
+                                  "Hugging Face Trainer's max_steps): the stage stops after this many, "
+                                  "mid-epoch if need be, and epochs is ignored; an epoch is then one pass, "
+                                  "ended by the data's end (an endless stream: never) or steps_per_epoch. "
+                                  "Needed, or steps_per_epoch, for a stream without a length")
+    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch at most: an epoch ends "
+                                        "after this many or at the data's end (each epoch is a new pass over "
+                                        "a stream). Gives a stream without a length (an IterableDataset "
+                                        "with no __len__) its epochs")
     batch_size: int = Field(128, ge=1, description="samples per training batch (per process)")
     eval_batch_size: int = Field(1000, ge=1, description="samples per batch when evaluating")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam", description="the optimizer")
@@ -135,7 +145,7 @@ class DataConfig(Strict):
                                    "labels_per_class, noise, privileged")
     loader: LoaderOptions = Field(default_factory=LoaderOptions, description="how streamed data is loaded")
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, description="seed of the validation split")
     augment: Augment | None = Field(None, description="override the dataset's augmentation")
     teacher_augment: bool = Field(True, description="train the teacher with the dataset's augmentation")
 
@@ -175,6 +185,7 @@ def parse_value(text: str, key: str = "value") -> Any:
     errors, not strings or silently ignored keys."""
     stripped = text.strip()
     try:
+        check_yaml_size(text, f"override {key}")
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         if stripped[:1] in "{[":
@@ -222,6 +233,56 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# A config is a few hundred values; these bounds are far above any real one and far below what
+# exhausts memory or the stack.
+YAML_MAX_NODES = 200_000  # values after every alias is expanded
+YAML_MAX_DEPTH = 100  # nested mappings and lists
+
+
+def check_yaml_size(text: str, where: str) -> None:
+    """Refuse, before anything is built, YAML that would expand past ``YAML_MAX_NODES`` values,
+    nest deeper than ``YAML_MAX_DEPTH``, or refer to itself.
+
+    It reads the parser's events, which never expand an alias: a collection counts 1 plus its
+    items, a scalar 1, and an alias ``*a`` the size its anchor ``&a`` had when it closed. So an
+    alias bomb ("billion laughs": nine lists of nine aliases of the list before) is measured,
+    not built. An alias to a collection that is still open is a self-reference."""
+    sizes: dict[str, int] = {}
+    stack: list[list] = []  # [expanded size, anchor] of each open collection
+    total = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            stack.append([1, ev.anchor])
+            total += 1
+            if len(stack) > YAML_MAX_DEPTH:
+                raise ConfigError(f"{where} nests mappings or lists more than {YAML_MAX_DEPTH} deep "
+                                  f"(line {ev.start_mark.line + 1}); a config is a few levels deep")
+            continue
+        if isinstance(ev, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            n, anchor = stack.pop()
+            if anchor:
+                sizes[anchor] = n
+        elif isinstance(ev, yaml.ScalarEvent):
+            n = 1
+            total += 1
+            if ev.anchor:
+                sizes[ev.anchor] = 1
+        elif isinstance(ev, yaml.AliasEvent):
+            if any(anchor == ev.anchor for _, anchor in stack):
+                raise ConfigError(f"{where}: alias *{ev.anchor} (line {ev.start_mark.line + 1}) refers to "
+                                  f"the value that contains it; a config cannot refer to itself")
+            n = sizes.get(ev.anchor, 1)  # an unknown anchor is the composer's error
+            total += n
+        else:
+            continue
+        if total > YAML_MAX_NODES:
+            raise ConfigError(f"{where} expands to more than {YAML_MAX_NODES} values (aliases "
+                              f"counted in full, line {ev.start_mark.line + 1}); is it an alias bomb? "
+                              "Write the values out, or use fewer aliases")
+        if stack:
+            stack[-1][0] += n
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -234,6 +295,7 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
+        check_yaml_size(text, str(path))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -32,6 +32,11 @@ class CheckpointError(ConfigError):
     """A weights file or a training checkpoint is missing, corrupt, unsafe or does not fit."""
 
 
+class StorageError(JoryuError, OSError):
+    """The file system refused a write (disk full, a file-size limit, a quota): one line naming
+    the file; nothing half-written is kept. Also an ``OSError``, as the refusal it reports."""
+
+
 class UsageError(ConfigError):
     """A malformed command line."""
 

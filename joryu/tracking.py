@@ -43,17 +43,18 @@ def _installed(module: str) -> bool:
         return False
 
 
-def check_trackers(names) -> list[str]:
-    """The tracker names, validated: unknown or not installed -> one-line ConfigError."""
+def check_trackers(names, where: str = "train.log_with") -> list[str]:
+    """The tracker names, validated: unknown or not installed -> one-line ConfigError naming
+    ``where`` (the config key: ``train.log_with``, ``teacher.train.log_with``)."""
     names = list(names or [])
     for name in names:
-        if name not in _PACKAGES:
-            raise ConfigError(f"train.log_with: unknown tracker {name!r}; known: {', '.join(known_trackers())} "
+        if not isinstance(name, str) or name not in _PACKAGES:
+            raise ConfigError(f"{where}: unknown tracker {name!r}; known: {', '.join(known_trackers())} "
                               "(or [] for none)")
         modules, pip = _PACKAGES[name]
         if not all(_installed(m) for m in modules):
-            raise ConfigError(f"train.log_with: tracker {name!r} needs the package {pip!r}, which is not "
-                              f"installed; pip install {pip} (or remove it from train.log_with)")
+            raise ConfigError(f"{where}: tracker {name!r} needs the package {pip!r}, which is not "
+                              f"installed; pip install {pip} (or remove it from {where})")
     return names
 
 

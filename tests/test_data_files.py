@@ -484,3 +484,13 @@ def test_image_folder_unreadable_image(tmp_path):
     with pytest.raises(DataError, match="Cannot read image") as e:
         ds[i]
     assert str(bad) in str(e.value)
+
+
+def test_image_folder_walks_a_symlink_loop_once_and_keeps_each_file_once(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=3)
+    (root / "ant" / "loop").symlink_to(root / "ant")  # ant/loop/loop/... would never end
+    (root / "ant" / "again.png").symlink_to(root / "ant" / "0.png")  # the same file twice
+    (root / "cat" / "copy.png").write_bytes((root / "cat" / "1.png").read_bytes())  # a copy
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 9 and ds.duplicates == 2
+    assert len({os.path.realpath(p) for p, _ in ds.samples}) == 9

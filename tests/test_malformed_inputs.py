@@ -9,6 +9,7 @@ existed before byte-identical. Most command-line cases call ``joryu.cli.main(arg
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import pickle
 import subprocess
@@ -76,7 +77,8 @@ def run_args(tmp, data=None, *extra, text=None):
 class Case:
     id: str
     category: str
-    build: object  # build(tmp) -> (kind, payload, needle); kind: "cli" | "sub" | "api"
+    build: object  # build(tmp) -> (kind, payload, needle); kind: "cli" | "sub" | "api" | "patch" | "fsize"
+    keeps_run: bool = False  # a failure after the run folder was made (disk full mid-run) keeps it
 
 
 CASES: list[Case] = []
@@ -693,6 +695,318 @@ def _images_data():
                        "target": torch.randint(0, 3, (32,), generator=g)}, 3, "img")
 
 
+# ----------------------------------------------------------------------------- data.fields
+def _fields(id, needle, fields):
+    cli("fields", id, needle, {"data__fields": fields})
+
+
+_fields("clean-fraction-above-1", "data.fields.clean.fraction", {"clean": {"fraction": 1.5}})
+_fields("clean-fraction-negative", "data.fields.clean.fraction", {"clean": {"fraction": -0.1}})
+_fields("clean-fraction-nan", "data.fields.clean.fraction", {"clean": {"fraction": float("nan")}})
+_fields("clean-per-class-negative", "data.fields.clean.per_class", {"clean": {"per_class": -3}})
+_fields("clean-unknown-key", "data.fields.clean.sed", {"clean": {"fraction": 0.1, "sed": 1}})
+_fields("clean-seed-text", "data.fields.clean.seed", {"clean": {"fraction": 0.1, "seed": "abc"}})
+_fields("clean-seed-fraction", "data.fields.clean.seed", {"clean": {"fraction": 0.1, "seed": 1.5}})
+_fields("clean-two-ways", "exactly one of", {"clean": {"fraction": 0.1, "per_class": 3}})
+_fields("clean-not-mapping", "data.fields.clean", {"clean": 0.1})
+_fields("noise-unknown-key", "data.fields.noise.kindd", {"noise": {"rate": 0.2, "kindd": "x"}})
+_fields("noise-seed-text", "data.fields.noise.seed", {"noise": {"rate": 0.2, "seed": "x"}})
+_fields("noise-rate-above-1", "data.fields.noise.rate", {"noise": {"rate": 1.5}})
+_fields("noise-rate-inf", "data.fields.noise.rate", {"noise": {"rate": float("inf")}})
+_fields("noise-kind", "data.fields.noise.kind", {"noise": {"kind": "wild"}})
+_fields("labels-per-class-negative", "data.fields.labels_per_class.per_class", {"labels_per_class": -1})
+_fields("labels-per-class-zero", "data.fields.labels_per_class.per_class", {"labels_per_class": {"per_class": 0}})
+_fields("labels-per-class-text", "data.fields.labels_per_class.per_class", {"labels_per_class": "few"})
+_fields("labels-per-class-unknown", "data.fields.labels_per_class.x", {"labels_per_class": {"per_class": 2, "x": 1}})
+_fields("labels-per-class-seed-text", "data.fields.labels_per_class.seed",
+        {"labels_per_class": {"per_class": 2, "seed": "s"}})
+_fields("privileged-unknown-key", "data.fields.privileged.extra", {"privileged": {"transform": ["hflip"], "extra": 1}})
+_fields("input-b-both-ways", "data.fields.input_b", {"input_b": {"transform": ["hflip"], "factory": "a:b"}})
+_fields("fields-unknown", "cleen", {"cleen": {"fraction": 0.1}})
+
+# ----------------------------------------------------------------------------- transform arguments
+
+
+def _tf(id, needle, spec, key="transform"):
+    cli("transforms", id, needle, {f"data__{key}": spec})
+
+
+_tf("resize-zero", "'resize'", [{"resize": 0}])
+_tf("resize-negative", "'resize'", [{"resize": -3}])
+_tf("resize-pair-zero", "'resize'", [{"resize": [4, 0]}])
+_tf("resize-fraction", "'resize'", [{"resize": 2.5}])
+_tf("resize-text", "'resize'", [{"resize": "big"}])
+_tf("center-crop-zero", "'center_crop'", [{"center_crop": 0}])
+_tf("crop-scale-above-1", "scale", [{"random_resized_crop": {"size": 4, "scale": [0.5, 2]}}])
+_tf("crop-scale-reversed", "scale", [{"random_resized_crop": {"size": 4, "scale": [0.9, 0.1]}}])
+_tf("crop-ratio-negative", "ratio", [{"random_resized_crop": {"size": 4, "ratio": [-1, 2]}}])
+_tf("crop-size-zero", "'random_resized_crop'", [{"random_resized_crop": {"size": 0}}])
+_tf("hflip-p-above-1", "'hflip'", [{"hflip": 1.5}])
+_tf("jitter-brightness-negative", "brightness", [{"color_jitter": {"brightness": -0.5}}])
+_tf("jitter-contrast-above-1", "contrast", [{"color_jitter": {"contrast": 3}}])
+_tf("jitter-saturation-text", "saturation", [{"color_jitter": {"saturation": "lots"}}])
+_tf("normalize-std-nan", "normalize", [{"normalize": {"mean": [0.5], "std": [float("nan")]}}])
+_tf("eval-resize-zero", "'resize'", [{"resize": 0}], key="eval_transform")
+_tf("view-resize-negative", "'resize'", {"input_teacher": [{"resize": -1}]}, key="views")
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _same_file_two_classes(folder):
+    _images(folder, per_class=3)
+    src = folder / "ant" / "0.png"
+    (folder / "bee" / "ant0.png").symlink_to(src)
+    return src
+
+
+def _copy_two_classes(folder):
+    _images(folder, per_class=3)
+    src = folder / "cat" / "1.png"
+    (folder / "ant" / "copy.png").write_bytes(src.read_bytes())
+    return src
+
+
+def _hardlink_two_classes(folder):
+    _images(folder, per_class=3)
+    src = folder / "bee" / "2.png"
+    os.link(src, folder / "cat" / "linked.png")
+    return src
+
+
+def _broken_link(folder):
+    _images(folder, per_class=3)
+    p = folder / "ant" / "gone.png"
+    p.symlink_to(folder / "nowhere.png")
+    return p
+
+
+def _loop_and_dup(folder):
+    """A symlink loop (walked once) next to a file in two classes (refused)."""
+    _images(folder, per_class=3)
+    (folder / "ant" / "loop").symlink_to(folder / "ant")
+    src = folder / "bee" / "0.png"
+    (folder / "cat" / "again.png").symlink_to(src)
+    return src
+
+
+_data_case("data-images", "images-same-file-two-classes", "{file}", "image_folder", _same_file_two_classes)
+_data_case("data-images", "images-copy-two-classes", "{file}", "image_folder", _copy_two_classes)
+_data_case("data-images", "images-hardlink-two-classes", "{file}", "image_folder", _hardlink_two_classes)
+_data_case("data-images", "images-broken-link", "{file}", "image_folder", _broken_link)
+_data_case("data-images", "images-loop-and-duplicate", "{file}", "image_folder", _loop_and_dup)
+
+
+def _test_overlap(tmp, link):
+    train, test = tmp / "files", tmp / "test"
+    _images(train, per_class=3)
+    _images(test, per_class=1, classes=("cat", "ant", "bee"))
+    for p in (test / "ant").iterdir():
+        p.unlink()
+    src = train / "ant" / "2.png"
+    if link:
+        (test / "ant" / "leak.png").symlink_to(src)
+    else:
+        (test / "ant" / "leak.png").write_bytes(src.read_bytes())
+    data = raw(data={"name": "image_folder", "path": str(train), "kwargs": {"test_path": str(test)}},
+               student={"name": "mlp", "kwargs": {"hidden": [8]}},
+               teacher={"name": "mlp", "kwargs": {"hidden": [8]}, "train": {"epochs": 1}})
+    return "cli", run_args(tmp, data), str(test / "ant" / "leak.png")
+
+
+CASES.append(Case("images-test-copy-of-train", "data-images", lambda tmp: _test_overlap(tmp, False)))
+CASES.append(Case("images-test-link-to-train", "data-images", lambda tmp: _test_overlap(tmp, True)))
+
+# ----------------------------------------------------------------------------- splits and labels
+
+
+def _labels(id, needle, factory):
+    cli("labels", id, needle, {"data": {"name": f"_malformed_data:{factory}"},
+                               "teacher": {"name": "mlp", "kwargs": {"hidden": [8]}, "train": {"epochs": 1}}})
+
+
+_labels("empty-train", "empty_train/train has no samples", "empty_train")
+_labels("empty-test", "empty_test/test has no samples", "empty_test")
+_labels("empty-val", "has no samples", "empty_val")
+_labels("string-targets", "target 'cat'", "string_targets")
+_labels("one-hot-targets", "one-hot or multi-label", "multi_label_targets")
+_labels("fractional-targets", "not a class index", "float_targets")
+_labels("test-label-out-of-range", "the test split", "test_label_out_of_range")
+_labels("val-label-out-of-range", "the val split", "val_label_out_of_range")
+_labels("negative-label", "label -3", "negative_label")
+_labels("train-label-out-of-range", "label 3 (sample 5)", "train_label_out_of_range")
+_labels("stream-label-out-of-range", "label 5 (sample 6)", "stream_label_out_of_range")
+_labels("endless-stream-no-budget", "train.max_steps", "endless")
+_api("api-empty-train", "no samples", lambda: _distill(data=(torch.zeros(0, 8), torch.zeros(0).long())))
+_api("api-val-label-out-of-range", "val_data", lambda: _distill(
+    val_data=(torch.randn(8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 5])), epochs=1))
+_api("api-fractional-targets", "not a class index", lambda: _distill(
+    data=(torch.randn(16, 8), torch.rand(16)), epochs=1))
+_api("api-endless-no-budget", "train.max_steps", lambda: _distill(
+    data=_endless(), val_data=_tiny(), epochs=1))
+
+
+def _endless():
+    from _malformed_data import Endless
+
+    return Endless(dim=8)
+
+# ----------------------------------------------------------------------------- non-finite numbers
+
+
+def _nf(id, needle, changes):
+    cli("non-finite", id, needle, changes)
+
+
+_nf("lr-inf", "train.lr", {"train__lr": float("inf")})
+_nf("lr-nan", "train.lr", {"train__lr": float("nan")})
+_nf("weight-decay-inf", "train.weight_decay", {"train__weight_decay": float("inf")})
+_nf("teacher-lr-nan", "teacher.train.lr", {"teacher__train__lr": float("nan")})
+_nf("kd-temperature-inf", "method.params.temperature", {"method": {"name": "kd", "params": {"temperature": float("inf")}}})
+_nf("kd-temperature-nan", "method.params.temperature", {"method": {"name": "kd", "params": {"temperature": float("nan")}}})
+_nf("kd-alpha-nan", "method.params.alpha", {"method": {"name": "kd", "params": {"alpha": float("nan")}}})
+_nf("dml-temperature-inf", "method.params", {"method": {"name": "dml", "params": {"temperature": float("inf")}}})
+_nf("one-temperature-inf", "method.params.temperature", {"method": {"name": "one", "params": {"temperature": float("inf")}}})
+_nf("clip-inf", "train.clip_grad_norm", {"train__clip_grad_norm": float("inf")})
+_api("api-temperature-inf", "method.params.temperature", lambda: _distill(temperature=float("inf")))
+_api("api-lr-nan", "train.lr", lambda: _distill(lr=float("nan")))
+_argv("override-temperature-inf", "method.params.temperature", ["run", "{cfg}", "--quiet",
+                                                                 "method.params.temperature=.inf"])
+
+# ----------------------------------------------------------------------------- seeds
+cli("seeds", "seed-negative", "seed", {"seed": -1})
+cli("seeds", "split-seed-negative", "data.split_seed", {"data__split_seed": -1})
+cli("seeds", "fields-seed-negative", "data.fields.noise.seed", {"data__fields": {"noise": {"rate": 0.2, "seed": -4}}})
+cli("seeds", "seed-fraction", "seed", {"seed": 1.5})
+_argv("override-seed-negative", "seed", ["run", "{cfg}", "--quiet", "seed=-7"])
+_api("api-seed-negative", "seed", lambda: _distill(seed=-1, epochs=1))
+
+# ----------------------------------------------------------------------------- YAML size and shape
+
+
+def _bomb(levels=9, fan=9):
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * fan) + "]"]
+    for k in range(1, levels):
+        lines.append(f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * fan) + "]")
+    return "\n".join(lines)
+
+
+_BOMB = _bomb()  # 9**9 = 387 million values once expanded
+cli("yaml", "alias-bomb", "alias bomb", text=_BOMB + "\nname: t\nstudent: {name: mlp, kwargs: {hidden: *l8}}\n")
+cli("yaml", "alias-bomb-unused", "alias bomb", text=_BOMB + "\nname: t\n")
+cli("yaml", "deep-lists", "nests", text="name: t\nstudent: {name: mlp, kwargs: {hidden: " + "[" * 500 + "]" * 500 + "}}\n")
+cli("yaml", "deep-mappings", "nests", text="name: t\nx: " + "{a: " * 300 + "1" + "}" * 300 + "\n")
+cli("yaml", "self-reference", "refers to", text="name: t\nstudent: &s {name: mlp, kwargs: {hidden: *s}}\n")
+cli("yaml", "self-reference-list", "refers to", text="name: t\ntrain: {milestones: &m [1, *m]}\n")
+_argv("override-alias-bomb", "alias bomb", ["run", "{cfg}", "--quiet",  # braces doubled for format()
+                                            "student.kwargs={{" + _bomb(7, 9).replace("\n", ", ") + "}}"])
+_argv("override-deep", "nests", ["run", "{cfg}", "--quiet", "student.kwargs.hidden=" + "[" * 200 + "]" * 200])
+
+# ----------------------------------------------------------------------------- trackers
+cli("trackers", "log-with-unknown", "train.log_with", {"train__log_with": ["tensorbored"]})
+cli("trackers", "teacher-log-with-unknown", "teacher.train.log_with: unknown tracker 'bogus'",
+    {"teacher__train__log_with": ["bogus"]})
+cli("trackers", "teacher-log-with-number", "teacher.train.log_with", {"teacher__train__log_with": [3]})
+cli("trackers", "teacher-log-with-string", "teacher.train.log_with", {"teacher__train__log_with": "wandb"})
+if not any(__import__("importlib").util.find_spec(m) for m in ("aim",)):
+    cli("trackers", "teacher-log-with-not-installed", "teacher.train.log_with: tracker 'aim' needs",
+        {"teacher__train__log_with": ["aim"]})
+
+# ----------------------------------------------------------------------------- eval and export
+_EVAL_RUN: list[Path] = []
+
+
+def _eval_run() -> Path:
+    """One finished run folder (trained once, outside the cases' folders) for eval/export."""
+    if not _EVAL_RUN:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="joryu-eval-run-"))
+        cfg = folder / "c.yaml"
+        cfg.write_text(yaml.safe_dump({**BASE, "output_dir": str(folder / "runs")}))
+        assert main(["run", str(cfg), "--out", str(folder / "run"), "--quiet"]) == 0
+        _EVAL_RUN.append(folder / "run")
+    return _EVAL_RUN[0]
+
+
+def _cmd(id, needle, argv, run=False):
+    def build(tmp):
+        target = str(_eval_run()) if run else str(tmp / "no-run")
+        return "cli", [a.format(run=target, tmp=tmp) for a in argv], needle
+    CASES.append(Case(id, "eval-export", build))
+
+
+_cmd("eval-batch-size-zero", "--batch-size", ["eval", "{run}", "--batch-size", "0"])
+_cmd("eval-batch-size-negative", "--batch-size", ["eval", "{run}", "--batch-size=-3"])
+_cmd("eval-batch-size-text", "--batch-size", ["eval", "{run}", "--batch-size", "many"])
+_cmd("eval-split-unknown", "--split must be test, val or train", ["eval", "{run}", "--split", "dev",
+                                                                   "--out", "{tmp}/e"], run=True)
+_cmd("eval-split-empty", "has no samples", ["eval", "{run}", "--split", "val", "--data", "mnist1d",
+                                            "--data-kwarg", "num_samples=20", "--out", "{tmp}/e"], run=True)
+_cmd("eval-data-too-small", "num_samples must be at least 10", ["eval", "{run}", "--data", "mnist1d",
+                                                                "--data-kwarg", "num_samples=5", "--out",
+                                                                "{tmp}/e"], run=True)
+_cmd("eval-model-without-weights", "--weights", ["eval", "--model", "mlp", "--data", "mnist1d"])
+_cmd("export-format-unknown", "unknown export format 'tflite'", ["export", "{run}", "--format", "tflite",
+                                                                  "--out", "{tmp}/x.tflite"], run=True)
+_cmd("export-input-shape-text", "--input-shape", ["export", "--model", "mlp", "--weights", "{tmp}/w.pt",
+                                                  "--input-shape", "a,b", "--out", "{tmp}/x.onnx"])
+_cmd("export-input-shape-zero", "--input-shape", ["export", "--model", "mlp", "--weights", "{tmp}/w.pt",
+                                                  "--input-shape", "0,40", "--out", "{tmp}/x.onnx"])
+_cmd("export-input-shape-negative", "--input-shape", ["export", "--model", "mlp", "--weights", "{tmp}/w.pt",
+                                                      "--input-shape=-1,40", "--out", "{tmp}/x.onnx"])
+_cmd("export-opset-text", "--opset", ["export", "{run}", "--opset", "latest"])
+
+# ----------------------------------------------------------------------------- disk full, size limits
+
+
+def _fsync_fails(pattern: str, err: int):
+    """``os.fsync`` that fails with ``err`` for files whose name matches ``pattern`` (how a full
+    disk shows up when the data reach it)."""
+    import errno as _errno  # noqa: F401
+    from fnmatch import fnmatch
+
+    real = os.fsync
+
+    def fsync(fd):
+        try:
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            name = ""
+        if fnmatch(name, pattern):
+            raise OSError(err, os.strerror(err))
+        return real(fd)
+    return fsync
+
+
+def _disk(id, needle, pattern, err, keeps_run=True, argv=None):
+    def build(tmp):
+        args = argv(tmp) if argv else run_args(tmp)
+        return "patch", (args, [(os, "fsync", _fsync_fails(pattern, err))]), needle.format(tmp=tmp)
+    CASES.append(Case(id, "disk", build, keeps_run))
+
+
+_disk("enospc-config-yaml", "{tmp}/run/config.yaml: the disk is full", ".config.yaml.*.tmp", errno.ENOSPC,
+      keeps_run=False)
+_disk("enospc-checkpoint-optim", "optim.pt: the disk is full", ".optim.pt.*.tmp", errno.ENOSPC)
+_disk("edquot-checkpoint-weights", "model.safetensors: the disk quota", ".model.safetensors.*.tmp", errno.EDQUOT)
+_disk("enospc-metrics-line", "metrics.jsonl: the disk is full", "metrics.jsonl", errno.ENOSPC)
+_disk("efbig-student-weights", "{tmp}/run/student.safetensors: the file-size limit", ".student.safetensors.*.tmp",
+      errno.EFBIG)
+_disk("enospc-report", "{tmp}/run/report.md: the disk is full", ".report.md.*.tmp", errno.ENOSPC)
+_disk("enospc-eval-json", "{tmp}/e/eval.json: the disk is full", ".eval.json.*.tmp", errno.ENOSPC,
+      argv=lambda tmp: ["eval", str(_eval_run()), "--out", str(tmp / "e")])
+
+
+def _fsize(limit):
+    def build(tmp):
+        return "fsize", (run_args(tmp), limit), "the file-size limit (ulimit -f) was reached"
+    return build
+
+
+CASES.append(Case("rlimit-fsize-small", "disk", _fsize(3000), True))
+CASES.append(Case("rlimit-fsize-medium", "disk", _fsize(20000), True))
+
+
 # ----------------------------------------------------------------------------- the runner
 
 
@@ -724,10 +1038,16 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(c, tmp_path, cap
             payload()
         err = f"joryu: error: {e.value}\n"
         code = 2
-    elif kind == "sub":
-        argv, env = payload
+    elif kind in ("sub", "fsize"):
+        argv, env = payload if kind == "sub" else (payload[0], {})
+        limit = payload[1] if kind == "fsize" else None
+
+        def cap():  # a file-size limit (ulimit -f) for the child only
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         proc = subprocess.run([sys.executable, "-m", "joryu", *argv], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path,
+                              timeout=120, cwd=tmp_path, preexec_fn=cap if limit else None,
                               env={**os.environ, "JORYU_THREADS": "1", "PYTHONPATH": str(ROOT), **env})
         code, err = proc.returncode, proc.stderr
     else:
@@ -735,6 +1055,10 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(c, tmp_path, cap
             argv, env = payload
             for k, v in env.items():
                 monkeypatch.setenv(k, v)
+        elif kind == "patch":
+            argv, patches = payload
+            for obj, name, value in patches:
+                monkeypatch.setattr(obj, name, value)
         elif kind == "readonly":
             argv = payload
             real = os.access
@@ -755,8 +1079,11 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(c, tmp_path, cap
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "files" / "PWNED").exists()
     if kind != "api" and c.category not in ("run-folder",) and "--resume" not in str(payload):
         # a run that fails its checks leaves no run folder behind (no -2 for the next one)
-        assert not (tmp_path / "run").exists() or c.category == "training"
+        assert not (tmp_path / "run").exists() or c.category == "training" or c.keeps_run
         assert not (tmp_path / "runs").exists()
+    torn = [str(p) for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or
+            p.name.startswith((".tmp-", ".trash-", ".run.")) or ".new-" in p.name]
+    assert not torn, f"half-written files kept: {torn}"
 
 
 def test_the_table_is_big_enough():
@@ -764,5 +1091,24 @@ def test_the_table_is_big_enough():
     assert len(CASES) >= 100, counts
     assert len({c.id for c in CASES}) == len(CASES)
     for needed in ("config", "model", "data", "data-cifar", "data-idx", "data-images", "checkpoint",
-                   "preflight", "run-folder", "command-line", "subprocess", "api"):
+                   "preflight", "run-folder", "command-line", "subprocess", "api", "fields", "transforms",
+                   "labels", "non-finite", "seeds", "yaml", "trackers", "eval-export", "disk"):
         assert counts[needed] > 0, needed
+
+
+def test_an_alias_bomb_is_refused_before_it_is_built(tmp_path):
+    """Measured by size from the parser's events: refusing it allocates little (expanded, the
+    9-level bomb would be 387 million values)."""
+    import tracemalloc
+
+    from joryu.config import load_yaml
+    from joryu.errors import ConfigError
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(_BOMB + "\nname: t\n")
+    tracemalloc.start()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_yaml(p)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000, peak

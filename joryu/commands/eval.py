@@ -8,12 +8,20 @@ import json
 from pathlib import Path
 
 from joryu.atomic import atomic_write_text
+from joryu.data.sources import check_labels
 from joryu.errors import ConfigError
 from joryu.evaluate import evaluate_model
 from joryu.metrics import ECE_BINS
 from joryu.report.figures import reliability_diagram
 from joryu.report.tables import format_results
-from joryu.run.folder import RunFolder, build_with_weights, load_data, parse_kv, split_of
+from joryu.run.folder import (
+    RunFolder,
+    build_with_weights,
+    load_data,
+    parse_kv,
+    positive_int,
+    split_of,
+)
 
 HELP = "evaluate a run folder's networks, or a model + weights, on any dataset"
 
@@ -32,7 +40,7 @@ def configure(p) -> None:
     p.add_argument("--data-path", help="dataset path (files on disk)")
     p.add_argument("--data-kwarg", action="append", metavar="K=V", help="keyword argument of the dataset")
     p.add_argument("--split", default="test", help="test (default), val or train")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="samples per batch (default 1000)")
     p.add_argument("--out", help="folder for eval.json and reliability.png (default: RUN/eval)")
 
 
@@ -67,6 +75,7 @@ def run(args) -> int:
                                   args.teacher_key), **models}
         out_dir = Path(args.out) if args.out else Path("eval") / Path(args.weights).stem
     data = split_of(bundle, args.split, cfg)
+    check_labels(data, bundle.num_classes, f"--split {args.split}")
     teacher = models.get("teacher")
     results = {}
     for name, (model, key) in models.items():

@@ -10,7 +10,7 @@ from joryu.errors import ConfigError
 from joryu.export import DEFAULT_OPSET, FORMATS, ExportError, export_model
 from joryu.models.build import build_model
 from joryu.report.deploy import example_batch
-from joryu.run.folder import RunFolder, build_with_weights, load_data, parse_kv
+from joryu.run.folder import RunFolder, build_with_weights, load_data, parse_kv, parse_shape
 
 HELP = "export a run's student (or a model + weights) to ONNX, TorchScript, torch.export or hf"
 
@@ -55,7 +55,7 @@ def run(args) -> int:
                                        f"model {args.model!r}", key)
             data = bundle.test
         else:
-            shape = tuple(int(s) for s in args.input_shape.split(","))
+            shape = parse_shape(args.input_shape)
             kwargs = parse_kv(args.model_kwarg)
             model = build_model(ModelConfig(name=args.model, kwargs=kwargs, checkpoint=args.weights),
                                 int(kwargs.get("num_classes", 10)), shape).eval()

@@ -18,8 +18,10 @@ Order: clean, then noise (clean rows keep their labels), then hidden labels, the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from joryu.data.core import TensorData
 from joryu.data.imperfect import hide_labels, labeled_per_class
@@ -37,10 +39,80 @@ from joryu.errors import ConfigError
 _KNOWN = ("clean", "noise", "labels_per_class", "privileged", "input_b")
 
 
-def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CleanSpec(_Spec):
+    """``clean``: which samples have trusted labels (exactly one of the three ways)."""
+
+    fraction: float | None = Field(None, ge=0, le=1, description="share of each class marked clean")
+    per_class: int | None = Field(None, ge=0, description="samples of each class marked clean")
+    index_file: str | None = Field(None, description="text file of clean sample indices")
+    seed: int = Field(0, ge=0, description="seed of the draw")
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("fraction", "per_class", "index_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of fraction, per_class or index_file")
+        return self
+
+
+class NoiseSpec(_Spec):
+    """``noise``: labels flipped by a transition matrix (a kind and rate, or the matrix)."""
+
+    kind: Literal["symmetric", "pairflip"] = "symmetric"
+    rate: float = Field(0.2, ge=0, le=1, description="probability that a label is flipped")
+    seed: int = Field(0, ge=0)
+    matrix: list[list[float]] | None = Field(None, description="row-stochastic transition matrix")
+
+
+class LabelsSpec(_Spec):
+    """``labels_per_class``: labels kept per class (the others hidden)."""
+
+    per_class: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class ViewSpec(_Spec):
+    """``privileged`` / ``input_b``: a transform of the input, or a factory aligned by index."""
+
+    transform: Any = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+_SPECS = {"clean": CleanSpec, "noise": NoiseSpec, "labels_per_class": LabelsSpec,
+          "privileged": ViewSpec, "input_b": ViewSpec}
+
+
+def check_field(name: str, spec) -> dict:
+    """``spec`` of field ``name`` validated (ranges, known keys, integer seeds): the keys the
+    user gave, or a one-line ConfigError naming ``data.fields.<name>.<key>``."""
+    if name == "labels_per_class" and not isinstance(spec, dict):
+        spec = {"per_class": spec}
     if not isinstance(spec, dict):
-        raise ConfigError(f"data.fields.clean must be a mapping (fraction, per_class or index_file), got {spec!r}")
-    seed = int(spec.get("seed", 0))
+        raise ConfigError(f"data.fields.{name} must be a mapping, got {spec!r}")
+    try:
+        model = _SPECS[name].model_validate(spec)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg += f" (allowed: {', '.join(_SPECS[name].model_fields)})"
+            elif "input" in err and err["type"] != "missing":
+                msg += f" (got {err['input']!r})"
+            parts.append(f"data.fields.{name}{'.' + loc if loc else ''}: {msg}")
+        raise ConfigError("; ".join(parts)) from None
+    return model.model_dump(exclude_unset=True)
+
+
+def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
+    spec = check_field("clean", spec)
+    seed = spec.get("seed", 0)
     if "index_file" in spec:
         path = Path(spec["index_file"])
         if not path.is_file():
@@ -55,13 +127,12 @@ def _clean_mask(data, spec, num_classes: int) -> torch.Tensor:
         mask = torch.zeros(len(data), dtype=torch.bool)
         mask[idx] = True
         return mask
-    if ("fraction" in spec) == ("per_class" in spec):
-        raise ConfigError("data.fields.clean: give exactly one of fraction, per_class or index_file")
     return clean_mask(data.targets, per_class=spec.get("per_class"), fraction=spec.get("fraction"), seed=seed)
 
 
 def _view(data, key: str, spec):
-    if not isinstance(spec, dict) or len({"transform", "factory"} & set(spec)) != 1:
+    spec = check_field(key, spec)
+    if len({"transform", "factory"} & set(spec)) != 1:
         raise ConfigError(f"data.fields.{key} needs one of transform (a transform list) or factory "
                           "(package.module:fn returning a dataset aligned with the training data by index)")
     if "transform" in spec:
@@ -85,14 +156,15 @@ def _view(data, key: str, spec):
 
 def apply_fields(data, spec: dict, num_classes: int):
     """``data`` with the per-sample fields ``spec`` asks for (see the module docstring)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"data.fields must be a mapping of fields ({', '.join(_KNOWN)}), got {spec!r}")
     unknown = sorted(set(spec) - set(_KNOWN))
     if unknown:
         raise ConfigError(f"data.fields: unknown field {unknown[0]!r}; known: {', '.join(_KNOWN)}")
+    spec = {**spec, **{k: check_field(k, v) for k, v in spec.items() if k in ("noise", "labels_per_class")}}
     clean = _clean_mask(data, spec["clean"], num_classes) if "clean" in spec else None
     if "noise" in spec:
         n = spec["noise"]
-        if not isinstance(n, dict):
-            raise ConfigError(f"data.fields.noise must be a mapping (kind, rate, seed or matrix), got {n!r}")
         try:
             t = check_noise_matrix(n["matrix"], num_classes) if "matrix" in n else \
                 noise_matrix(n.get("kind", "symmetric"), num_classes, float(n.get("rate", 0.2)))
@@ -103,7 +175,6 @@ def apply_fields(data, spec: dict, num_classes: int):
         data = mark_clean(data, clean)
     if "labels_per_class" in spec:
         lp = spec["labels_per_class"]
-        lp = lp if isinstance(lp, dict) else {"per_class": lp}
         data = hide_labels(data, labeled_per_class(data.targets, int(lp["per_class"]), int(lp.get("seed", 0))))
     for key in ("privileged", "input_b"):
         if key in spec:

@@ -395,6 +395,31 @@ def load_idx(root: str | os.PathLike) -> tuple[dict, dict]:
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
+def file_identities(paths: list[str]) -> list[tuple]:
+    """What makes image files the same, one key per path: the size, and where two files have the
+    same size, the SHA-1 of the bytes (so a symlink, a hard link and a copy are one image; only
+    files whose sizes collide are read)."""
+    import hashlib
+    from collections import Counter
+
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(os.stat(path).st_size)
+        except OSError as e:
+            raise DataError(f"Cannot read image {path} ({e.strerror or e}): a broken link or an "
+                            "unreadable file. Replace or delete it.") from None
+    counts = Counter(sizes)
+    keys = []
+    for path, size in zip(paths, sizes):
+        digest = None
+        if counts[size] > 1:
+            with open(path, "rb") as f:
+                digest = hashlib.sha1(f.read()).hexdigest()
+        keys.append((size, digest))
+    return keys
+
+
 def _size_hw(image_size) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -447,10 +472,17 @@ class ImageFolderDataset(Dataset):
             )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
+        self.duplicates = 0  # files seen again (a link, a copy) and kept once
+        seen_dirs: set[tuple[int, int]] = set()
         for idx, cls in enumerate(self.classes):
             folder = os.path.join(self.root, cls)
             found = []
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                st = os.stat(dirpath)
+                if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop, or a folder linked twice
+                    dirnames[:] = []
+                    continue
+                seen_dirs.add((st.st_dev, st.st_ino))
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for fn in sorted(filenames):
                     if not fn.startswith(".") and fn.lower().endswith(exts):
@@ -461,8 +493,27 @@ class ImageFolderDataset(Dataset):
                     f"{', '.join(exts)}. Add images to it or remove the folder."
                 )
             self.samples.extend((p, idx) for p in found)
+        self.samples = self._once(self.samples)
         self.targets = torch.tensor([t for _, t in self.samples], dtype=torch.int64)
         self._input_shape: tuple[int, int, int] | None = None
+
+    def _once(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Each file once: the same file reached twice (a link) or a byte-identical copy is kept
+        at its first place; one that sits in two classes is refused (its label is ambiguous)."""
+        kept: list[tuple[str, int]] = []
+        first: dict[object, tuple[str, int]] = {}
+        for (path, idx), key in zip(samples, file_identities([p for p, _ in samples])):
+            if key in first:
+                other, other_idx = first[key]
+                if other_idx != idx:
+                    raise DataError(f"Image {path} (class {self.classes[idx]!r}) is the same file as "
+                                    f"{other} (class {self.classes[other_idx]!r}); an image belongs to one "
+                                    "class: delete one of them")
+                self.duplicates += 1
+                continue
+            first[key] = (path, idx)
+            kept.append((path, idx))
+        return kept
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -111,6 +111,10 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
     mdata = require("mnist1d.data", "the mnist1d dataset")
     get_dataset_args, make_dataset = mdata.get_dataset_args, mdata.make_dataset
 
+    if int(num_samples) < 10 or not 0 < float(train_split) < 1 or int(seed) < 0:
+        raise ConfigError("mnist1d: num_samples must be at least 10 (it draws num_samples // 10 signals per "
+                          f"class), train_split in (0, 1) and seed >= 0; got num_samples={num_samples}, "
+                          f"train_split={train_split}, seed={seed}")
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
     d = make_dataset(args)
@@ -190,6 +194,19 @@ def mnist_idx(path: str) -> DataBundle:
     return DataBundle("mnist_idx", train, test, num_classes, tuple(tr["input"].shape[1:]), Augment(shift=2))
 
 
+def _disjoint(train, test) -> None:
+    """Refuse an image that is in both the training and the test folder (a link or a copy)."""
+    from joryu.data.files import file_identities
+
+    paths = [p for p, _ in train.samples] + [p for p, _ in test.samples]
+    keys = file_identities(paths)
+    where = dict(zip(keys[:len(train.samples)], paths))
+    for key, path in zip(keys[len(train.samples):], paths[len(train.samples):]):
+        if key in where:
+            raise DataError(f"test image {path} is the same file as training image {where[key]}; "
+                            "the test split must hold images the model never trained on: delete one")
+
+
 @register_dataset("image_folder", needs_path=True)
 def image_folder(path: str, image_size: int | None = None, test_path: str | None = None,
                  test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
@@ -200,6 +217,7 @@ def image_folder(path: str, image_size: int | None = None, test_path: str | None
         if test.classes != full.classes:
             raise DataError(f"class folders differ between {path} and {test_path}: "
                             f"{full.classes} vs {test.classes}")
+        _disjoint(full, test)
         train = full
     else:
         tr, te = _stratified_split(full.targets.numpy(), int(round(test_fraction * len(full))), seed)

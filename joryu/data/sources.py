@@ -5,8 +5,12 @@
 * joryu's ``TensorData`` (kept on the device: the fast path for small data),
 * ``(inputs, targets)`` tensors or a two-tensor ``TensorDataset`` (become a ``TensorData``),
 * a map-style ``torch.utils.data.Dataset`` whose samples are ``(input, target)`` tuples or dicts,
-* an ``IterableDataset`` (it must define ``__len__``: the samples per epoch),
-* a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept),
+* an ``IterableDataset``, with ``__len__`` (the samples per epoch) or without (a true stream,
+  possibly endless: trained with ``train.max_steps`` or ``train.steps_per_epoch``; its
+  ``num_classes`` must be given, and its validation data too),
+* a ``DataLoader`` the user built (its dataset, batch size, shuffling, workers and collate are kept,
+  and so is its own ``sampler`` or ``batch_sampler``: a ``WeightedRandomSampler``, a sampler that
+  groups by length; see ``_UserBatches`` for when its resume is exact),
 * a Hugging Face ``datasets.Dataset`` (optional dependency; columns ``label``/``labels`` and
   ``image``/``pixel_values`` are found by name, or named with ``columns``; columns a model's
   ``inputs`` name, such as ``input_ids`` and ``attention_mask``, are batch keys as they are),
@@ -57,7 +61,7 @@ from joryu.losses.positions import IGNORE_INDEX, shift_labels
 from joryu.options import validate_params
 
 __all__ = ["DatasetError", "LoaderOptions", "StreamData", "StreamLoader", "as_source", "split_any", "load_factory",
-           "bundle_from", "align_labels"]
+           "bundle_from", "align_labels", "check_labels"]
 
 class DatasetError(DataError, ConfigError):
     """A dataset that does not fit (sample structure, shapes, splits): a DataError and, as the
@@ -216,6 +220,8 @@ class StreamData:
     length: int | None = None  # samples per epoch of an IterableDataset without __len__
     keep: tuple | None = None  # iterable split: (seed, fraction, take_val)
     causal: bool = False  # Hugging Face ``labels`` are shifted (a causal LM's data, see align_labels)
+    sampler: object = None  # a user DataLoader's own sampler (batched by batch_size; training only)
+    batch_sampler: object = None  # a user DataLoader's own batch sampler (training only)
 
     def __post_init__(self):
         self.iterable = isinstance(self.dataset, IterableDataset)
@@ -223,19 +229,43 @@ class StreamData:
         if self.eval_transform is None and hasattr(self.transform, "deterministic"):
             self.eval_transform = self.transform.deterministic()  # the non-random steps
         if self.num_classes is None:
-            self.num_classes = self._infer_classes()
+            ds = self.dataset
+            declared = getattr(ds, "num_classes", None)
+            if isinstance(declared, int):
+                self.num_classes = declared
+            elif getattr(ds, "classes", None) is not None:
+                self.num_classes = len(ds.classes)
+            elif not self.sized:
+                raise DatasetError(f"{self.name} is a stream without a length, so its classes cannot be "
+                                   "counted by reading it: give num_classes (joryu.distill(num_classes=...), "
+                                   "or a num_classes attribute on the dataset)")
+            else:
+                self.num_classes = self._infer_classes()
         if not self.iterable and self.collate is None and len(self) > 0:
             to_sample(self._raw(0), self.columns, f"sample 0 of {self.name}", self.causal)
 
     # ------------------------------------------------------------------ size and targets
+    @property
+    def sized(self) -> bool:
+        """False for a stream without a length (an IterableDataset with no ``__len__``)."""
+        if not self.iterable or self.length is not None:
+            return True
+        try:
+            len(self.dataset)
+        except TypeError:
+            return False
+        return True
+
     def _base_len(self) -> int:
         if self.length is not None:
             return int(self.length)
         try:
             return len(self.dataset)
         except TypeError:
-            raise DatasetError(f"{type(self.dataset).__name__} has no __len__; define __len__ (samples "
-                               "per epoch) so the schedule knows the epoch length") from None
+            raise DatasetError(f"{self.name} is a stream without a length ({type(self.dataset).__name__} "
+                               "has no __len__): give the training budget in steps, train.max_steps "
+                               "(optimizer updates) or train.steps_per_epoch (batches per epoch), or "
+                               "define __len__ (samples per epoch)") from None
 
     def _kept(self) -> Tensor:
         """Iterable split: which stream positions belong here (a pure function of the seed)."""
@@ -278,7 +308,7 @@ class StreamData:
         ds = self.dataset
         if self.iterable:
             ys = [to_sample(r, self.columns, causal=self.causal)["target"] for r in ds]
-            t = torch.as_tensor([int(y) for y in ys])[: self._base_len()]
+            t = self._as_indices(ys)[: self._base_len()]
             return t[self._kept()]
         full = None
         if _is_hf(ds):
@@ -292,7 +322,10 @@ class StreamData:
                 if full is not None and col == "labels" and self.causal and "target" not in (self.columns or {}):
                     full = shift_labels(full)
         elif getattr(ds, "targets", None) is not None:
-            full = torch.as_tensor(ds.targets)
+            try:
+                full = torch.as_tensor(ds.targets)
+            except (ValueError, TypeError, RuntimeError):  # names, ragged lists: one line says which
+                full = self._as_indices(list(ds.targets))
         if full is not None:
             return full[self.positions] if self.positions is not None else full
         return self._scan_targets()
@@ -325,6 +358,17 @@ class StreamData:
                 return torch.stack(ys)
             except RuntimeError:  # ragged sequences: every position, flattened (classes only)
                 return torch.cat([y.reshape(-1) for y in ys])
+        return self._as_indices(ys)
+
+    def _as_indices(self, ys) -> Tensor:
+        for i, y in enumerate(ys):
+            whole = isinstance(y, int) or (isinstance(y, Tensor) and y.numel() == 1 and
+                                           not y.is_floating_point()) or (
+                isinstance(y, float | Tensor) and float(y) == int(float(y)))
+            if not whole:
+                raise DatasetError(f"sample {i} of {self.name} has target {y!r} ({type(y).__name__}), not a "
+                                   "class index; targets are integer classes 0..K-1 (map class names to "
+                                   "indices, e.g. classes.index(name))")
         return torch.as_tensor([int(y) for y in ys])
 
     def _infer_classes(self) -> int:
@@ -393,15 +437,21 @@ class StreamData:
 
     def _stream(self) -> Iterator[tuple[int, object]]:
         kept = self._kept() if self.keep is not None else None
-        n = self._base_len()
+        n = self._base_len() if self.sized else None  # None: until the stream ends (maybe never)
         for p, raw in enumerate(self.dataset):
-            if p >= n:
+            if n is not None and p >= n:
                 break
             if kept is None or bool(kept[p]):
                 yield p, raw
 
     # ------------------------------------------------------------------ variants
     def subset(self, idx, name: str | None = None) -> StreamData:
+        own = self.sampler if self.sampler is not None else self.batch_sampler
+        if own is not None:
+            raise DatasetError(f"{self.name} comes with its own sampler ({type(own).__name__}), which draws "
+                               "from the whole dataset: a validation split cannot be carved from under it; "
+                               "give the validation data (val_data=..., data.val) or set the validation "
+                               "fraction to 0 (val_fraction=0, data.val_fraction: 0)")
         if self.iterable:
             raise DatasetError(f"{self.name} is an IterableDataset and cannot be indexed; split it "
                                "with data.val_fraction (a seeded split by stream position)")
@@ -437,7 +487,8 @@ class StreamData:
         h = hashlib.sha1()
         ds = self.dataset
         h.update(f"{type(ds).__module__}.{type(ds).__name__}:{getattr(ds, 'root', '')}".encode())
-        h.update(str(self._base_len() if not self.iterable or self.length else len(self)).encode())
+        h.update(str(self._base_len() if not self.iterable or self.length else
+                     len(self) if self.sized else "unsized").encode())
         h.update(repr(getattr(self.transform, "spec", self.transform)).encode())
         h.update(repr(sorted(self.views)).encode())
         h.update(repr(self.keep).encode())
@@ -522,6 +573,8 @@ class _IterView(IterableDataset):
         workers, w = (info.num_workers, info.id) if info is not None else (1, 0)
         shards, shard = workers * self.world_size, self.rank * workers + w
         d = self.data
+        if hasattr(d.dataset, "set_epoch"):  # each epoch a new pass: the stream may reshuffle by epoch
+            d.dataset.set_epoch(self.epoch)
         for k, (p, raw) in enumerate(d._stream()):
             if k % shards == shard:
                 yield k, (raw if d.collate is not None else d.process(raw, p, self.epoch, self.train))
@@ -545,6 +598,53 @@ class _EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(epoch_batches(self.n, self.batch_size, self.seed, 0, False, self.drop_last))
+
+
+def _generator_of(source) -> torch.Generator | None:
+    for holder in (source, getattr(source, "sampler", None)):
+        gen = getattr(holder, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+    return None
+
+
+class _UserBatches(torch.utils.data.Sampler):
+    """A user's ``batch_sampler``, or ``sampler`` batched by ``batch_size``, as batches of
+    ``(epoch, position)`` keys: it trains as the user built it.
+
+    The order is made a pure function of the epoch where the sampler allows it, so a resume
+    mid-epoch (which skips the batches already trained on) is exact: a sampler with its own
+    ``torch.Generator`` has it re-seeded at each epoch from (its initial seed, epoch); one with
+    ``set_epoch`` (as ``DistributedSampler``) is told the epoch. A sampler that draws from the
+    global generator is not (``exact`` False): the engine says so in one line on resume."""
+
+    def __init__(self, sampler, batch_sampler, batch_size: int, drop_last: bool):
+        from torch.utils.data import BatchSampler
+
+        self.source = batch_sampler if batch_sampler is not None else sampler
+        self.inner = batch_sampler if batch_sampler is not None else BatchSampler(sampler, batch_size, drop_last)
+        gen = _generator_of(self.source)
+        self.base = gen.initial_seed() if gen is not None else None
+        self.exact = gen is not None or hasattr(self.source, "set_epoch") or (
+            hasattr(self.source, "sampler") and hasattr(self.source.sampler, "set_epoch"))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for holder in (self.source, getattr(self.source, "sampler", None)):
+            if hasattr(holder, "set_epoch"):
+                holder.set_epoch(epoch)
+        gen = _generator_of(self.source)
+        if gen is not None:
+            gen.manual_seed(_mix(self.base, epoch) & ((1 << 63) - 1))
+
+    def __iter__(self):
+        e = self.epoch
+        for b in self.inner:
+            yield [(e, int(i)) for i in b]
+
+    def __len__(self):
+        return len(self.inner)
 
 
 class StreamLoader:
@@ -585,8 +685,20 @@ class StreamLoader:
         self._view = None
 
     @property
-    def num_samples(self) -> int:
-        return len(self.data)
+    def num_samples(self) -> int | None:
+        """Samples per epoch (None: a stream without a length)."""
+        return len(self.data) if self.data.sized else None
+
+    @property
+    def exact_resume(self) -> bool:
+        """False when a resume mid-epoch cannot repeat the epoch's order (a user's sampler that
+        draws from the global random generator)."""
+        return getattr(self.loader.batch_sampler, "exact", getattr(self._sampler, "exact", True)) \
+            if not self.data.iterable else True
+
+    def batches_per_epoch(self) -> int | None:
+        """``len(self)``, or None for a stream without a length (it ends when the stream does)."""
+        return len(self) if self.data.sized else None
 
     def _build(self) -> DataLoader:
         kw = dict(num_workers=self.num_workers, pin_memory=self.pin, persistent_workers=self.persistent,
@@ -596,8 +708,13 @@ class StreamLoader:
         if self.data.iterable:
             self._view = _IterView(self.data, self.train, self.rank, self.world_size, self.seed)
             return DataLoader(self._view, batch_size=self.batch_size, drop_last=self.drop_last, **kw)
-        self._sampler = _EpochBatches(len(self.data), self.batch_size, self.seed, self.shuffle,
-                                      self.drop_last)
+        own = self.data.sampler is not None or self.data.batch_sampler is not None
+        if self.train and own:
+            self._sampler = _UserBatches(self.data.sampler, self.data.batch_sampler, self.batch_size,
+                                         self.drop_last)
+        else:
+            self._sampler = _EpochBatches(len(self.data), self.batch_size, self.seed, self.shuffle,
+                                          self.drop_last)
         loader = DataLoader(_MapView(self.data, self.train, self.seed), batch_sampler=self._sampler, **kw)
         if self.world_size > 1:
             from accelerate.data_loader import prepare_data_loader
@@ -638,17 +755,19 @@ class StreamLoader:
             self._view.epoch = epoch
         else:
             self._sampler.set_epoch(epoch)
-        steps = len(self)
+        steps = self.batches_per_epoch()  # None: until the stream ends
         if start:
             from accelerate import skip_first_batches
 
             loader = skip_first_batches(loader, start)
         it = iter(loader)
-        for i in range(start, steps):
+        i = start - 1
+        while steps is None or i + 1 < steps:
+            i += 1
             try:
                 raw = next(it)
             except StopIteration:
-                if self.data.iterable and self.world_size > 1:
+                if self.data.iterable and self.world_size > 1 and steps is not None:
                     raise DatasetError(f"{self.data.name}: a process ran out of streamed samples; make the "
                                        "stream's length divisible by processes x workers x batch size") from None
                 return
@@ -685,19 +804,19 @@ class StreamLoader:
 def _from_loader(dl: DataLoader, **kw) -> StreamData:
     from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
-    standard = (type(dl.batch_sampler) is BatchSampler and
-                isinstance(dl.sampler, RandomSampler | SequentialSampler)) or \
-        isinstance(dl.dataset, IterableDataset)
-    if not standard:
-        raise ConfigError(f"a DataLoader with a custom sampler ({type(dl.sampler).__name__}) cannot be "
-                          "sharded and resumed exactly; pass its dataset and let joryu batch it")
+    iterable = isinstance(dl.dataset, IterableDataset)
+    plain_batches = type(dl.batch_sampler) is BatchSampler
+    own = {}
+    if not iterable and not (plain_batches and isinstance(dl.sampler, RandomSampler | SequentialSampler)):
+        # the user's own sampler (weighted, grouped...) is kept: it trains as given
+        own = {"sampler": dl.sampler} if plain_batches else {"batch_sampler": dl.batch_sampler}
     collate = None if dl.collate_fn is default_collate else dl.collate_fn
     loader = LoaderOptions(num_workers=dl.num_workers, pin_memory=dl.pin_memory,
                            persistent_workers=dl.persistent_workers,
                            prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
     kw.setdefault("loader", loader)
     return StreamData(dl.dataset, batch_size=dl.batch_size, shuffle=isinstance(dl.sampler, RandomSampler),
-                      drop_last=dl.drop_last, collate=collate, **kw)
+                      drop_last=dl.drop_last, collate=collate, **own, **kw)
 
 
 def as_source(data, num_classes: int | None = None, name: str | None = None, **kw):
@@ -712,12 +831,14 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
         x, y = data
         if len(x) != len(y):
             raise ConfigError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input")
-        y = y.long()
+        if len(y) == 0:
+            raise DatasetError(f"{name or 'the data'} has no samples (0 rows); give at least one")
+        y = _class_indices(y, name or "the data")
         return TensorData({"input": x, "target": y}, num_classes or int(y.max()) + 1, name or "user")
     if isinstance(data, dict) and ("target" in data or "labels" in data) and all(
             isinstance(t, Tensor) for t in data.values()):
         hf = "target" not in data  # Hugging Face labels: the target until align_labels says otherwise
-        y = (data["labels"] if hf else data["target"]).long()  # input_ids, attention_mask, ... and target
+        y = _class_indices(data["labels"] if hf else data["target"], name or "the data")  # input_ids, attention_mask, ... and target
         known = y[y != IGNORE_INDEX]
         k = num_classes or (int(known.max()) + 1 if known.numel() else 1)
         return TensorData({**data, "target": y}, k, name or "user", hf_labels=hf)
@@ -732,6 +853,65 @@ def as_source(data, num_classes: int | None = None, name: str | None = None, **k
     raise ConfigError(f"train_data cannot be a {type(data).__name__}: give a torch Dataset, IterableDataset, "
                       "DataLoader, Hugging Face dataset, (inputs, targets) tensors, a dict of tensors with "
                       "'target' or a joryu TensorData")
+
+
+def _class_indices(y: Tensor, name: str) -> Tensor:
+    """Targets as class indices (int64); floats must hold whole numbers (``2.0``, not ``0.5``)."""
+    if y.is_floating_point():
+        bad = ~torch.isfinite(y) | (y != y.round())
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad.reshape(len(y), -1).any(1))[0])
+            raise DatasetError(f"{name}: target of sample {i} is {y[i].tolist()!r}, not a class index; "
+                               "targets are integer classes 0..K-1 (soft or regression targets are "
+                               "not supported)")
+    if y.dtype == torch.bool or y.is_complex():
+        raise DatasetError(f"{name}: targets are {y.dtype}; give integer class indices 0..K-1")
+    return y.long()
+
+
+def _known_targets(data) -> Tensor | None:
+    """``data``'s targets where they are known without reading every sample (tensor data, a
+    ``targets`` attribute, a Hugging Face column, a ``target`` field); None otherwise."""
+    if isinstance(data, TensorData):
+        return data.targets
+    ds = data.dataset
+    if data.iterable or not ("target" in data.fields or getattr(data, "_targets", None) is not None
+                             or _is_hf(ds) or getattr(ds, "targets", None) is not None):
+        return None
+    try:
+        return data.targets
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+def check_labels(data, num_classes: int, split: str) -> None:
+    """Refuse, in one line and before training, a split that cannot be trained on or scored: one
+    without samples, or whose labels fall outside ``[0, num_classes)`` (``IGNORE_INDEX``, -100,
+    marks a position without a label). Labels are checked where they are known without a pass
+    over the samples (see ``_known_targets``); streamed ones are checked batch by batch."""
+    if data is None:
+        return
+    name = getattr(data, "name", split)
+    try:
+        n = len(data)
+    except DatasetError:
+        n = None  # an endless stream: its length is its budget's business
+    if n == 0:
+        raise DatasetError(f"the {split} split ({name}) has no samples; give it at least one "
+                           "(check the factory, the files or data.val_fraction)")
+    t = _known_targets(data)
+    if t is None or t.numel() == 0:
+        return
+    if t.is_floating_point():
+        t = _class_indices(t, f"the {split} split ({name})")
+    flat = t.reshape(len(t), -1)
+    bad = ((flat < 0) & (flat != IGNORE_INDEX)) | (flat >= num_classes)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.any(1))[0])
+        value = int(flat[i][bad[i]][0])
+        raise DatasetError(f"the {split} split ({name}) has label {value} (sample {i}), outside the "
+                           f"{num_classes} classes 0..{num_classes - 1} the data has; fix its labels, "
+                           "or set num_classes to cover them")
 
 
 def align_labels(data, causal: bool):
@@ -764,6 +944,10 @@ def split_any(data, fraction: float, seed: int = 0):
         return data, None
     if not 0 < fraction < 1:
         raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
+    if not data.sized:
+        raise ConfigError(f"{data.name} is a stream without a length: a validation split cannot be carved "
+                          "from it; give the validation data (val_data=..., data.val) or set the validation "
+                          "fraction to 0 (val_fraction=0, data.val_fraction: 0)")
     if data.iterable:
         return (replace(data, keep=(seed, fraction, False), name=data.name + "/train"),
                 replace(data, keep=(seed, fraction, True), name=data.name + "/val").for_eval())
@@ -857,6 +1041,8 @@ def bundle_from(result, name: str, test=None, val=None, options: dict | None = N
             raise DatasetError(f"{what}: training inputs have shape {tuple(shape)} but {split} inputs have "
                                f"{tuple(other.input_shape)}; give both the same shape (e.g. a resize in "
                                "data.transform and data.eval_transform)")
+    for split, data in (("train", src), ("test", test), ("val", val)):
+        check_labels(data, int(num_classes), split)
     return DataBundle(name, src, test, int(num_classes), tuple(shape), augment, val)
 
 

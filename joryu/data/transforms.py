@@ -107,12 +107,22 @@ def to_tensor(x) -> Tensor:
 
 
 def _hw(size) -> tuple[int, int]:
-    if isinstance(size, int | float):
-        return int(size), int(size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ConfigError(f"a size must be an int or [height, width], got {size!r}")
-    return size
+    """``size`` (an int or ``[height, width]``) as two positive ints; ValueError otherwise (the
+    pipeline builder turns it into one line naming the transform)."""
+    if isinstance(size, bool) or not isinstance(size, int | float | list | tuple):
+        raise ValueError(f"a size must be a positive int or [height, width], got {size!r}")
+    hw = (size, size) if isinstance(size, int | float) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, int | float) and not isinstance(s, bool) and
+                               math.isfinite(s) and s == int(s) and s >= 1 for s in hw):
+        raise ValueError(f"a size must be a positive int or [height, width] of positive ints, got {size!r}")
+    return int(hw[0]), int(hw[1])
+
+
+def _in_range(name: str, value, lo: float, hi: float) -> float:
+    """``value`` as a float in ``[lo, hi]``, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= float(value) <= hi:
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
 
 
 def _resize_to(x: Tensor, h: int, w: int) -> Tensor:
@@ -130,7 +140,8 @@ class Resize:
     random = False
 
     def __init__(self, size):
-        self.size = size if isinstance(size, int) else _hw(size)
+        hw = _hw(size)
+        self.size = hw[0] if isinstance(size, int | float) else hw
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
         h, w = x.shape[-2:]
@@ -168,7 +179,13 @@ class RandomResizedCrop:
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         self.h, self.w = _hw(size)
-        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        if len(scale) != 2 or len(ratio) != 2:
+            raise ValueError(f"scale and ratio are (low, high) pairs, got {scale!r} and {ratio!r}")
+        self.scale = tuple(_in_range("scale", v, 0, 1) for v in scale)
+        self.ratio = tuple(_in_range("ratio", v, 1e-6, 1e6) for v in ratio)
+        if self.scale[0] > self.scale[1] or self.ratio[0] > self.ratio[1] or self.scale[1] == 0:
+            raise ValueError(f"scale and ratio must be increasing (low, high) pairs with a positive "
+                             f"high scale, got {scale!r} and {ratio!r}")
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
         rng = _rng(gen)
@@ -194,7 +211,7 @@ class HFlip:
     random = True
 
     def __init__(self, p: float = 0.5):
-        self.p = float(p)
+        self.p = _in_range("p", p, 0, 1)
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
         return x.flip(-1) if _rng(gen).random() < self.p else x
@@ -208,7 +225,8 @@ def _gray(x: Tensor) -> Tensor:
 
 class ColorJitter:
     """Random brightness, contrast and saturation factors in ``[1 - v, 1 + v]``, applied in a
-    random order; results clamped to [0, 1]. (Hue jitter is not implemented: use torchvision.)"""
+    random order; results clamped to [0, 1]. Each ``v`` is in [0, 1] (a larger one would draw
+    negative factors). (Hue jitter is not implemented: use torchvision.)"""
 
     random = True
 
@@ -217,7 +235,8 @@ class ColorJitter:
         if hue:
             raise ConfigError("color_jitter: hue is not implemented in joryu's transforms; use "
                               "torchvision.transforms.v2:ColorJitter by import path")
-        self.b, self.c, self.s = float(brightness), float(contrast), float(saturation)
+        self.b, self.c, self.s = (_in_range(n, v, 0, 1) for n, v in (
+            ("brightness", brightness), ("contrast", contrast), ("saturation", saturation)))
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
         rng = _rng(gen)
@@ -242,8 +261,10 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-        if bool((self.std <= 0).any()):
-            raise ConfigError(f"normalize: std must be positive, got {std!r}")
+        if bool((self.std <= 0).any()) or not bool(torch.isfinite(self.std).all()):
+            raise ConfigError(f"normalize: std must be positive and finite, got {std!r}")
+        if not bool(torch.isfinite(self.mean).all()):
+            raise ConfigError(f"normalize: mean must be finite, got {mean!r}")
 
     def __call__(self, x: Tensor, gen=None) -> Tensor:
         k = self.mean.numel()

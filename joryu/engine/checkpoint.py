@@ -70,8 +70,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def _save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: a refused write stays an OSError
+        torch.save(obj, f)
 
 
 def safe_torch_load(path: str | Path, what: str = "checkpoint file"):
@@ -139,16 +139,23 @@ def write_checkpoint(folder: Path, step: int, module, optimizers, schedulers, sc
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    _save_torch(rng_state(), tmp / f"rng-{rank}.pt")
-    barrier()
+    try:
+        _save_torch(rng_state(), tmp / f"rng-{rank}.pt")
+        barrier()
+        if rank == 0:
+            save_weights(module, tmp / "model.safetensors")
+            _save_torch({
+                "optimizers": [o.state_dict() for o in optimizers],
+                "schedulers": [_plain_scheduler_state(s) for s in schedulers],
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            }, tmp / "optim.pt")
+            atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size},
+                                                             indent=1))
+    except BaseException:  # a checkpoint that could not be written whole is not kept
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if rank == 0:
-        save_weights(module, tmp / "model.safetensors")
-        _save_torch({
-            "optimizers": [o.state_dict() for o in optimizers],
-            "schedulers": [_plain_scheduler_state(s) for s in schedulers],
-            "scaler": scaler.state_dict() if scaler is not None else None,
-        }, tmp / "optim.pt")
-        atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size}, indent=1))
         if final.exists():  # the same step written again (after a resume): set the old one aside
             _discard(final)
         atomic.replace(tmp, final)

@@ -22,7 +22,7 @@ from joryu.data.core import Augment, TensorData
 from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from joryu.errors import ConfigError, NonFiniteLossError
+from joryu.errors import ConfigError, NonFiniteLossError, warn
 from joryu.models.checkpointing import enable_gradient_checkpointing
 
 
@@ -42,10 +42,20 @@ def optimizer_builder(cfg: TrainConfig):
     return build
 
 
-def lr_factor(cfg: TrainConfig, updates_per_epoch: int):
-    """Multiplier of the base lr after ``u`` optimizer updates (warm-up, then the schedule)."""
-    total = max(1, cfg.epochs * updates_per_epoch)
-    warm = cfg.warmup_epochs * updates_per_epoch
+def lr_factor(cfg: TrainConfig, updates_per_epoch: int | None, total_updates: int | None = None):
+    """Multiplier of the base lr after ``u`` optimizer updates (warm-up, then the schedule).
+
+    ``total_updates``: the stage's length (default ``epochs * updates_per_epoch``; ``max_steps``
+    when given). ``updates_per_epoch`` None (a stream without a length): the schedule runs on
+    updates alone, so settings counted in epochs (warm-up, 'step' milestones) need
+    ``steps_per_epoch``."""
+    if updates_per_epoch is None and (cfg.warmup_epochs > 0 or (cfg.scheduler == "step" and cfg.milestones)):
+        raise ConfigError("train.warmup_epochs and train.milestones count epochs, and this stream has no "
+                          "length: give train.steps_per_epoch (batches per epoch)")
+    upe = updates_per_epoch or 1
+    total = max(1, total_updates if total_updates is not None else cfg.epochs * upe)
+    warm = cfg.warmup_epochs * upe
+    updates_per_epoch = upe
 
     def factor(u: int) -> float:
         if warm > 0 and u < warm:
@@ -136,12 +146,13 @@ class TrainState:
     history: list = field(default_factory=list)
     elapsed: float = 0.0
     loader: dict = field(default_factory=dict)
+    seen: int = 0  # samples trained on (this process)
 
     def to_json(self, stage: str) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "updates": self.updates, "sums": {k: float(v) for k, v in self.sums.items()},
                 "count": self.count, "history": self.history, "elapsed": self.elapsed,
-                "loader": self.loader, "stage": stage}
+                "loader": self.loader, "seen": self.seen, "stage": stage}
 
     @classmethod
     def from_json(cls, d: dict, device) -> TrainState:
@@ -149,7 +160,7 @@ class TrainState:
                    updates=d.get("updates", -1),
                    sums={k: torch.tensor(v, device=device) for k, v in d.get("sums", {}).items()},
                    count=d.get("count", 0), history=d.get("history", []), elapsed=d.get("elapsed", 0.0),
-                   loader=d.get("loader", {}))
+                   loader=d.get("loader", {}), seen=d.get("seen", 0))
 
 
 @dataclass
@@ -161,10 +172,12 @@ class _Run:
     optimizers: list
     schedulers: list
     loader: object
-    steps_per_epoch: int
+    steps_per_epoch: int | None  # batches per epoch (None: until the stream ends)
     auto: bool
     val: object
     ckpt_dir: Path | None
+    max_updates: int | None = None  # train.max_steps
+    num_epochs: int = 1  # epochs the distiller is told about (planned from max_steps when given)
     t_start: float = 0.0
     elapsed_before: float = 0.0
     val_metrics: dict = field(default_factory=dict)
@@ -313,22 +326,29 @@ class Engine:
             resume: bool = False) -> FitResult:
         """Train for ``cfg.epochs``: set-up, resume, then epochs of steps, each epoch ending with
         an evaluation and a checkpoint."""
-        if self.cfg.epochs == 0:
+        if self.cfg.epochs == 0 and self.cfg.max_steps is None:
             return FitResult(val=self.evaluate(distiller, val) if val is not None else {})
         run = self._setup(distiller, train, val, augment, compile=self.cfg.compile)
         state = self._resume(run, resume)
 
         if self.is_main:
             tracking.start(self.accelerator, self.cfg, self.stage)
-        for epoch in range(state.epoch, self.cfg.epochs):
+        epoch = state.epoch
+        while not self._done(run, state, epoch):
             self._epoch(run, state, epoch)
+            epoch += 1
         distiller.ctx = None
         if self.is_main:
             tracking.end(self.accelerator)
         train_time = run.elapsed_before + time.perf_counter() - run.t_start
-        total_samples = run.loader.num_samples * self.cfg.epochs
         return FitResult(history=state.history, val=run.val_metrics, steps=state.global_step,
-                         updates=state.updates, train_time_s=train_time, samples_per_s=total_samples / max(1e-9, train_time))
+                         updates=state.updates, train_time_s=train_time, samples_per_s=state.seen / max(1e-9, train_time))
+
+    def _done(self, run: _Run, state: TrainState, epoch: int) -> bool:
+        """The stage's budget is spent: ``max_steps`` updates, else ``epochs`` epochs."""
+        if run.max_updates is not None:
+            return state.updates >= run.max_updates
+        return epoch >= self.cfg.epochs
 
     def dry_step(self, distiller: Distiller, train, augment: Augment | None = None) -> dict:
         """The check before training: the set-up ``fit`` does (device, loader, optimizers,
@@ -340,7 +360,7 @@ class Engine:
         batch = next(iter(run.loader.iterate(0)), None)
         if batch is None:
             raise ValueError("the training data is empty")
-        distiller.on_epoch_start(0, max(1, self.cfg.epochs))
+        distiller.on_epoch_start(0, run.num_epochs)
         run.model.train()
         try:
             self._step(run, state, batch, 0, dry=True)
@@ -371,12 +391,23 @@ class Engine:
         if compile:
             distiller.deployable().compile()
         loader = self._loader(train, cfg.batch_size, shuffle=True, augment=augment, drop_last=False)
-        steps_per_epoch = len(loader)
+        batches = loader.batches_per_epoch() if hasattr(loader, "batches_per_epoch") else len(loader)
+        if batches is None and cfg.max_steps is None and cfg.steps_per_epoch is None:
+            name = getattr(getattr(loader, "data", None), "name", "the training data")
+            raise ConfigError(f"{name} is a stream without a length (an IterableDataset with no __len__): "
+                              "give the training budget in steps, train.max_steps (optimizer updates for the "
+                              "stage) or train.steps_per_epoch (batches per epoch), or define __len__")
+        steps_per_epoch = batches if cfg.steps_per_epoch is None else (
+            cfg.steps_per_epoch if batches is None else min(batches, cfg.steps_per_epoch))
         if steps_per_epoch == 0:
             raise ValueError("the training data is empty")
-        updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum)
+        updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum) if steps_per_epoch else None
+        if cfg.max_steps is not None:
+            num_epochs = math.ceil(cfg.max_steps / updates_per_epoch) if updates_per_epoch else 1
+        else:
+            num_epochs = max(1, cfg.epochs)
         optimizers = distiller.configure_optimizers(optimizer_builder(cfg))
-        factor = lr_factor(cfg, updates_per_epoch)
+        factor = lr_factor(cfg, updates_per_epoch, cfg.max_steps)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
         auto = distiller.automatic_optimization
         if auto:
@@ -388,11 +419,12 @@ class Engine:
             groups = {id(o): [p for g in o.param_groups for p in g["params"]] for o in optimizers}
             distiller.ctx = StepContext(self, optimizers, lambda o: groups[id(o)])
         ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
-        return _Run(distiller, model, optimizers, schedulers, loader, steps_per_epoch, auto, val, ckpt_dir)
+        return _Run(distiller, model, optimizers, schedulers, loader, steps_per_epoch, auto, val, ckpt_dir,
+                    max_updates=cfg.max_steps, num_epochs=num_epochs)
 
     def _loader_state(self, run: _Run) -> dict:
         return {"kind": type(run.loader).__name__, "batches_per_epoch": run.steps_per_epoch,
-                "samples": run.loader.num_samples, "seed": self.seed}
+                "samples": run.loader.num_samples, "seed": self.seed, "max_steps": run.max_updates}
 
     # -- resume: the last complete checkpoint, or a clean start
     def _resume(self, run: _Run, resume: bool) -> TrainState:
@@ -411,6 +443,11 @@ class Engine:
                 raise ConfigError(f"checkpoint {last} was written with {saved} batches per epoch, the "
                                    f"data now gives {run.steps_per_epoch}; resume on the same data and "
                                    "batch size, or start afresh without --resume")
+            if state.step_in_epoch > 0 and not getattr(run.loader, "exact_resume", True):
+                own = run.loader.data.sampler if run.loader.data.sampler is not None else run.loader.data.batch_sampler
+                warn(f"{self.stage}: resumed mid-epoch with the DataLoader's own sampler ({type(own).__name__}), "
+                     "which draws from the global random generator: the rest of this epoch follows a new "
+                     "order (give it generator=torch.Generator().manual_seed(S) for an exact resume)")
             if state.updates < 0:  # a checkpoint from before updates were counted
                 state.updates = run.schedulers[0].last_epoch if run.schedulers else state.global_step
             state.loader = self._loader_state(run)
@@ -430,34 +467,63 @@ class Engine:
 
     # -- one epoch: its batches from state.step_in_epoch, then evaluation, log, checkpoint
     def _epoch(self, run: _Run, state: TrainState, epoch: int) -> None:
+        """Batches from ``state.step_in_epoch`` until the epoch's end (its last batch, the
+        stream's end) or, with ``max_steps``, the last update; then evaluation, log, checkpoint."""
         cfg = self.cfg
         start = state.step_in_epoch if epoch == state.epoch else 0
         if start == 0:
             state.sums, state.count = {}, 0
         state.epoch = epoch
-        run.distiller.on_epoch_start(epoch, cfg.epochs)
+        run.distiller.on_epoch_start(epoch, run.num_epochs)
         run.model.train()
         t_epoch, n_epoch = time.perf_counter(), 0
-        bar = tqdm(total=run.steps_per_epoch, initial=start, leave=False, dynamic_ncols=True,
-                   desc=f"{self.stage} {epoch + 1}/{cfg.epochs}",
+        desc = (f"{self.stage} {epoch + 1}/{cfg.epochs}" if run.max_updates is None
+                else f"{self.stage} epoch {epoch + 1}")
+        bar = tqdm(total=run.steps_per_epoch, initial=start, leave=False, dynamic_ncols=True, desc=desc,
                    disable=not (self.progress and self.is_main and sys.stderr.isatty()))
         last = run.steps_per_epoch
+        i, sync = start - 1, True
         for i, batch in enumerate(run.loader.iterate(epoch, start), start=start):
             sync = self._step(run, state, batch, i)
             n_epoch += len(batch["index"])
-            if sync and ((i + 1) % cfg.log_every == 0 or i + 1 == last):
+            stop = (last is not None and i + 1 >= last) or (
+                run.max_updates is not None and sync and state.updates >= run.max_updates)
+            if sync and ((i + 1) % cfg.log_every == 0 or stop):
                 self._check_finite(state.sums, epoch, i)
                 if bar.disable is False:
                     self._show(bar, state, run.val_metrics, n_epoch / max(1e-9, time.perf_counter() - t_epoch))
             bar.update(1)
-            if cfg.checkpoint_every and sync and state.global_step % cfg.checkpoint_every == 0 and i + 1 < last:
+            if stop:
+                break
+            if cfg.checkpoint_every and sync and state.global_step % cfg.checkpoint_every == 0:
                 state.step_in_epoch = i + 1
                 self._checkpoint(run, state)
         bar.close()
-        self._check_finite(state.sums, epoch, last)
-        self._end_epoch(run, state, epoch, n_epoch, time.perf_counter() - t_epoch)
+        if n_epoch == 0 and start == 0:
+            raise ConfigError(f"{self.stage}: the training data gave no batch in epoch {epoch + 1} (a stream "
+                              "that ended at once?); check the dataset's __iter__")
+        if not sync:  # a stream that ended inside an accumulation window: its update is made
+            self._flush(run, state)
+        self._check_finite(state.sums, epoch, i + 1)
+        final = self._done(run, state, epoch + 1)
+        self._end_epoch(run, state, epoch, n_epoch, time.perf_counter() - t_epoch, final)
         state.epoch, state.step_in_epoch, state.sums, state.count = epoch + 1, 0, {}, 0
         self._checkpoint(run, state)
+
+    def _flush(self, run: _Run, state: TrainState) -> None:
+        """The update of a partial accumulation window (automatic optimisation; a manual
+        Distiller's partial window is dropped)."""
+        cfg, acc = self.cfg, self.accelerator
+        if run.auto:
+            if cfg.clip_grad_norm:
+                acc.clip_grad_norm_(run.distiller.trainable_parameters(), cfg.clip_grad_norm)
+            for o in run.optimizers:
+                _step(o)
+        for o in run.optimizers:
+            _zero_grad(o)
+        for s in run.schedulers:
+            s.step()
+        state.updates += 1
 
     # -- one batch: forward, backward, and at the end of an accumulation window the update and
     #    the scheduler step; the same window and schedule for automatic and manual optimisation
@@ -490,6 +556,7 @@ class Engine:
                 s.step()
             state.updates += 1
         bsz = len(batch["index"])
+        state.seen += bsz
         for k, v in losses.items():
             v = v.detach().float() * bsz
             state.sums[k] = state.sums[k] + v if k in state.sums else v
@@ -504,25 +571,27 @@ class Engine:
         bar.set_postfix(**shown, samples_s=f"{rate:.0f}")
 
     # -- evaluation and the epoch's row in metrics.jsonl
-    def _end_epoch(self, run: _Run, state: TrainState, epoch: int, n_epoch: int, epoch_time: float) -> None:
+    def _end_epoch(self, run: _Run, state: TrainState, epoch: int, n_epoch: int, epoch_time: float,
+                   final: bool = False) -> None:
         cfg, acc = self.cfg, self.accelerator
         row = {"stage": self.stage, "epoch": epoch + 1, "step": state.global_step,
                "lr": run.optimizers[0].param_groups[0]["lr"]}
         row.update({f"train/{k}": v for k, v in self._reduce_mean(state.sums, state.count).items()})
         row["samples_per_s"] = n_epoch * acc.num_processes / max(1e-9, epoch_time)
         row.update(run.distiller.extra_metrics())
-        if run.val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        if run.val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or final):
             run.val_metrics = self.evaluate(run.distiller, run.val)
             row.update(run.val_metrics)
         row["time_s"] = round(run.elapsed_before + time.perf_counter() - run.t_start, 3)
         state.history.append(row)
         self._log(row)
-        report_every = max(1, cfg.epochs // 5)
+        report_every = max(1, run.num_epochs // 5)
         if self.is_main and self.progress and ((epoch + 1) % report_every == 0 or epoch == 0
-                                               or epoch + 1 == cfg.epochs):
+                                               or epoch + 1 == cfg.epochs or final):
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                               if k.startswith(("train/loss", "val/acc")) or k == "samples_per_s")
-            tqdm.write(f"[{self.stage}] epoch {epoch + 1}/{cfg.epochs}: {shown}")
+            of = f"/{cfg.epochs}" if run.max_updates is None else f" (update {state.updates}/{run.max_updates})"
+            tqdm.write(f"[{self.stage}] epoch {epoch + 1}{of}: {shown}")
 
     # -- checkpoint: weights, optimizers, schedulers, RNG and the JSON loop state
     def _checkpoint(self, run: _Run, state: TrainState) -> None:

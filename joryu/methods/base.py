@@ -16,9 +16,11 @@ from joryu.registry import Registry
 
 
 class Params(BaseModel):
-    """Base for a method's parameters: unknown keys are errors."""
+    """Base for a method's parameters: unknown keys are errors, and so are infinite or NaN numbers
+    (a temperature or weight of ``.inf`` would only show up later as a non-finite loss)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True,
+                              allow_inf_nan=False)
 
 
 @dataclass

@@ -81,6 +81,12 @@ def output_classes(model: torch.nn.Module, data, input_key="input", name: str = 
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         raise ConfigError(f"{name} returned {type(out).__name__} of shape "
                           f"{tuple(getattr(out, 'shape', ()))}; expected logits [batch, classes, ...]")
+    target = example_batch(data, 2).get("target")
+    if isinstance(target, torch.Tensor) and out.dim() == 2 and target.dim() >= 2:
+        raise ConfigError(f"{name} predicts one class per sample (logits of shape {tuple(out.shape)}) but "
+                          f"each sample's target has shape {tuple(target.shape[1:])}: one-hot or "
+                          "multi-label targets? give one class index per sample (e.g. "
+                          "target.argmax(-1)); joryu trains single-label classification")
     return positions.num_classes(out)
 
 

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from joryu.atomic import atomic_write_text
 from joryu.config import ExperimentConfig, MethodConfig
-from joryu.errors import ConfigError, JoryuError, one_line
+from joryu.errors import ConfigError, JoryuError, one_line, warn
 from joryu.methods import get_method
 from joryu.models.build import build_model
 from joryu.outputs import forward
@@ -107,6 +107,18 @@ def run_comparison(cfg: ExperimentConfig, methods: list[str], run_dir=None, prog
             continue
         runnable.append((m, method))
     exp._commit()
+    ok = False
+    try:  # --overwrite: the comparison this one replaces is deleted only when this one finishes
+        _train_and_rank(exp, cfg, prepared, runnable, out, progress, resume)
+        ok = True
+    finally:
+        note = exp.plan.finish(ok) if exp.plan is not None else None
+        if note:
+            warn(note)
+    return out
+
+
+def _train_and_rank(exp, cfg, prepared, runnable, out: Comparison, progress: bool, resume: bool) -> None:
     teacher_model, _ = exp.train_teacher(prepared)
     key_t = cfg.teacher.input_key if cfg.teacher is not None else "input"
     teacher = None
@@ -169,9 +181,8 @@ def run_comparison(cfg: ExperimentConfig, methods: list[str], run_dir=None, prog
             teacher_val = top1(lambda b: {"t": forward(teacher_model, b, key_t)}, split)
         first_val = out.val[out.selected] if out.selected else None
         out.warnings += evidence.warnings_for(len(out.seeds), first_val, teacher_val, alone_val[0], [], ALONE)
-    if rd is not None:
-        write_comparison(rd, cfg, out)
-    return out
+    if exp.run_dir is not None:
+        write_comparison(exp.run_dir, cfg, out)
 
 
 def table(out: Comparison) -> list[list[str]]:

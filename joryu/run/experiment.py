@@ -170,7 +170,13 @@ class Experiment:
 
     def _commit(self) -> None:
         if self.plan is not None:
-            self.plan.commit(dump_config(self.cfg), is_main())
+            planned = self.plan.path
+            path = same_on_all_processes(lambda: self.plan.commit(dump_config(self.cfg), True))
+            self.plan.path, self.plan.committed, self.run_dir = path, True, path
+            if path != planned:
+                self.log(f"run folder: {path} ({planned} was taken by a run started at the same time)")
+            for note in self.plan.notes:
+                warn(note)
             wait_for_everyone()
 
     def check(self) -> Prepared:
@@ -190,6 +196,8 @@ class Experiment:
             raise ConfigError(f"{rd} holds a finished run; nothing to resume (its report is "
                               f"{rd / 'report.md'})")
         tracking.check_trackers(cfg.train.log_with)
+        if cfg.teacher is not None and cfg.teacher.train is not None:
+            tracking.check_trackers(cfg.teacher.train.log_with, "teacher.train.log_with")
         train_cfg = cfg.train
         if train_cfg.log_with and not train_cfg.run_name:
             train_cfg = train_cfg.model_copy(update={"run_name": cfg.name})
@@ -203,7 +211,8 @@ class Experiment:
             train, val = bundle.train, bundle.val
         else:
             train, val = split_any(bundle.train, cfg.data.val_fraction, cfg.data.split_seed)
-        self.log(f"data {bundle.name}: {len(train)} train / {len(val) if val is not None else 0} val / "
+        size = len(train) if getattr(train, "sized", True) else "a stream of"
+        self.log(f"data {bundle.name}: {size} train / {len(val) if val is not None else 0} val / "
                  f"{len(bundle.test)} test, input {bundle.input_shape}, {bundle.num_classes} classes")
 
         # --- build every network and check them on the data before anything is written or trained
@@ -258,9 +267,20 @@ class Experiment:
         """Check, then train the teacher (unless given), the method and its comparison rows, and
         score every network once on the test split."""
         p = self.check()
+        self._commit()
+        ok = False
+        try:  # --overwrite: the run this one replaces is deleted only when this one finishes
+            summary = self._train(p)
+            ok = True
+            return summary
+        finally:
+            note = self.plan.finish(ok) if self.plan is not None else None
+            if note:
+                warn(note)
+
+    def _train(self, p: Prepared) -> dict:
         cfg, rd = self.cfg, self.run_dir
         bundle, train_cfg = p.bundle, p.train_cfg
-        self._commit()
 
         # --- teacher
         teacher_model, teacher_result = self.train_teacher(p)

@@ -25,6 +25,31 @@ def parse_kv(items) -> dict:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a batch size), else argparse's one-line error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
+    """``"1,40"`` -> ``(1, 40)``: positive whole numbers, else a one-line ConfigError."""
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"{option} {text!r} must be positive whole numbers separated by commas, "
+                          "e.g. 1,40 or 3,32,32")
+    return shape
+
+
 def load_data(name: str, path: str | None = None, kwargs: dict | None = None):
     return load(name, path, **(kwargs or {}))
 

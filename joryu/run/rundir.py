@@ -9,14 +9,24 @@ Policy (``plan_run_dir``):
   in every key that changes the result (``RESULT_NEUTRAL`` keys may differ); a finished run is
   reported as finished, never trained again;
 - nothing is created or deleted until ``RunPlan.commit`` is called, which the experiment does
-  only after its checks (data, models, a dry run of every stage) have passed; ``--overwrite``
-  then moves the old folder aside, creates the new one and deletes the old one.
+  only after its checks (data, models, a dry run of every stage) have passed;
+- a new folder is claimed with ``os.mkdir`` of its final name, which exactly one process can win:
+  two runs started at once with the default folder get ``name`` and ``name-2``;
+- a run holds ``RunLock`` (``fcntl.flock`` on ``.lock`` in the folder, with its pid) for its
+  life: a second ``--resume`` (or ``--out``) of a folder in use is refused in one line; the kernel
+  drops the lock when the process dies, so a stale ``.lock`` is simply taken over;
+- ``--overwrite`` moves the old folder aside at commit and deletes it only when the new run has
+  finished (``RunPlan.finish(True)``); a new run that fails, is interrupted or diverges is removed
+  and the old one put back (``finish(False)``). After a kill, the next plan of that folder puts a
+  finished run back over the unfinished one that replaced it.
 
 Every file inside a run folder is written through ``joryu.atomic``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -90,48 +100,203 @@ def _check_creatable(path: Path) -> None:
                           "another --out or output_dir")
 
 
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``folder/.lock`` (which holds the owner's pid), held until
+    ``release`` or the process ends. ``RunLock.acquire(folder)`` refuses a folder in use."""
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self.fd = folder, fd
+
+    @classmethod
+    def acquire(cls, folder: Path) -> RunLock:
+        import fcntl
+
+        path = folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RunDirError(f"cannot lock run folder {folder}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = ""
+            with contextlib.suppress(OSError, ValueError):
+                owner = f" by process {int(os.pread(fd, 32, 0).decode().split()[0])}"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"cannot lock run folder {folder}: {e.strerror or e}") from None
+            raise RunDirError(f"run folder {folder} is in use{owner} (another joryu run or --resume of "
+                              "it); wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(folder, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    __del__ = release
+
+
+def _aside_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.replaced-{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def restore_orphans(path: Path) -> str | None:
+    """After a kill during ``--overwrite``: put a finished run set aside by a process that is gone
+    back over the unfinished run that replaced it (which is deleted). Returns a note, or None."""
+    note = None
+    for aside in sorted(path.parent.glob(f".{path.name}.replaced-*")) if path.parent.is_dir() else []:
+        try:
+            pid = int(aside.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        if is_finished(path) or not is_finished(aside):  # the new run finished: the old one goes
+            shutil.rmtree(aside, ignore_errors=True)
+            continue
+        try:
+            lock = RunLock.acquire(path) if path.is_dir() else None
+        except RunDirError:
+            continue  # someone resumes the new run: leave both
+        failed = path.with_name(f".{path.name}.failed-{os.getpid()}")
+        if path.exists():
+            atomic.replace(path, failed)
+        atomic.replace(aside, path)
+        if lock is not None:
+            lock.release()
+        shutil.rmtree(failed, ignore_errors=True)
+        note = (f"{path}: the finished run that an interrupted --overwrite had set aside was put back "
+                "(the unfinished run that replaced it was removed)")
+    return note
+
+
 @dataclass
 class RunPlan:
-    """Where a run writes and how: ``mode`` is ``new``, ``overwrite`` or ``resume``."""
+    """Where a run writes and how: ``mode`` is ``new``, ``overwrite`` or ``resume``. ``auto``: the
+    folder is the default one, so another name is taken if this one is claimed first."""
 
     path: Path
     mode: str
     finished: bool = False
     notes: list[str] = field(default_factory=list)
     committed: bool = False
+    auto: str | None = None  # the default folder's name: another (NAME-K) is taken if it is claimed first
+    lock: RunLock | None = field(default=None, repr=False, compare=False)
+    aside: Path | None = None
+
+    def __getstate__(self):  # handed to other processes (torchrun) without the lock
+        return {**self.__dict__, "lock": None}
 
     def commit(self, config_text: str, main_process: bool = True) -> Path:
-        """Create (or replace) the folder and write ``config.yaml``; call after the checks pass."""
+        """Claim (or replace) the folder, lock it and write ``config.yaml``; call after the checks
+        pass. Returns the folder (a default one may have moved on to ``name-K``)."""
         if self.committed or not main_process:
             self.committed = True
             return self.path
-        path = self.path
         try:
-            if self.mode == "resume":
-                path.mkdir(parents=True, exist_ok=True)
-            else:  # the folder appears, with its config.yaml, in one rename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                staging = path.with_name(f".{path.name}.new-{os.getpid()}")
-                if staging.exists():
-                    shutil.rmtree(staging)
-                staging.mkdir()
-                atomic.atomic_write_text(staging / "config.yaml", config_text)
-                aside = None
-                if self.mode == "overwrite" and path.exists():
-                    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-                    if aside.exists():
-                        shutil.rmtree(aside)
-                    atomic.replace(path, aside)
-                elif path.is_dir():  # an empty folder the user made for the run
-                    path.rmdir()
-                atomic.replace(staging, path)
-                atomic.fsync_dir(path.parent)
-                if aside is not None:
-                    shutil.rmtree(aside, ignore_errors=True)
-        except OSError as e:
-            raise RunDirError(f"cannot write run folder {path}: {e.strerror or e}") from None
+            if self.mode == "resume":  # its config.yaml is the saved one, kept as it is
+                self.path.mkdir(parents=True, exist_ok=True)
+                if self.lock is None:
+                    self.lock = RunLock.acquire(self.path)
+            else:
+                self._replace_old() if self.mode == "overwrite" else self._claim()
+                atomic.atomic_write_text(self.path / "config.yaml", config_text)
+        except BaseException:
+            if self.mode != "resume":
+                self._undo()
+            raise
         self.committed = True
-        return path
+        return self.path
+
+    def _claim(self) -> None:
+        """``os.mkdir`` of the final name is the claim: exactly one process wins a name."""
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                if not self.auto:  # an --out folder the user made (empty when planned)
+                    if path.is_dir() and not any(p.name != LOCK_NAME for p in path.iterdir()):
+                        break
+                    raise RunDirError(f"run folder {path} was filled by another run after this one "
+                                      "was planned; choose another --out") from None
+                path = _next_free(path.parent, self.auto)  # taken since planned: the next free name
+            except OSError as e:
+                raise RunDirError(f"cannot create run folder {path}: {e.strerror or e}") from None
+        self.path = path
+        self.lock = RunLock.acquire(path)
+
+    def _replace_old(self) -> None:
+        """Set the old run aside (kept until this one finishes), then claim the name afresh."""
+        path = self.path
+        old_lock = RunLock.acquire(path) if path.is_dir() else None  # not while it is in use
+        if old_lock is not None:
+            old_lock.release()
+        self.aside = _aside_name(path, os.getpid())
+        if self.aside.exists():
+            shutil.rmtree(self.aside)
+        if path.exists():
+            atomic.replace(path, self.aside)
+            atomic.fsync_dir(path.parent)
+        else:
+            self.aside = None
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise RunDirError(f"run folder {path} was created by another run during --overwrite; "
+                              "choose another --out") from None
+        self.lock = RunLock.acquire(path)
+
+    def _undo(self) -> None:
+        """A commit that failed part-way leaves what was there before."""
+        if self.lock is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.lock.release()
+            self.lock = None
+        if self.aside is not None and self.aside.exists():
+            with contextlib.suppress(OSError):
+                atomic.replace(self.aside, self.path)
+            self.aside = None
+
+    def finish(self, ok: bool) -> str | None:
+        """The run ended: ``ok`` (it finished) deletes the run it replaced; otherwise a replaced
+        finished run is put back in place of this unfinished one (the note returned says so).
+        Then the lock is released."""
+        note = None
+        if self.aside is not None:
+            if ok:
+                shutil.rmtree(self.aside, ignore_errors=True)
+            elif self.aside.exists():
+                failed = self.path.with_name(f".{self.path.name}.failed-{os.getpid()}")
+                with contextlib.suppress(OSError):
+                    if self.path.exists():
+                        atomic.replace(self.path, failed)
+                    atomic.replace(self.aside, self.path)
+                    shutil.rmtree(failed, ignore_errors=True)
+                note = f"the run this one was to replace is kept in {self.path}"
+            self.aside = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        return note
 
 
 def _next_free(base: Path, name: str) -> Path:
@@ -151,18 +316,23 @@ def plan_run_dir(cfg, out: str | os.PathLike | None = None, overwrite: bool = Fa
         raise RunDirError("--resume and --overwrite exclude each other: resume continues a run, "
                           "overwrite replaces it")
     path = Path(out) if out else Path(cfg.output_dir) / cfg.name
+    notes = [n for n in [restore_orphans(path)] if n]
     if resume:
-        return _plan_resume(cfg, path)
-    if out is None and not overwrite:
+        plan = _plan_resume(cfg, path)
+        plan.notes[:0] = notes
+        return plan
+    auto = out is None and not overwrite
+    if auto:
         path = _next_free(Path(cfg.output_dir), cfg.name)
     _check_creatable(path)
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
         if not overwrite:
             what = "a finished run" if is_finished(path) else "files (a run?)"
             raise RunDirError(f"run folder {path} already holds {what}; add --resume to continue "
                               "it, --overwrite to replace it, or choose another --out")
-        return RunPlan(path, "overwrite")
-    return RunPlan(path, "new")
+        RunLock.acquire(path).release()  # refuse at once a folder whose run is still going
+        return RunPlan(path, "overwrite", notes=notes)
+    return RunPlan(path, "new", notes=notes, auto=cfg.name if auto else None)
 
 
 def _normalised(dumped: dict) -> dict:
@@ -198,4 +368,5 @@ def _plan_resume(cfg, path: Path) -> RunPlan:
                           f"{shown}; resume with the saved config ({saved_file}), or start a new "
                           "run (drop --resume, or add --overwrite to replace it)")
     _check_creatable(path)
-    return RunPlan(path, "resume", finished=is_finished(path))
+    lock = RunLock.acquire(path)  # a second --resume of a folder in use stops here
+    return RunPlan(path, "resume", finished=is_finished(path), lock=lock)

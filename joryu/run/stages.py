@@ -201,7 +201,7 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             stage_train = (_checked(f"stage {name}", "to build", stage.data, ctx)
                            if stage.data is not None else train)
             distiller = _checked(f"stage {name}", "to build", stage.build, ctx)
-            if stage.trains and cfg.epochs > 0:
+            if stage.trains and (cfg.epochs > 0 or cfg.max_steps is not None):
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,
                                 progress=False)
                 _checked(f"stage {name}", "on one batch", engine.dry_step, distiller, stage_train,

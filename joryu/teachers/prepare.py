@@ -63,6 +63,7 @@ def prepare(teacher, *, num_samples: int | None = None, augment=None, fold: bool
 def prepare_for(ctx, teacher=None, *, fold: bool = True, cache: bool = True) -> Teacher:
     """``prepare`` with the sizes read from a method's ``StageContext`` (its teacher by default)."""
     data = ctx.train_data
-    n = len(data) if hasattr(data, "__len__") else None
+    sized = hasattr(data, "__len__") and getattr(data, "sized", True)  # a stream: no cache by index
+    n = len(data) if sized else None
     return prepare(ctx.teacher if teacher is None else teacher, num_samples=n, augment=ctx.augment,
                    fold=fold, cache=cache)
