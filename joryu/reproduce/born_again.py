@@ -120,7 +120,9 @@ def build_study(evaluate: str = "test", settings: dict | None = None) -> Study:
                     "teacher: generation 2 vs generation 1 (paper: DenseNet BANs beat their teachers on "
                     "CIFAR-10/100, e.g. CIFAR-100 DenseNet-112-33 error 18.25 -> 16.59).", G[2], G1),
             Compare(f"The ensemble of the generations (BANE of generations 1..{gens}) beats generation 1 (paper: "
-                    "BANE improves further over the single BANs on CIFAR-100).", BANE, G1),
+                    "BANE improves further over the single BANs on CIFAR-100).", BANE, G1,
+                    budget=f"extra: the ensemble trains nothing itself; it averages generations 1..{gens}, "
+                           f"which cost {gens}x generation 1's updates (trained in the other arms)"),
         ],
         test_size=2000,
         setup=(f"Every generation is an MLP 784-{hid}-10 with dropout {st['dropout']} (input dropout "
