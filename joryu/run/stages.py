@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from joryu.atomic import atomic_write_text
 from joryu.config import TrainConfig, validate_params
 from joryu.data import Augment
 from joryu.engine import Engine, load_weights, save_weights
-from joryu.errors import ConfigError, JoryuError, one_line
+from joryu.errors import ConfigError, JoryuError, one_line, reraise_as_user
 from joryu.losses import positions
 from joryu.methods import StageContext
 from joryu.models.build import probe_logits
@@ -140,18 +139,23 @@ def _stage_label(label: str, stage_name: str, n_stages: int) -> str:
 
 
 def _dry_stage(engine: Engine, distiller, data, augment, where: str) -> None:
-    try:
+    with _named(f"check before training, stage {where}"):
         engine.dry_step(distiller, data, augment)
+
+
+@contextlib.contextmanager
+def _named(where: str, prefix: bool = True) -> Iterator[None]:
+    """A user's mistake (a ``JoryuError``, or an exception in the user's own code: see
+    ``joryu.errors``) comes out as one line, prefixed with ``where`` (for a ``JoryuError`` only
+    with ``prefix``); a bug in joryu passes through unchanged, with its traceback (exit 1)."""
+    try:
+        yield
     except JoryuError as e:
-        if os.environ.get("JORYU_DEBUG"):
+        if not prefix or str(e).startswith(("check before training", "stage ")):
             raise
-        raise type(e)(f"check before training, stage {where}: {one_line(e)}") from None
-    except Exception as e:
-        if os.environ.get("JORYU_DEBUG"):
-            raise
-        raise ConfigError(f"check before training, stage {where} failed on one batch: "
-                          f"{type(e).__name__}: {one_line(e)} (nothing was trained; set "
-                          "JORYU_DEBUG=1 for the traceback)") from None
+        raise type(e)(f"{where}: {one_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - only the user's own code becomes one line
+        reraise_as_user(e, where=f"{where}: ")
 
 
 def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, val=None,
@@ -186,17 +190,9 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
         cfg = stage_config(train_cfg, overrides, f"stage {name} train")
         sdir = (run_dir / stage.name if len(stages) > 1 else run_dir) if run_dir is not None else None
         if dry:
-            try:
+            with _named(f"check before training, stage {name}"):
                 stage_train = stage.data(ctx) if stage.data is not None else train
                 distiller = stage.build(ctx)
-            except JoryuError as e:
-                raise type(e)(f"check before training, stage {name}: {one_line(e)}") from None
-            except Exception as e:
-                if os.environ.get("JORYU_DEBUG"):
-                    raise
-                raise ConfigError(f"check before training, stage {name} failed to build: "
-                                  f"{type(e).__name__}: {one_line(e)} (set JORYU_DEBUG=1 for the "
-                                  "traceback)") from None
             if cfg.epochs > 0:
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,
                                 progress=False)
@@ -213,8 +209,9 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             except Exception:  # noqa: BLE001
                 break
             continue
-        stage_train = stage.data(ctx) if stage.data is not None else train
-        distiller = stage.build(ctx)
+        with _named(f"stage {name}", prefix=False):
+            stage_train = stage.data(ctx) if stage.data is not None else train
+            distiller = stage.build(ctx)
         done = sdir / "done.json" if sdir is not None else None
         if resume and done is not None and done.is_file():
             full = sdir / "distiller.safetensors"  # older runs kept the Distiller in final.safetensors
@@ -222,7 +219,8 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             result = json.loads(done.read_text())
         else:
             engine = Engine(cfg, sdir, seed=seed, stage=name, progress=progress)
-            fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
+            with _named(f"stage {name}", prefix=False):
+                fit = engine.fit(distiller, stage_train, val, augment=augment, resume=resume)
             result = {"history": fit.history, "val": fit.val, "train_time_s": fit.train_time_s,
                       "samples_per_s": fit.samples_per_s, "steps": fit.steps}
             if sdir is not None and is_main():
