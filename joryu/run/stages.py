@@ -13,7 +13,7 @@ Accelerate), then one batch forward and backward with no optimizer update (``Eng
 one evaluation forward, and the stage's hand-over, so that a mistake the config already shows
 surfaces before anything trains. Nothing is written. The networks are not copied: what a dry
 step can change on them (buffers such as BatchNorm statistics, ``requires_grad`` flags, train /
-eval modes, hooks left by a stage) is recorded first and put back afterwards, with the torch,
+eval modes, hooks left by a stage, a submodule a stage replaced) is recorded first and put back afterwards, with the torch,
 numpy and python RNG states, so a run with the check gives the same result as one without it.
 """
 
@@ -74,7 +74,7 @@ def _modules_of(obj) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def restored(*owners) -> Iterator[None]:
     """Put back, on exit, what a dry step may change on the modules of ``owners``: buffers,
-    parameter values and ``requires_grad`` flags, train/eval modes and hooks. Parameters are
+    parameter values and ``requires_grad`` flags, train/eval modes, hooks and submodules. Parameters are
     only copied when they require gradients (a frozen teacher's are never touched)."""
     seen, saved = set(), []
     for root in (m for o in owners for m in _modules_of(o)):
@@ -89,13 +89,16 @@ def restored(*owners) -> Iterator[None]:
             hooks = {h: dict(getattr(mod, h)) for h in ("_forward_hooks", "_forward_pre_hooks",
                                                         "_backward_hooks", "_forward_hooks_with_kwargs")
                      if isinstance(getattr(mod, h, None), dict)}
-            saved.append((mod, mod.training, params, buffers, hooks))
+            saved.append((mod, mod.training, params, buffers, hooks, dict(mod._modules)))
     try:
         yield
     finally:
         with torch.no_grad():
-            for mod, training, params, buffers, hooks in saved:
+            for mod, training, params, buffers, hooks, children in saved:
                 mod.training = training
+                if mod._modules != children:  # a stage swapped a submodule (e.g. a new head)
+                    mod._modules.clear()
+                    mod._modules.update(children)
                 for _, (p, rg, value) in params.items():
                     if value is not None:
                         p.copy_(value)
