@@ -23,8 +23,12 @@ import pytest
 import torch
 import yaml
 
+import joryu
 from joryu.cli import main
-from joryu.methods import available
+from joryu.config import TrainConfig, load_config
+from joryu.data import load_data
+from joryu.methods import available, get_method
+from joryu.models.build import build_model, input_shape_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
@@ -184,20 +188,18 @@ def test_the_matrix_covers_every_method_and_config():
 # ----------------------------------------------------------------------------- joryu.distill
 @pytest.mark.parametrize("method", sorted(EXAMPLE))
 def test_every_method_through_the_api(method, tmp_path):
-    import joryu
-    from joryu.config import load_config
-    from joryu.data import load_data
-    from joryu.methods import get_method
-    from joryu.models.build import build_model
-
     cfg = load_config(ROOT / "configs" / EXAMPLE[method], smoke(EXAMPLE[method], tmp_path, method))
     bundle = load_data(cfg.data)
     torch.manual_seed(0)
     student = build_model(cfg.student, bundle.num_classes, bundle.input_shape)
-    teacher = None
+    teacher, keys = None, {"inputs": cfg.student.input_key}
     if get_method(method, cfg.method.params).needs_teacher:
-        teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_shape)
-    params = dict(cfg.method.params)
+        shape = input_shape_of(bundle.train, cfg.teacher.input_key, bundle.input_shape)
+        teacher = build_model(cfg.teacher, bundle.num_classes, shape)
+        keys["teacher_inputs"] = cfg.teacher.input_key
+    # a method parameter named like a training setting (dataset_distillation's ``epochs``) cannot
+    # be passed through joryu.distill: the keyword is taken as the training setting
+    params = {k: v for k, v in cfg.method.params.items() if k not in TrainConfig.model_fields}
     net, metrics = joryu.distill(teacher, student, bundle.train, method=method, epochs=1, progress=False,
-                                 val_fraction=0.0, batch_size=cfg.train.batch_size, **params)
+                                 val_fraction=0.0, batch_size=cfg.train.batch_size, **keys, **params)
     assert isinstance(net, torch.nn.Module) and metrics
