@@ -2,8 +2,9 @@
 module under ``joryu.commands``.
 
 Exit status: 0 success; 2 a user's mistake (config, data, checkpoint, tap path, run folder, a loss
-that diverged, a malformed command line), printed as one line ``joryu: error: ...``; 1 a bug in
-joryu (its traceback is printed); 130 interrupted. ``main(argv)`` returns the status and never
+that diverged, a malformed command line, an exception in the user's own code: see
+``joryu.errors``), printed as one line ``joryu: error: ...`` (``JORYU_DEBUG=1`` adds the traceback
+behind it); 1 a bug in joryu (its traceback is printed); 130 interrupted. ``main(argv)`` returns the status and never
 calls ``sys.exit`` itself, so it can be called in-process.
 """
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     except JoryuError as e:
+        if os.environ.get("JORYU_DEBUG"):  # the traceback behind the one line
+            traceback.print_exception(e)
         print(f"joryu: error: {_one_line(e)}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:

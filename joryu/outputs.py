@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from joryu.errors import ConfigError
+from joryu.errors import ConfigError, qualified_name, reraise_as_user
 
 
 @dataclass
@@ -204,11 +204,11 @@ def call(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS):
     args, kwargs = model_args(model, batch, inputs)
     try:
         return model(*args, **kwargs)
-    except RuntimeError as e:
-        err = _dtype_error(model, e, args, kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's forward failed (errors.py: whose code)
+        err = _dtype_error(model, e, args, kwargs) if isinstance(e, RuntimeError) else None
         if err is not None:
             raise err from e
-        raise
+        reraise_as_user(e, f"{qualified_name(type(model))}.forward")
 
 
 def forward(model: torch.nn.Module, batch: Mapping, inputs=DEFAULT_INPUTS) -> Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from joryu.errors import ConfigError
+
 __all__ = ["Blobs", "BlobStream", "blobs", "blobs_test"]
 
 
@@ -72,7 +74,8 @@ def blobs(kind: str = "dataset", n: int = 600, n_test: int = 200, dim: int = 16,
         return {"train": _blobs(n, dim, classes, seed), "test": _blobs(n_test, dim, classes, seed + 1)}
     if kind == "train_only":
         return Blobs(n, dim, classes, seed)
-    raise ValueError(f"kind must be dataset, iterable, loader, hf, tensors or train_only, not {kind!r}")
+    raise ConfigError(f"data.kwargs.kind must be dataset, iterable, loader, hf, tensors or train_only, "
+                      f"not {kind!r}")
 
 
 def blobs_test(n: int = 200, dim: int = 16, classes: int = 4, seed: int = 1) -> Blobs:

@@ -56,7 +56,14 @@ from joryu.data.core import (
 )
 from joryu.data.registry import DataBundle
 from joryu.data.transforms import Draws, to_tensor
-from joryu.errors import ConfigError, DataError
+from joryu.errors import (
+    ConfigError,
+    DataError,
+    JoryuError,
+    UserCodeError,
+    at_sample,
+    reraise_as_user,
+)
 from joryu.losses.positions import IGNORE_INDEX, shift_labels
 from joryu.options import validate_params
 
@@ -185,12 +192,13 @@ def _unwrap_error(e: Exception) -> Exception:
     import re
 
     msg = str(e)
-    if isinstance(e, DataError) and "\n" not in msg:
+    if isinstance(e, JoryuError) and "\n" not in msg:
         return e
-    found = re.findall(r"\b(DatasetError|DataError): (.*)", msg)
+    found = re.findall(r"\b(DatasetError|DataError|UserCodeError): (.*)", msg)
     if found:
         kind, line = found[-1]
-        return (DatasetError if kind == "DatasetError" else DataError)(line.strip())
+        return {"DatasetError": DatasetError, "DataError": DataError, "UserCodeError": UserCodeError}[kind](
+            line.strip())
     return e
 
 
@@ -259,13 +267,15 @@ class StreamData:
     def _base_len(self) -> int:
         if self.length is not None:
             return int(self.length)
-        try:
-            return len(self.dataset)
-        except TypeError:
+        if not hasattr(type(self.dataset), "__len__"):
             raise DatasetError(f"{self.name} is a stream without a length ({type(self.dataset).__name__} "
                                "has no __len__): give the training budget in steps, train.max_steps "
                                "(optimizer updates) or train.steps_per_epoch (batches per epoch), or "
-                               "define __len__ (samples per epoch)") from None
+                               "define __len__ (samples per epoch)")
+        try:
+            return len(self.dataset)
+        except Exception as e:  # noqa: BLE001 - the user's __len__ failed
+            reraise_as_user(e, type(self.dataset).__len__)
 
     def _kept(self) -> Tensor:
         """Iterable split: which stream positions belong here (a pure function of the seed)."""
@@ -289,7 +299,10 @@ class StreamData:
 
     def _raw(self, pos: int):
         i = int(self.positions[pos]) if self.positions is not None else pos
-        return self.dataset[i]
+        try:
+            return self.dataset[i]
+        except Exception as e:  # noqa: BLE001 - the user's __getitem__ failed: say which sample
+            reraise_as_user(e, type(self.dataset).__getitem__, i)
 
     @property
     def targets(self) -> Tensor:
@@ -409,10 +422,14 @@ class StreamData:
                             or (tf is not None and getattr(tf, "random", True)))
         gen = Draws(_mix(self.seed if seed is None else seed, epoch, pos)) if random else None
         views = self.views if train else self._eval_views()
-        for key, view in views.items():
-            s[key] = _as_value(x if view is None else view(x, gen), key)
-        if tf is not None and x is not None:
-            x = tf(x, gen) if hasattr(tf, "steps") else tf(x)
+        try:
+            for key, view in views.items():
+                s[key] = _as_value(x if view is None else view(x, gen), key)
+            if tf is not None and x is not None:
+                x = tf(x, gen) if hasattr(tf, "steps") else tf(x)
+        except UserCodeError as e:  # a user's transform: name the sample it failed on
+            i = int(self.positions[pos]) if self.positions is not None and not self.iterable else pos
+            raise at_sample(e, i) from e.__cause__
         if "input" in s:
             s["input"] = x
         return {k: _as_value(v, k) for k, v in s.items()}
@@ -430,6 +447,8 @@ class StreamData:
             else:
                 raise IndexError(pos)
         else:
+            if not 0 <= pos < len(self):
+                raise IndexError(pos)
             out = self.process(self._raw(pos), pos, epoch, train)
         for k, v in self.fields.items():
             out[k] = v[pos]
@@ -438,11 +457,17 @@ class StreamData:
     def _stream(self) -> Iterator[tuple[int, object]]:
         kept = self._kept() if self.keep is not None else None
         n = self._base_len() if self.sized else None  # None: until the stream ends (maybe never)
-        for p, raw in enumerate(self.dataset):
-            if n is not None and p >= n:
-                break
+        it, p = iter(self.dataset), 0
+        while n is None or p < n:
+            try:
+                raw = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001 - the user's __iter__ failed at stream position p
+                reraise_as_user(e, type(self.dataset).__iter__, p)
             if kept is None or bool(kept[p]):
                 yield p, raw
+            p += 1
 
     # ------------------------------------------------------------------ variants
     def subset(self, idx, name: str | None = None) -> StreamData:
@@ -509,7 +534,11 @@ class StreamData:
             index = torch.as_tensor(index, dtype=torch.long)
         samples = [s for _, s in items]
         if self.collate is not None:
-            batch = to_sample(self.collate(samples), self.columns, f"a batch of {self.name}", self.causal)
+            try:
+                raw = self.collate(samples)
+            except Exception as e:  # noqa: BLE001 - the user's collate_fn failed
+                reraise_as_user(e, self.collate)
+            batch = to_sample(raw, self.columns, f"a batch of {self.name}", self.causal)
             batch = {k: _as_value(v, k) for k, v in batch.items()}
         else:
             try:
@@ -775,7 +804,7 @@ class StreamLoader:
                 err = _unwrap_error(e)
                 if err is e:
                     raise
-                raise err from None
+                raise err from e  # the worker's traceback stays behind it (JORYU_DEBUG=1 shows it)
             yield self._finish(raw, epoch, i)
 
     def _finish(self, raw: dict, epoch: int, i: int) -> dict:
@@ -983,10 +1012,18 @@ def load_factory(spec: str, **kwargs):
                           "that the module is importable (PYTHONPATH)") from None
     if not callable(fn):
         raise ConfigError(f"data factory {spec!r} is not callable; name a function that returns a dataset")
+    import inspect
+
     try:
-        return fn(**kwargs)
+        inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
         raise ConfigError(f"data factory {spec!r} rejected its options {sorted(kwargs)}: {e}") from None
+    except ValueError:  # no signature to read (a builtin): the call says
+        pass
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed
+        reraise_as_user(e, fn)
 
 
 def _is_dataset(obj) -> bool:

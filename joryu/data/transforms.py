@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from joryu.errors import ConfigError
+from joryu.errors import ConfigError, reraise_as_user
 
 __all__ = ["Draws", "Pipeline", "build_transform", "to_tensor", "available_transforms"]
 
@@ -311,12 +311,15 @@ class _Foreign:
         self.random = any(cls.startswith(r) for r in _RANDOM_NAMES)
 
     def __call__(self, x, gen=None):
-        if gen is None:
-            return self.fn(x)
-        seed = _rng(gen).getrandbits(62)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.fn(x)
+        try:
+            if gen is None:
+                return self.fn(x)
+            seed = _rng(gen).getrandbits(62)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.fn(x)
+        except Exception as e:  # noqa: BLE001 - the user's transform failed (StreamData adds the sample)
+            reraise_as_user(e, self.fn)
 
 
 class Pipeline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses.kd import _at_least_fp32, soft_cross_entropy
 
 
@@ -27,7 +28,7 @@ def dropout_distillation_loss(student_logits: Tensor, sampled_teacher_logits: Te
     if probs.dim() == student_logits.dim() + 1:
         probs = probs.mean(0)
     if probs.shape != student_logits.shape:
-        raise ValueError(f"teacher {tuple(probs.shape)} and student {tuple(student_logits.shape)} shapes differ")
+        raise ShapeError(f"teacher {tuple(probs.shape)} and student {tuple(student_logits.shape)} shapes differ")
     return soft_cross_entropy(student_logits, probs)
 
 

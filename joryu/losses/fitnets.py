@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses._dtype import compute_dtype
 
 
@@ -24,13 +25,13 @@ def hint_loss(regressed: Tensor, hint: Tensor, mask: Tensor | None = None) -> Te
     so padding neither trains the student nor changes the loss.
     """
     if regressed.shape != hint.shape:
-        raise ValueError(f"regressor output {tuple(regressed.shape)} and hint {tuple(hint.shape)} differ")
+        raise ShapeError(f"regressor output {tuple(regressed.shape)} and hint {tuple(hint.shape)} differ")
     dt = compute_dtype(regressed, hint)
     diff = regressed.to(dt) - hint.detach().to(dt)
     sq = diff.pow(2)
     if mask is not None:
         if tuple(mask.shape) != tuple(diff.shape[:mask.dim()]):
-            raise ValueError(f"mask {tuple(mask.shape)} does not fit features {tuple(diff.shape)}")
+            raise ShapeError(f"mask {tuple(mask.shape)} does not fit features {tuple(diff.shape)}")
         m = mask.to(device=sq.device, dtype=torch.bool).reshape(*mask.shape, *([1] * (sq.dim() - mask.dim())))
         sq = sq.masked_fill(~m, 0)
     return 0.5 * sq.sum() / max(1, diff.shape[0])
@@ -45,7 +46,7 @@ def feature_l2_loss(student: Tensor, teacher: Tensor) -> Tensor:
     The teacher side is detached; computed in the inputs' dtype (half precision in float32).
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} "
+        raise ShapeError(f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} "
                          "differ: add an adapter")
     dt = compute_dtype(student, teacher)
     diff = student.to(dt) - teacher.detach().to(dt)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses._dtype import compute_dtype
 
 
@@ -36,7 +37,7 @@ def fsp_matrix(first: Tensor, last: Tensor, pool: str = "max") -> Tensor:
     RepDistiller). 1-d maps (B, C, L) and 3-d maps work the same way.
     """
     if first.dim() < 3 or last.dim() < 3 or first.dim() != last.dim():
-        raise ValueError(f"FSP needs two feature maps (B, C, *spatial) of the same rank, got "
+        raise ShapeError(f"FSP needs two feature maps (B, C, *spatial) of the same rank, got "
                          f"{tuple(first.shape)} and {tuple(last.shape)}")
     s1, s2 = first.shape[2:], last.shape[2:]
     if tuple(s1) != tuple(s2):
@@ -57,14 +58,14 @@ def fsp_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], weights: Sequ
     Computed in the matrices' dtype (float64 stays float64; half precision in float32).
     """
     if len(teacher) != len(student):
-        raise ValueError(f"{len(teacher)} teacher FSP matrices but {len(student)} student ones")
+        raise ShapeError(f"{len(teacher)} teacher FSP matrices but {len(student)} student ones")
     weights = [1.0] * len(teacher) if weights is None else list(weights)
     if len(weights) != len(teacher):
-        raise ValueError(f"{len(weights)} weights for {len(teacher)} FSP matrices")
+        raise ShapeError(f"{len(weights)} weights for {len(teacher)} FSP matrices")
     total = 0.0
     for w, gt, gs in zip(weights, teacher, student):
         if gt.shape != gs.shape:
-            raise ValueError(f"teacher FSP matrix {tuple(gt.shape)} and student one {tuple(gs.shape)} differ: "
+            raise ShapeError(f"teacher FSP matrix {tuple(gt.shape)} and student one {tuple(gs.shape)} differ: "
                              "FSP needs the same channel counts in each section pair")
         dt = compute_dtype(gs, gt)
         total = total + w * (gs.to(dt) - gt.detach().to(dt)).pow(2).flatten(1).sum(1).mean()

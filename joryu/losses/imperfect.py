@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses.kd import soft_cross_entropy
 from joryu.losses.positions import rows
 
@@ -96,7 +97,7 @@ def generalized_distillation_loss(student_logits: Tensor, teacher_logits: Tensor
     with w_u = 0 gives 0, not NaN. The student is read at T = 1 (as in Lopez-Paz et al.).
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+        raise ShapeError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ")
     lab = _valid_rows(target, labeled)
     p = gd_targets(target, soft_labels(teacher_logits, temperature), lab, imitation)
@@ -136,7 +137,7 @@ def propagate(probs: Tensor, graph: Tensor | None) -> Tensor:
         return probs
     graph = graph.to(probs.device, probs.dtype)
     if graph.shape != (probs.shape[-1], probs.shape[-1]):
-        raise ValueError(f"relation graph has shape {tuple(graph.shape)}, expected "
+        raise ShapeError(f"relation graph has shape {tuple(graph.shape)}, expected "
                          f"({probs.shape[-1]}, {probs.shape[-1]})")
     s = probs @ graph.T
     return s / s.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses.positions import num_classes, rows
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -52,10 +53,10 @@ def check_same_classes(student_logits: Tensor, teacher_logits: Tensor) -> None:
     if student_logits.shape == teacher_logits.shape:
         return
     if student_logits.dim() == teacher_logits.dim() and num_classes(student_logits) != num_classes(teacher_logits):
-        raise ValueError(f"student predicts {num_classes(student_logits)} classes (vocabulary) and the teacher "
+        raise ShapeError(f"student predicts {num_classes(student_logits)} classes (vocabulary) and the teacher "
                          f"{num_classes(teacher_logits)}: the two models must predict the same classes "
                          "(one vocabulary / class list)")
-    raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+    raise ShapeError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                      f"{tuple(teacher_logits.shape)} differ: the two models must predict the same classes")
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses.kd import kd_loss
 
 
@@ -16,7 +17,7 @@ def gated_logits(branch_logits: Sequence[Tensor], gate: Tensor) -> Tensor:
     r"""The on-the-fly teacher: :math:`z_e = \sum_i g_i z_i` with gate ``g`` of shape (B, m)."""
     stacked = torch.stack(list(branch_logits), dim=1)  # (B, m, C)
     if gate.shape != stacked.shape[:2]:
-        raise ValueError(f"gate shape {tuple(gate.shape)} does not match {len(branch_logits)} branches "
+        raise ShapeError(f"gate shape {tuple(gate.shape)} does not match {len(branch_logits)} branches "
                          f"of batch {stacked.shape[0]}")
     return (gate.unsqueeze(-1) * stacked).sum(1)
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from joryu.errors import ShapeError
+
 IGNORE_INDEX = -100
 
 
@@ -85,7 +87,7 @@ def _broadcast_mask(mask: Tensor, shape: tuple[int, ...]) -> Tensor:
         return mask
     if mask.dim() == 1 and mask.shape[0] == shape[0]:  # per-sample mask (``labeled``)
         return mask.view(-1, *([1] * (len(shape) - 1))).expand(shape)
-    raise ValueError(f"mask of shape {tuple(mask.shape)} fits neither the samples nor the positions "
+    raise ShapeError(f"mask of shape {tuple(mask.shape)} fits neither the samples nor the positions "
                      f"{shape}")
 
 
@@ -95,7 +97,7 @@ def valid_mask(logits: Tensor, target: Tensor | None = None, mask: Tensor | None
     valid = None
     if target is not None:
         if tuple(target.shape) != shape:
-            raise ValueError(f"target of shape {tuple(target.shape)} does not fit logits of shape "
+            raise ShapeError(f"target of shape {tuple(target.shape)} does not fit logits of shape "
                              f"{tuple(logits.shape)} (expected {shape})")
         valid = target != IGNORE_INDEX
     if mask is not None:

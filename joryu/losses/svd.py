@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from joryu.errors import ShapeError
+
 
 def channel_matrix(feat: Tensor) -> Tensor:
     """A feature map (B, C, *spatial) as the matrix X in R^{HW x C} per sample, shape (B, HW, C).
@@ -45,7 +47,7 @@ def align_singular_vectors(v_s: Tensor, v_t: Tensor, s_t: Tensor, flip: str = "t
     student) is flipped so that every pair has a non-negative cosine.
     """
     if v_s.shape[1] != v_t.shape[1]:
-        raise ValueError(f"student and teacher features have {v_s.shape[1]} and {v_t.shape[1]} channels: KD-SVD "
+        raise ShapeError(f"student and teacher features have {v_s.shape[1]} and {v_t.shape[1]} channels: KD-SVD "
                          "needs equal widths at every sensing point")
     cos = v_s.transpose(1, 2) @ v_t  # (B, k_s, k)
     idx = cos.abs().argmax(1)  # (B, k)
@@ -101,9 +103,9 @@ def svd_kd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if len(student) != len(teacher):
-        raise ValueError(f"{len(student)} student sensing points but {len(teacher)} teacher ones")
+        raise ShapeError(f"{len(student)} student sensing points but {len(teacher)} teacher ones")
     if len(student) < 2:
-        raise ValueError("KD-SVD needs at least two sensing points (the RBF links consecutive ones)")
+        raise ShapeError("KD-SVD needs at least two sensing points (the RBF links consecutive ones)")
     vs, vt = [], []
     for fs, ft in zip(student, teacher):
         s_t, v_t = truncated_svd(ft.detach(), k)

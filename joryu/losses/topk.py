@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from joryu.errors import ShapeError
 from joryu.losses.lm import DIVERGENCES, _fp32, forward_kl_rows, jsd_rows, reverse_kl_rows
 from joryu.losses.positions import rows
 
@@ -118,10 +119,10 @@ def topk_divergence_rows(student_rows: Tensor, index: Tensor, teacher_logprobs: 
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if index.shape != teacher_logprobs.shape or index.shape[:-1] != student_rows.shape[:-1]:
-        raise ValueError(f"top-k indices {tuple(index.shape)} and values {tuple(teacher_logprobs.shape)} "
+        raise ShapeError(f"top-k indices {tuple(index.shape)} and values {tuple(teacher_logprobs.shape)} "
                          f"do not fit student rows {tuple(student_rows.shape)}")
     if index.shape[-1] > student_rows.shape[-1]:
-        raise ValueError(f"k = {index.shape[-1]} exceeds the student's {student_rows.shape[-1]} classes")
+        raise ShapeError(f"k = {index.shape[-1]} exceeds the student's {student_rows.shape[-1]} classes")
     log_q, log_p = _log_masses(student_rows, index, teacher_logprobs, rest, truncation, temperature)
     if divergence == "forward_kl":
         return forward_kl_rows(log_q, log_p)

@@ -221,3 +221,11 @@ class KnowledgeConcentration(Method):
                                                    p.pace, p.pace_start, p.pace_ramp)
 
         return stages + [Stage("distill", build_distill)]
+
+    def deployed_network(self, student, teacher):
+        """The configured student, with the grouped head the run attached (``grouped_head``)."""
+        p = self.params
+        if not p.grouped_head:
+            return student
+        fc = student.get_submodule(p.head_path)
+        return attach_vertical_head(student, _verticals(p, fc.out_features), p.group_width, p.head_path)

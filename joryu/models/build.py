@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from joryu.data import TensorData, example_batch
-from joryu.errors import ConfigError, JoryuError, one_line
+from joryu.errors import ConfigError, JoryuError, UserCodeError, one_line
 from joryu.losses import positions
 from joryu.models import registry
 from joryu.models.lora import apply_lora
@@ -65,19 +65,12 @@ def output_classes(model: torch.nn.Module, data, input_key="input", name: str = 
     that cannot run on the data is one ConfigError naming it and the shapes."""
     try:
         out = probe_logits(model, data, input_key)
-    except JoryuError:
-        raise
-    except Exception as e:
-        try:
-            got = {k: tuple(v.shape) for k, v in example_batch(data, 2).items()
-                   if isinstance(v, torch.Tensor) and k in input_keys(normalize_inputs(input_key))}
-        except Exception:  # noqa: BLE001 - the description is best effort
-            got = {}
-        shape = f", the dataset's input shape is {tuple(data_shape)}" if data_shape is not None else ""
-        got = f"a batch of shape {next(iter(got.values()))}" if len(got) == 1 else f"batch shapes {got}"
-        raise ConfigError(f"{name} cannot run on the data: given {got}"
-                          f"{shape}: {type(e).__name__}: {one_line(e)}. Fix the model's kwargs "
-                          "(input_shape, in_channels...) or its inputs") from None
+    except JoryuError as e:
+        if not isinstance(e, UserCodeError) or not getattr(e, "parts", ("", ""))[1].endswith(".forward"):
+            raise  # a mistake joryu found, or the data's own code failed
+        _cannot_run(e, data, input_key, name, data_shape, f"{e.parts[1]} raised {e.parts[3]}")
+    except Exception as e:  # noqa: BLE001 - a zoo model or a torch module that does not fit
+        _cannot_run(e, data, input_key, name, data_shape, f"{type(e).__name__}: {one_line(e)}")
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         raise ConfigError(f"{name} returned {type(out).__name__} of shape "
                           f"{tuple(getattr(out, 'shape', ()))}; expected logits [batch, classes, ...]")
@@ -88,6 +81,18 @@ def output_classes(model: torch.nn.Module, data, input_key="input", name: str = 
                           "multi-label targets? give one class index per sample (e.g. "
                           "target.argmax(-1)); joryu trains single-label classification")
     return positions.num_classes(out)
+
+
+def _cannot_run(e, data, input_key, name, data_shape, detail: str):
+    try:
+        got = {k: tuple(v.shape) for k, v in example_batch(data, 2).items()
+               if isinstance(v, torch.Tensor) and k in input_keys(normalize_inputs(input_key))}
+    except Exception:  # noqa: BLE001 - the description is best effort
+        got = {}
+    shape = f", the dataset's input shape is {tuple(data_shape)}" if data_shape is not None else ""
+    got = f"a batch of shape {next(iter(got.values()))}" if len(got) == 1 else f"batch shapes {got}"
+    raise ConfigError(f"{name} cannot run on the data: given {got}{shape}: {detail}. Fix the model's "
+                      "kwargs (input_shape, in_channels...) or its inputs") from None
 
 
 def input_shape_of(data, key, default) -> tuple:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from joryu.config import ModelConfig, load_config, parse_value
 from joryu.data import TensorData, load, split_validation
+from joryu.data.assemble import load_data as load_run_data
 from joryu.data.sources import align_labels
 from joryu.errors import ConfigError
 from joryu.methods import get_method
@@ -118,7 +119,7 @@ class RunFolder:
         if data is not None:
             self.bundle = load_data(data, data_path, data_kwargs)
         else:
-            self.bundle = load_data(cfg.data.name, cfg.data.path, cfg.data.kwargs)
+            self.bundle = load_run_data(cfg.data)  # the run's data as the run loaded it (factories too)
         self.models: dict[str, tuple] = {}
         t_cfg = getattr(cfg, "teacher", None)
         teacher_file = None if t_cfg is None else next(

@@ -15,7 +15,7 @@ Accelerate), then one batch forward and backward with no optimizer update (``Eng
 one evaluation forward, and the stage's hand-over, so that a mistake the config already shows
 surfaces before anything trains. Nothing is written. The networks are not copied: what a dry
 step can change on them (buffers such as BatchNorm statistics, ``requires_grad`` flags, train /
-eval modes, hooks left by a stage) is recorded first and put back afterwards, with the torch,
+eval modes, hooks left by a stage, a submodule a stage replaced) is recorded first and put back afterwards, with the torch,
 numpy and python RNG states, so a run with the check gives the same result as one without it.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from joryu.atomic import atomic_write_text
 from joryu.config import TrainConfig, validate_params
 from joryu.data import Augment
 from joryu.engine import Engine, load_weights, save_weights
-from joryu.errors import ConfigError, JoryuError, one_line
+from joryu.errors import ConfigError, JoryuError, one_line, reraise_as_user
 from joryu.losses import positions
 from joryu.methods import StageContext, StageResult
 from joryu.models.build import probe_logits
@@ -77,7 +76,7 @@ def _modules_of(obj) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def restored(*owners) -> Iterator[None]:
     """Put back, on exit, what a dry step may change on the modules of ``owners``: buffers,
-    parameter values and ``requires_grad`` flags, train/eval modes and hooks. Parameters are
+    parameter values and ``requires_grad`` flags, train/eval modes, hooks and submodules. Parameters are
     only copied when they require gradients (a frozen teacher's are never touched)."""
     seen, saved = set(), []
     for root in (m for o in owners for m in _modules_of(o)):
@@ -92,13 +91,16 @@ def restored(*owners) -> Iterator[None]:
             hooks = {h: dict(getattr(mod, h)) for h in ("_forward_hooks", "_forward_pre_hooks",
                                                         "_backward_hooks", "_forward_hooks_with_kwargs")
                      if isinstance(getattr(mod, h, None), dict)}
-            saved.append((mod, mod.training, params, buffers, hooks))
+            saved.append((mod, mod.training, params, buffers, hooks, dict(mod._modules)))
     try:
         yield
     finally:
         with torch.no_grad():
-            for mod, training, params, buffers, hooks in saved:
+            for mod, training, params, buffers, hooks, children in saved:
                 mod.training = training
+                if mod._modules != children:  # a stage swapped a submodule (e.g. a new head)
+                    mod._modules.clear()
+                    mod._modules.update(children)
                 for _, (p, rg, value) in params.items():
                     if value is not None:
                         p.copy_(value)
@@ -141,20 +143,24 @@ def _stage_label(label: str, stage_name: str, n_stages: int) -> str:
     return f"{label}:{stage_name}" if n_stages > 1 else label
 
 
-def _checked(where: str, what: str, fn, *args):
-    """``fn(*args)`` in the check before training: a failure becomes one line naming ``where``."""
+def _dry_stage(engine: Engine, distiller, data, augment, where: str) -> None:
+    with _named(f"check before training, stage {where}"):
+        engine.dry_step(distiller, data, augment)
+
+
+@contextlib.contextmanager
+def _named(where: str, prefix: bool = True) -> Iterator[None]:
+    """A user's mistake (a ``JoryuError``, or an exception in the user's own code: see
+    ``joryu.errors``) comes out as one line, prefixed with ``where`` (for a ``JoryuError`` only
+    with ``prefix``); a bug in joryu passes through unchanged, with its traceback (exit 1)."""
     try:
-        return fn(*args)
+        yield
     except JoryuError as e:
-        if os.environ.get("JORYU_DEBUG"):
+        if not prefix or str(e).startswith(("check before training", "stage ")):
             raise
-        raise type(e)(f"check before training, {where}: {one_line(e)}") from None
-    except Exception as e:
-        if os.environ.get("JORYU_DEBUG"):
-            raise
-        raise ConfigError(f"check before training, {where} failed {what}: {type(e).__name__}: "
-                          f"{one_line(e)} (nothing was trained; set JORYU_DEBUG=1 for the "
-                          "traceback)") from None
+        raise type(e)(f"{where}: {one_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - only the user's own code becomes one line
+        reraise_as_user(e, where=f"{where}: ")
 
 
 def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, val=None,
@@ -177,11 +183,13 @@ def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, 
     if dry:
         with preserved_rng(), restored(student, teacher):
             if ctx.state is None:
-                ctx.state = _checked(label, "to set up", method.new_state, ctx)
+                with _named(f"check before training, {label}"):
+                    ctx.state = method.new_state(ctx)
             return None, _run(method, ctx, train, val, train_cfg, None, seed, augment, False, False,
                               label, dry=True)
     if ctx.state is None:
-        ctx.state = method.new_state(ctx)
+        with _named(label, prefix=False):
+            ctx.state = method.new_state(ctx)
     return _run(method, ctx, train, val, train_cfg, run_dir, seed, augment, progress, resume, label)
 
 
@@ -198,14 +206,13 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
         cfg = stage_config(train_cfg, overrides, f"stage {name} train")
         sdir = (run_dir / stage.name if len(stages) > 1 else run_dir) if run_dir is not None else None
         if dry:
-            stage_train = (_checked(f"stage {name}", "to build", stage.data, ctx)
-                           if stage.data is not None else train)
-            distiller = _checked(f"stage {name}", "to build", stage.build, ctx)
+            with _named(f"check before training, stage {name}"):
+                stage_train = stage.data(ctx) if stage.data is not None else train
+                distiller = stage.build(ctx)
             if stage.trains and (cfg.epochs > 0 or cfg.max_steps is not None):
                 engine = Engine(cfg.model_copy(update={"log_with": []}), None, seed=seed, stage=name,
                                 progress=False)
-                _checked(f"stage {name}", "on one batch", engine.dry_step, distiller, stage_train,
-                         augment)
+                _dry_stage(engine, distiller, stage_train, augment, name)
             checked.append(name)
             # What follows one step (the stage's hand-over to the next) may legitimately need a
             # trained stage (e.g. posterior samples): a failure there ends the check quietly,
@@ -217,14 +224,16 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
             except Exception:  # noqa: BLE001
                 break
             continue
-        stage_train = stage.data(ctx) if stage.data is not None else train
-        distiller = stage.build(ctx)
+        with _named(f"stage {name}", prefix=False):
+            stage_train = stage.data(ctx) if stage.data is not None else train
+            distiller = stage.build(ctx)
         if not stage.trains:  # a step: nothing to train, save or resume; scored like a stage
             engine = Engine(cfg, None, seed=seed, stage=name, progress=False)
             result = StageResult(distiller, val=engine.evaluate(distiller, val) if val is not None else {})
         else:
-            result = _train_stage(distiller, stage_train, val, cfg, sdir, seed, name, augment,
-                                  progress, resume)
+            with _named(f"stage {name}", prefix=False):
+                result = _train_stage(distiller, stage_train, val, cfg, sdir, seed, name, augment,
+                                      progress, resume)
         ctx.results[stage.name] = result
         if stage.after is not None:
             stage.after(ctx, distiller)
