@@ -167,3 +167,27 @@ def test_compare_ranks_lists_refusals_and_tests_only_the_selected(tmp_path, caps
 def test_compare_unknown_method_is_one_line(capsys):
     code, _, err = _cli(capsys, "compare", "configs/kd_digits.yaml", "--methods", "kd,kdd")
     assert code == 2 and "unknown method 'kdd'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_majority_baseline_reads_the_training_labels():
+    from joryu.run.evidence import majority_baseline
+
+    train = TensorData({"input": torch.zeros(6, 2), "target": torch.tensor([1, 1, 1, 0, 2, -100])}, 3, "t")
+    test = TensorData({"input": torch.zeros(4, 2), "target": torch.tensor([1, 0, 1, 2])}, 3, "t")
+    b = majority_baseline(train, test)
+    assert b["class"] == 1 and b["test_acc"] == pytest.approx(50.0)
+    tokens = TensorData({"input": torch.zeros(2, 3), "target": torch.tensor([[2, 2, -100], [0, 2, 2]])}, 3, "t")
+    assert majority_baseline(tokens, tokens)["test_acc"] == pytest.approx(80.0)  # 4 of the 5 labelled
+
+
+def test_a_row_below_the_trivial_baseline_is_pointed_out(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = _cli(capsys, "run", "configs/kd_digits.yaml", "train.epochs=0", "teacher.train.epochs=0",
+                        "--out", str(out), "--quiet")
+    assert code == 0, err
+    ev = json.loads((out / "results.json").read_text())["evidence"]
+    assert ev["trivial"]["class"] in range(10)
+    # untrained networks: at chance, which need not beat the majority class; if one does not, it is said
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    below = [k for k, r in rows.items() if k != "teacher" and r["test_acc"] <= ev["trivial"]["test_acc"]]
+    assert bool(below) == any("trivial baseline" in w for w in ev["warnings"])

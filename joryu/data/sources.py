@@ -898,7 +898,7 @@ def _class_indices(y: Tensor, name: str) -> Tensor:
     return y.long()
 
 
-def _known_targets(data) -> Tensor | None:
+def known_targets(data) -> Tensor | None:
     """``data``'s targets where they are known without reading every sample (tensor data, a
     ``targets`` attribute, a Hugging Face column, a ``target`` field); None otherwise."""
     if isinstance(data, TensorData):
@@ -917,7 +917,7 @@ def check_labels(data, num_classes: int, split: str) -> None:
     """Refuse, in one line and before training, a split that cannot be trained on or scored: one
     without samples, or whose labels fall outside ``[0, num_classes)`` (``IGNORE_INDEX``, -100,
     marks a position without a label). Labels are checked where they are known without a pass
-    over the samples (see ``_known_targets``); streamed ones are checked batch by batch."""
+    over the samples (see ``known_targets``); streamed ones are checked batch by batch."""
     if data is None:
         return
     name = getattr(data, "name", split)
@@ -928,7 +928,7 @@ def check_labels(data, num_classes: int, split: str) -> None:
     if n == 0:
         raise DatasetError(f"the {split} split ({name}) has no samples; give it at least one "
                            "(check the factory, the files or data.val_fraction)")
-    t = _known_targets(data)
+    t = known_targets(data)
     if t is None or t.numel() == 0:
         return
     if t.is_floating_point():

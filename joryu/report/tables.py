@@ -118,6 +118,12 @@ def evidence_lines(ev: dict) -> list[str]:
                    f"{j['line']}. Per seed (seeds {ev['seeds']}): method "
                    f"{', '.join(f'{v:.2f}' for v in j['method'])}; {ev['baseline']} "
                    f"{', '.join(f'{v:.2f}' for v in j['baseline'])}.")
+    trivial = ev.get("trivial")
+    if trivial:
+        beaten = [k for k in (ev.get("method"), ev.get("baseline")) if k]
+        out.append(f"- Trivial baseline (always class {trivial['class']}, the most frequent training label): "
+                   f"{trivial['test_acc']:.2f}% on the test split"
+                   + (" (the rows' test top-1 are in the table above)" if beaten else "") + ".")
     for w in ev.get("warnings", []):
         out.append(f"- Note: {w}")
     costs = ev.get("costs") or {}
@@ -140,7 +146,7 @@ def write_run_report(run_dir: Path, cfg, rows: dict, histories: dict, ce_runs=()
           f"student `{cfg.student.name}`, seed {cfg.seed}. Test accuracy is measured once, after "
           "training; the validation split (carved from the training data) is what the curves show.",
           "", markdown_table(table), ""]
-    if evidence:
+    if evidence and (evidence.get("val") or evidence.get("test")):
         md += ["## Did it help?", "",
                "The method against what it is compared with, on paired seeds (same initialisation, data "
                "order and augmentation per seed), top-1 accuracy. Verdict: the paired mean difference "

@@ -24,6 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
+from joryu.data.sources import known_targets
 from joryu.stats import MIN_SEEDS, compare_paired, seeds_needed
 
 RISE_POINTS = 0.5  # validation accuracy (points) gained over the last two epochs that counts as rising
@@ -87,3 +90,19 @@ def warnings_for(n_seeds: int, val: dict | None, teacher_val: float | None, alon
 def verdict_line(method: str, baseline: str, judged: dict, split: str) -> str:
     return (f"{method} vs {baseline}, top-1 on the {split} split: {judged['verdict']} "
             f"({judged['line']})")
+
+
+def majority_baseline(train, test) -> dict | None:
+    """The trivial baseline a trained network must beat: always predict the most frequent label
+    of the training split (per sample, or per position for token and pixel targets; positions
+    without a label, -100, are left out). Its top-1 on the test split; None where the labels are
+    not known without a pass over a stream."""
+    y_tr, y_te = known_targets(train), known_targets(test)
+    if y_tr is None or y_te is None:
+        return None
+    y_tr, y_te = y_tr[y_tr >= 0].reshape(-1), y_te[y_te >= 0].reshape(-1)
+    if y_tr.numel() == 0 or y_te.numel() == 0:
+        return None
+    majority = int(torch.bincount(y_tr.long()).argmax())
+    return {"label": "majority class", "class": majority,
+            "test_acc": 100.0 * float((y_te.long() == majority).float().mean())}

@@ -324,10 +324,18 @@ class Experiment:
                 save_adapters(student, rd / "adapter")
             if teacher_model is not None:
                 save_weights(teacher_model, rd / "teacher.safetensors")
-        evidence = self._evidence(p, teacher, teacher_model, arms, rows)
-        summary["evidence"] = evidence
+        found = self._evidence(p, teacher, teacher_model, arms, rows)
+        trivial = evidence.majority_baseline(p.train, bundle.test)
+        if trivial is not None:  # the floor every trained row must clear
+            found = {**found, "trivial": trivial}
+            below = [k for k, r in rows.items() if k != "teacher" and r["test_acc"] <= trivial["test_acc"]]
+            if below:
+                found["warnings"] = [*found.get("warnings", []),
+                                     f"{' and '.join(below)} do(es) not beat the trivial baseline (always "
+                                     f"class {trivial['class']}: {trivial['test_acc']:.2f}% on test)."]
+        summary["evidence"] = found
         if rd is not None and is_main():
-            report = write_run_report(rd, cfg, rows, histories, ce_runs, evidence)
+            report = write_run_report(rd, cfg, rows, histories, ce_runs, found)
             tracking.log_report(cfg.model_copy(update={"train": train_cfg}), rd, rows, report)
         self.student = student
         self.summary = summary
