@@ -100,15 +100,26 @@ class MixedBatchDistiller(Distiller):
         self.real = real
         self.n_real, self.n_pseudo = mix_counts(batch_size, real_fraction)
         self.augment = augment
-        self.gen = torch.Generator().manual_seed(20_011 + int(seed))
-        self._queue = torch.empty(0, dtype=torch.long)
+        self.seed = int(seed)
+        # how many real samples were drawn so far: a buffer, so a checkpoint holds it and a resumed
+        # run draws exactly what an uninterrupted one would
+        self.register_buffer("drawn", torch.zeros((), dtype=torch.long))
+        self._perm = (-1, None)
         self._loader = None
 
+    def _pass(self, p: int) -> torch.Tensor:
+        """The order of A in pass ``p``: a permutation seeded by (seed, p)."""
+        if self._perm[0] != p:
+            g = torch.Generator().manual_seed(20_011 + 1_000_003 * self.seed + p)
+            self._perm = (p, torch.randperm(len(self.real), generator=g))
+        return self._perm[1]
+
     def draw_real(self, n: int) -> torch.Tensor:
-        """``n`` indices of A: seeded passes over A without replacement, one after the other."""
-        while len(self._queue) < n:
-            self._queue = torch.cat([self._queue, torch.randperm(len(self.real), generator=self.gen)])
-        out, self._queue = self._queue[:n], self._queue[n:]
+        """The next ``n`` indices of A: seeded passes over A without replacement, one after the
+        other; a pure function of how many were drawn before."""
+        m, start = len(self.real), int(self.drawn)
+        out = torch.stack([self._pass(k // m)[k % m] for k in range(start, start + n)])
+        self.drawn += n
         return out
 
     def real_count(self, n_pseudo: int) -> int:

@@ -120,8 +120,25 @@ class SGLDDistiller(Distiller):
         lr = step * num_data if step is not None else lr  # h = eps / N
         self.num_data, self.lr, self.weight_decay = num_data, lr, weight_decay
         self.burn_in, self.thin, self.noise = burn_in, thin, noise
-        self.iteration = 0
-        self.samples: list[torch.Tensor] = []
+        # the iteration count and the kept samples are buffers, so a checkpoint holds them and a
+        # resumed run (or a stage read back on --resume) has every sample an uninterrupted one has
+        self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
+        self.register_buffer("kept", torch.zeros(0, flatten_params(student).numel()))
+
+    @property
+    def iteration(self) -> int:
+        return int(self.iterations)
+
+    @property
+    def samples(self) -> torch.Tensor:
+        """The kept samples, one flattened parameter vector per row."""
+        return self.kept
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "kept")
+        if saved is not None and saved.shape != self.kept.shape:  # as many samples as were kept
+            self.kept = torch.zeros_like(saved, device=self.kept.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def configure_optimizers(self, build):
         return [SGLD(self.student.parameters(), self.lr, self.num_data, self.weight_decay, self.noise)]
@@ -130,21 +147,23 @@ class SGLDDistiller(Distiller):
         loss = F.cross_entropy(forward(self.student, batch, self.input_key), batch["target"])
         self.ctx.backward(loss)
         self.ctx.step(self.ctx.optimizers[0])
-        self.iteration += 1
-        if self.iteration > self.burn_in and (self.iteration - self.burn_in) % self.thin == 0:
-            self.samples.append(flatten_params(self.student).cpu())
+        self.iterations += 1
+        it = self.iteration
+        if it > self.burn_in and (it - self.burn_in) % self.thin == 0:
+            sample = flatten_params(self.student).detach().to(self.kept.device, self.kept.dtype)
+            self.kept = torch.cat([self.kept, sample[None]])
         return {"loss": loss.detach()}
 
     def sample_tensor(self) -> torch.Tensor:
-        if not self.samples:
+        if len(self.kept) == 0:
             raise RuntimeError(f"SGLD kept no samples: {self.iteration} iterations, burn-in {self.burn_in}, "
                                f"thin {self.thin}; run the sample stage longer")
-        return torch.stack(self.samples)
+        return self.kept.cpu()
 
     @torch.no_grad()
     def eval_logits(self, batch):
         out = {"student": forward(self.student, batch, self.input_key)}
-        if self.samples:
+        if len(self.kept):
             ens = ParameterEnsemble(self.student, self.sample_tensor().to(batch[self.input_key].device))
             out["sgld"] = ens(batch[self.input_key])
         return out

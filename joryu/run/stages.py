@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from joryu.atomic import atomic_write_text
 from joryu.config import TrainConfig, validate_params
@@ -139,6 +140,12 @@ def stage_config(base: TrainConfig, overrides: dict, where: str) -> TrainConfig:
     return validate_params(TrainConfig, merged, where)
 
 
+def stage_seed(seed: int, k: int) -> int:
+    """The seed (torch, numpy, python) that what follows stage ``k - 1`` of a run with ``seed``
+    starts from: the stage's hand-over and stage ``k``."""
+    return (seed * 1_000_003 + 7_919 * k) % (2**31 - 1)
+
+
 def _stage_label(label: str, stage_name: str, n_stages: int) -> str:
     return f"{label}:{stage_name}" if n_stages > 1 else label
 
@@ -197,7 +204,7 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
          label, dry: bool = False):
     stages = method.stages()
     distiller, checked = None, []
-    for stage in stages:
+    for k, stage in enumerate(stages):
         name = _stage_label(label, stage.name, len(stages))
         if stage.skip is not None and stage.skip(ctx):
             ctx.results[stage.name] = StageResult(skipped=True)
@@ -235,6 +242,9 @@ def _run(method, ctx: StageContext, train, val, train_cfg, run_dir, seed, augmen
                 result = _train_stage(distiller, stage_train, val, cfg, sdir, seed, name, augment,
                                       progress, resume)
         ctx.results[stage.name] = result
+        # what follows a stage (its hand-over, the next stages) starts from its own seed, whether
+        # the stage trained now or was read back on --resume: so resume stays exact
+        set_seed(stage_seed(seed, k + 1))
         if stage.after is not None:
             stage.after(ctx, distiller)
     if dry:
