@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from joryu.config import FsdpOptions, TrainConfig
+from joryu.data.core import TensorData
 from joryu.engine import Engine
 from joryu.engine.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError
+from joryu.methods.dml import DMLDistiller
 from joryu.methods.supervised import SupervisedDistiller
 
 SCRIPT = textwrap.dedent("""
@@ -27,7 +29,8 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from joryu.config import FsdpOptions, TrainConfig
     from joryu.data.core import TensorData
-    from joryu.engine import Engine
+    from joryu.engine import Engine, save_weights
+    from joryu.engine.checkpoint import CheckpointError
     from joryu.methods.kd import KDDistiller
     from joryu.teachers.base import FrozenTeacher
 
@@ -56,13 +59,18 @@ SCRIPT = textwrap.dedent("""
     fit = eng.fit(d, data, data, resume=resume)
     local = {n: list(p.to_local().shape) for n, p in student.named_parameters() if isinstance(p, DTensor)}
     full = eng.full_state_dict(student)
+    try:
+        save_weights(student, os.path.join(out, "shards.safetensors"))
+        refused = False
+    except CheckpointError as e:
+        refused = "Engine.full_state_dict" in str(e)
     rank = eng.accelerator.process_index
     h = hashlib.sha1(b"".join(full[k].numpy().tobytes() for k in sorted(full))).hexdigest() if full else None
     losses = [r["train/loss"] for r in fit.history]
     open(os.path.join(out, f"rank{rank}.json"), "w").write(json.dumps({
         "hash": h, "steps": Killable.steps, "local": local, "full": {k: list(v.shape) for k, v in full.items()},
         "teacher_plain": all(type(p) is nn.Parameter for p in teacher_net.parameters()),
-        "losses": losses, "val_acc": fit.val.get("val/acc")}))
+        "losses": losses, "save_refused": refused, "val_acc": fit.val.get("val/acc")}))
 """)
 
 
@@ -92,6 +100,7 @@ def test_fsdp_two_processes_train_sharded_and_resume_bit_identical(tmp_path):
     assert a[0]["full"] == {"0.weight": [16, 8], "0.bias": [16], "2.weight": [4, 16], "2.bias": [4]}
     assert a[1]["full"] == {} and a[1]["hash"] is None  # gathered on the main process only
     assert a[0]["teacher_plain"] and a[1]["teacher_plain"]  # the teacher is never sharded
+    assert a[0]["save_refused"]  # a sharded network is not saved as if whole
     losses = a[0]["losses"]  # the loss falls every epoch
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     # 128 samples, batch 8, 2 processes: 8 steps per epoch; checkpoints at 5, 8, 10, 15, 16, ...
@@ -121,6 +130,17 @@ def test_fsdp_in_one_process_is_refused():
     cfg = TrainConfig(epochs=1, device="cpu", fsdp=FsdpOptions())
     with pytest.raises(ConfigError, match="train.fsdp shards across processes, and this is one process"):
         Engine(cfg, progress=False)
+
+
+def test_fsdp_refuses_manual_optimization():
+    """The refusal in set-up (reached here by marking a one-process engine sharded: a real
+    sharded engine needs two processes)."""
+    eng = Engine(TrainConfig(epochs=1, device="cpu"), progress=False)
+    eng.sharded = True
+    d = DMLDistiller([nn.Linear(2, 2), nn.Linear(2, 2)], "simultaneous", 1.0)
+    data = TensorData({"input": torch.zeros(4, 2), "target": torch.zeros(4).long()}, num_classes=2)
+    with pytest.raises(ConfigError, match="DMLDistiller steps its own optimizers"):
+        eng.fit(d, data)
 
 
 def test_sharded_and_whole_checkpoints_are_not_mixed(tmp_path):

@@ -27,7 +27,11 @@ from joryu.errors import CheckpointError, one_line
 def save_weights(module: torch.nn.Module, path: str | Path) -> None:
     """Write a state dict as safetensors, atomically (write a temporary file, then rename)."""
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    state = module.state_dict()
+    if any(type(v).__name__ == "DTensor" for v in state.values()):
+        raise CheckpointError("the network is sharded (train.fsdp): gather its weights with "
+                              "Engine.full_state_dict on every process, then save that state dict")
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
 
