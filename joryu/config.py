@@ -32,6 +32,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class FsdpOptions(Strict):
+    """Shard the trained network across processes with FSDP2 (torch ``fully_shard``, applied by
+    Accelerate): each process keeps 1/N of the parameters, gradients and optimizer state."""
+
+    wrap: list[str] = Field(default_factory=list, description="module class names that get their own shard "
+                            "group besides the student (e.g. GPT2Block); each is gathered only around its forward")
+    reshard_after_forward: bool = Field(True, description="free the gathered parameters after each forward "
+                                        "(less memory, one more all-gather in backward)")
+    cpu_offload: bool = Field(False, description="keep the shards and optimizer state in CPU memory")
+
+
 class TrainConfig(Strict):
     """How one stage is trained."""
 
@@ -70,6 +81,8 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="recompute the trained network's activations in "
                                          "backward instead of keeping them: less memory, ~1/3 more compute "
                                          "(Hugging Face models and the zoo's block networks)")
+    fsdp: FsdpOptions | None = Field(None, description="shard the student across processes with FSDP2 "
+                                     "(several processes only: torchrun or accelerate launch); None: DDP")
     log_with: list[str] = Field(default_factory=list, description="Accelerate trackers: tensorboard, wandb, "
                                 "mlflow, ... (the package must be installed; see joryu.tracking)")
     project: str | None = Field(None, description="tracker project name (default 'joryu')")

@@ -22,6 +22,9 @@ def method_schema(name: str) -> int:
     info = method_info(name)
     print(f"{name}: {info.paper} [{info.status}]")
     print(f"needs a teacher: {'yes' if method.needs_teacher else 'no'} (with default parameters)")
+    ev = info.cls.defaults_evidence
+    if ev is not None:
+        print(f"defaults check: {ev.mark or 'the defaults do not hurt on average'} ({ev.source}). {ev.regime}")
     print("parameters (method.params.NAME):")
     print_fields(describe_fields(type(method.params)))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from joryu.commands._fields import method_schema
-from joryu.methods import listing
+from joryu.methods import listing, method_info
 
 HELP = "list methods (methods NAME: a method's parameters)"
 
@@ -18,6 +18,8 @@ def run(args) -> int:
     rows = listing()
     w = max(len(r[0]) for r in rows)
     for name, paper, status in rows:
-        print(f"{name.ljust(w)}  {status:<11}  {paper}")
+        ev = method_info(name).cls.defaults_evidence
+        note = f"  [{ev.mark}]" if ev is not None and ev.mark else ""
+        print(f"{name.ljust(w)}  {status:<11}  {paper}{note}")
     print("\njoryu methods NAME lists a method's parameters.")
     return 0

@@ -27,7 +27,11 @@ from joryu.errors import CheckpointError, one_line
 def save_weights(module: torch.nn.Module, path: str | Path) -> None:
     """Write a state dict as safetensors, atomically (write a temporary file, then rename)."""
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    state = module.state_dict()
+    if any(type(v).__name__ == "DTensor" for v in state.values()):
+        raise CheckpointError("the network is sharded (train.fsdp): gather its weights with "
+                              "Engine.full_state_dict on every process, then save that state dict")
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
 
@@ -130,8 +134,13 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def write_checkpoint(folder: Path, step: int, module, optimizers, schedulers, scaler, loop_state: dict,
-                     rank: int, world_size: int, barrier, keep: int = 2) -> Path:
-    """Every process writes its RNG state; the main process writes the rest and renames."""
+                     rank: int, world_size: int, barrier, keep: int = 2, shards=None) -> Path:
+    """Every process writes its RNG state; the main process writes the rest and renames.
+
+    ``shards``: for a sharded (FSDP) network, an object whose ``save(folder)`` every process
+    calls to write its part of the weights and optimizer states (torch.distributed.checkpoint
+    files) into the temporary folder; ``model.safetensors`` and the optimizers in ``optim.pt``
+    are then left out. The folder is renamed into place only after every process has written."""
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}"
     if rank == 0:
@@ -141,16 +150,19 @@ def write_checkpoint(folder: Path, step: int, module, optimizers, schedulers, sc
     barrier()
     try:
         _save_torch(rng_state(), tmp / f"rng-{rank}.pt")
+        if shards is not None:
+            shards.save(tmp)
         barrier()
         if rank == 0:
-            save_weights(module, tmp / "model.safetensors")
+            if shards is None:
+                save_weights(module, tmp / "model.safetensors")
             _save_torch({
-                "optimizers": [o.state_dict() for o in optimizers],
+                "optimizers": [o.state_dict() for o in optimizers] if shards is None else [],
                 "schedulers": [_plain_scheduler_state(s) for s in schedulers],
                 "scaler": scaler.state_dict() if scaler is not None else None,
             }, tmp / "optim.pt")
-            atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size},
-                                                             indent=1))
+            atomic_write_text(tmp / "state.json", json.dumps({**loop_state, "world_size": world_size,
+                                                              "sharded": shards is not None}, indent=1))
     except BaseException:  # a checkpoint that could not be written whole is not kept
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -181,23 +193,33 @@ def _discard(ckpt: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def read_checkpoint(path: Path, module, optimizers, schedulers, scaler, rank: int) -> dict:
-    """Restore a checkpoint written by ``write_checkpoint``; nothing in it can run code."""
+def read_checkpoint(path: Path, module, optimizers, schedulers, scaler, rank: int, shards=None) -> dict:
+    """Restore a checkpoint written by ``write_checkpoint``; nothing in it can run code.
+
+    ``shards``: as for ``write_checkpoint``; its ``load(folder)`` (every process) restores the
+    sharded weights and optimizer states. A sharded checkpoint needs it, a whole one refuses it."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: state.json is unreadable ({one_line(e)}); delete "
                               "the folder to resume from the one before") from None
-    weights = read_state_dict(path / "model.safetensors", "checkpoint weights")
-    try:
-        module.load_state_dict({k: v.to(next((p.device for p in module.parameters()),
-                                             torch.device("cpu"))) for k, v in weights.items()})
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the network being resumed: "
-                              f"{one_line(e)}") from None
+    if bool(state.get("sharded", False)) != (shards is not None):
+        written, now = ("sharded (train.fsdp)", "without") if shards is None else ("whole", "with")
+        raise CheckpointError(f"checkpoint {path} was written {written}; this run is {now} train.fsdp: "
+                              "resume with the setting that wrote it, or start afresh without --resume")
+    if shards is not None:
+        shards.load(path)
+    else:
+        weights = read_state_dict(path / "model.safetensors", "checkpoint weights")
+        try:
+            module.load_state_dict({k: v.to(next((p.device for p in module.parameters()),
+                                                 torch.device("cpu"))) for k, v in weights.items()})
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not fit the network being resumed: "
+                                  f"{one_line(e)}") from None
     opt = safe_torch_load(path / "optim.pt", "checkpoint optimizer state")
     try:
-        for o, s in zip(optimizers, opt["optimizers"]):
+        for o, s in zip(optimizers if shards is None else [], opt["optimizers"]):
             o.load_state_dict(s)
         for sch, s in zip(schedulers, opt["schedulers"]):
             sch.load_state_dict(s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -13,6 +14,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    load_fsdp_model,
+    load_fsdp_optimizer,
+    save_fsdp_model,
+    save_fsdp_optimizer,
+)
 from tqdm.auto import tqdm
 
 from joryu import meter, metrics, tracking
@@ -196,6 +206,46 @@ class FitResult:
     samples_per_s: float = 0.0
 
 
+class FsdpShards:
+    """The sharded part of a checkpoint under ``train.fsdp``: Accelerate's FSDP2 save and load
+    (torch.distributed.checkpoint, one file per process) of the network and its optimizers."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizers: list):
+        self.accelerator, self.model, self.optimizers = accelerator, model, optimizers
+
+    def save(self, folder: Path) -> None:
+        acc, plugin = self.accelerator, self.accelerator.state.fsdp_plugin
+        save_fsdp_model(plugin, acc, self.model, str(folder))
+        for i, o in enumerate(self.optimizers):
+            save_fsdp_optimizer(plugin, acc, o, self.model, str(folder), i)
+
+    def load(self, folder: Path) -> None:
+        acc, plugin = self.accelerator, self.accelerator.state.fsdp_plugin
+        load_fsdp_model(plugin, acc, self.model, str(folder))
+        for i, o in enumerate(self.optimizers):
+            load_fsdp_optimizer(plugin, acc, o, self.model, str(folder), i)
+
+
+def fsdp_plugin(cfg: TrainConfig) -> FullyShardedDataParallelPlugin:
+    """Accelerate's FSDP2 plugin for ``cfg.fsdp``: sharded state dicts for checkpoints; each
+    module whose class is named in ``wrap`` (the engine adds the student's) is its own group."""
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2, state_dict_type="SHARDED_STATE_DICT", auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=list(cfg.fsdp.wrap), reshard_after_forward=cfg.fsdp.reshard_after_forward,
+        cpu_offload=cfg.fsdp.cpu_offload)
+
+
+def _select_fsdp_on_cpu(plugin: FullyShardedDataParallelPlugin, mixed_precision: str) -> None:
+    """Accelerate (1.15) selects FSDP only for accelerator devices (its state keeps DDP for CPU
+    processes and ignores the plugin); its FSDP2 code itself runs on CPU processes over gloo, so
+    on the CPU joryu sets the distributed type Accelerate would set on a GPU."""
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+
+
 def pick_device(cfg: TrainConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -223,15 +273,24 @@ class Engine:
             warnings.warn("mixed_precision='fp16' is for GPUs; training in float32 on the CPU (bf16 works "
                           "on the CPU)", stacklevel=2)
             mp = "no"
-        from accelerate.state import AcceleratorState
-
-        if AcceleratorState._shared_state.get("_mixed_precision", mp) != mp:
-            # Accelerate keeps one state per process and refuses another precision: an engine in a
-            # new precision (bf16 after float32, in one process) starts it afresh
+        shared = AcceleratorState._shared_state
+        plugin = None
+        if cfg.fsdp is not None:
+            if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+                raise ConfigError("train.fsdp shards across processes, and this is one process: launch "
+                                  "with torchrun --nproc_per_node=N (N >= 2) or remove train.fsdp")
+            plugin = fsdp_plugin(cfg)
+        if shared.get("_mixed_precision", mp) != mp or (shared and (plugin is None) != (
+                shared.get("fsdp_plugin") is None)):
+            # Accelerate keeps one state per process and refuses another precision or plugin: an
+            # engine in a new precision (bf16 after float32) or sharding starts it afresh
             AcceleratorState._reset_state()
 
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp,
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp, fsdp_plugin=plugin,
                                        **tracking.accelerator_kwargs(cfg, self.run_dir))
+        if plugin is not None and not self.accelerator.is_fsdp2:
+            _select_fsdp_on_cpu(plugin, mp)
+        self.sharded = plugin is not None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.accelerator.device.type == "cpu":
@@ -287,7 +346,8 @@ class Engine:
 
         Only positions with a known label are scored (``labeled`` True where the batch has it,
         and target != -100); a split without any gives 0, not a division by zero."""
-        distiller.to(self.device)
+        if not self.sharded:  # FSDP places the shards itself
+            distiller.to(self.device)
         for t in distiller.teachers():
             t.to(self.device)
         was_training = distiller.training
@@ -385,6 +445,9 @@ class Engine:
         cfg, acc = self.cfg, self.accelerator
         for t in distiller.teachers():
             t.to(self.device)
+        if self.sharded and not distiller.automatic_optimization:
+            raise ConfigError(f"train.fsdp needs a method the engine steps; {type(distiller).__name__} "
+                              "steps its own optimizers (manual optimization): remove train.fsdp")
         distiller.to(self.device)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(distiller.deployable())
@@ -410,6 +473,9 @@ class Engine:
         factor = lr_factor(cfg, updates_per_epoch, cfg.max_steps)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
         auto = distiller.automatic_optimization
+        if self.sharded:  # the student is its own shard group, so calling it alone works (evaluation)
+            names = acc.state.fsdp_plugin.transformer_cls_names_to_wrap
+            names.extend(n for n in [type(distiller.deployable()).__name__] if n not in names)
         if auto:
             prepared = acc.prepare(distiller, *optimizers)
             model, optimizers = prepared[0], list(prepared[1:])
@@ -433,7 +499,7 @@ class Engine:
         last = latest_checkpoint(run.ckpt_dir) if resume and run.ckpt_dir is not None else None
         if last is not None:
             raw = read_checkpoint(last, run.distiller, run.optimizers, run.schedulers, acc.scaler,
-                                  acc.process_index)
+                                  acc.process_index, self._shards(run))
             if raw.get("world_size", 1) != acc.num_processes:
                 raise ConfigError(f"checkpoint {last} was written by {raw['world_size']} processes; "
                                    f"resume with the same number (now {acc.num_processes})")
@@ -533,7 +599,8 @@ class Engine:
         cfg, acc = self.cfg, self.accelerator
         sync = not dry and ((i + 1) % cfg.grad_accum == 0 or i + 1 == run.steps_per_epoch)
         if run.auto:
-            no_sync = run.model.no_sync if (not sync and acc.num_processes > 1) else nullcontext
+            no_sync = (run.model.no_sync if (not sync and acc.num_processes > 1 and not self.sharded)
+                       else nullcontext)
             with no_sync(), acc.autocast():
                 losses = run.model(batch)
                 if not isinstance(losses, dict) or "loss" not in losses:
@@ -602,7 +669,15 @@ class Engine:
         state.elapsed = run.elapsed_before + time.perf_counter() - run.t_start
         write_checkpoint(run.ckpt_dir, state.global_step, run.distiller, run.optimizers, run.schedulers,
                          acc.scaler, state.to_json(self.stage), acc.process_index, acc.num_processes,
-                         acc.wait_for_everyone, self.cfg.keep_checkpoints)
+                         acc.wait_for_everyone, self.cfg.keep_checkpoints, self._shards(run))
+
+    def _shards(self, run: _Run) -> FsdpShards | None:
+        return FsdpShards(self.accelerator, run.model, run.optimizers) if self.sharded else None
+
+    def full_state_dict(self, module: torch.nn.Module) -> dict:
+        """``module``'s whole state dict on the main process ({} on the others); under
+        ``train.fsdp`` the shards are gathered, so every process must call it."""
+        return self.accelerator.get_state_dict(module)
 
     def _check_finite(self, sums: dict, epoch: int, step: int) -> None:
         for k, v in sums.items():

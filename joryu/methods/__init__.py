@@ -2,6 +2,7 @@
 
 from joryu.methods.base import (
     Baseline,
+    DefaultsEvidence,
     Method,
     Params,
     Stage,
@@ -14,4 +15,4 @@ from joryu.methods.base import (
     register_method,
 )
 
-__all__ = ["Baseline", "Method", "Params", "Stage", "StageContext", "StageResult", "available", "get_method", "listing", "method_info", "register_method"]
+__all__ = ["Baseline", "DefaultsEvidence", "Method", "Params", "Stage", "StageContext", "StageResult", "available", "get_method", "listing", "method_info", "register_method"]

@@ -105,6 +105,25 @@ def student_alone(b) -> Any:
     return b.train(b.fresh_student())
 
 
+@dataclass(frozen=True)
+class DefaultsEvidence:
+    """What the defaults check (``joryu/reproduce/defaults.py``) measured for a method's defaults,
+    declared once on the Method class; ``joryu methods`` and ``joryu methods NAME`` print it and
+    the method's docs page cites the same sweep file.
+
+    ``hurts``: the best defaults found still have a negative mean gain over the student alone
+    across the check's pairs (the sweep file's ``hurts_on_average``); ``regime``: where the method
+    helps and what to expect elsewhere, in a sentence or two; ``source``: the sweep file."""
+
+    hurts: bool
+    regime: str
+    source: str
+
+    @property
+    def mark(self) -> str:
+        return "defaults hurt on average" if self.hurts else ""
+
+
 @dataclass
 class MethodInfo:
     name: str
@@ -162,6 +181,7 @@ class Method:
     needs_teacher = True
     labels_only = False  # True: the method is itself the student trained on the labels alone
     per_position_ok = False  # True: handles [B, L, C] / [B, C, H, W] logits (tokens, pixels)
+    defaults_evidence: DefaultsEvidence | None = None  # what the defaults check measured (None: not checked)
 
     def __init__(self, params: Params):
         self.params = params
