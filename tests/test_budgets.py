@@ -33,7 +33,7 @@ def test_the_engine_counts_optimizer_updates_not_batches(tiny_data):
     _, res = run_stages(get_method("supervised", {}), student=_net(), train=tiny_data, progress=False,
                         train_cfg=TrainConfig(epochs=2, batch_size=32, grad_accum=3))
     stage = next(iter(res.values()))
-    assert stage["steps"] == 16 and stage["updates"] == 6
+    assert stage.steps == 16 and stage.updates == 6
 
 
 def test_a_cohort_counts_one_update_per_network_and_kd_counts_teacher_samples(tiny_data):

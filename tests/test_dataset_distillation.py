@@ -184,9 +184,9 @@ def test_dataset_distillation_reproduction_quick(tmp_path):
 
     md = run_reproduction("dataset_distillation", quick=True, out_dir=tmp_path, progress=False)
     text = md.read_text()
-    assert text.count("- **") == 3 and "QUICK smoke run" in text
+    assert text.count("- **") == 4 and "QUICK smoke run" in text  # three claims and the BatchNorm one
     data = json.loads(md.with_suffix(".json").read_text())
-    assert len(data["claims"]) == 3 and data["meta"]["quick"]
+    assert len(data["claims"]) == 4 and data["meta"]["quick"]
     assert (tmp_path / "quick" / "dataset_distillation_fixed.png").is_file()
 
 

@@ -131,9 +131,11 @@ def build_study(evaluate: str = "test", transfer_epochs: int = TRANSFER_EPOCHS) 
         claims=[
             Compare("Supervision transfer from a labelled modality through paired unlabelled images gives a better "
                     "network for the new modality than training it from random init on the few labels (paper: "
-                    "NYUD2 depth detection 34.2 -> 41.7 mAP).", st, rand),
+                    "NYUD2 depth detection 34.2 -> 41.7 mAP).", st, rand,
+                    budget="extra: the transfer stage on the paired unlabelled images before the same fine-tuning"),
             Compare("Supervision transfer also beats initialising the new-modality network with the source-modality "
-                    "weights (the paper's RGB-initialisation baseline).", st, src),
+                    "weights (the paper's RGB-initialisation baseline).", st, src,
+                    budget="extra: the transfer stage on the paired unlabelled images before the same fine-tuning"),
         ],
         test_size=500,
         tried=("the calibration's setting; the transfer length was the one choice made on validation."),

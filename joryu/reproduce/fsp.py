@@ -79,7 +79,8 @@ def reproduce_fsp(seeds: list[int], quick: bool, progress: bool) -> Study:
         claims.append(Compare(
             f"A student initialised by FSP transfer reaches higher accuracy than one from scratch with the same "
             f"main-training budget ({b} epochs; paper, CIFAR-10: the FSP student trained for 1/3 of the teacher's "
-            "iterations beats the student trained from scratch, and even the teacher).", f, f"scratch, {b} epochs"))
+            "iterations beats the student trained from scratch, and even the teacher).", f, f"scratch, {b} epochs",
+            budget=f"extra: the FSP stage ({fsp_epochs} epochs) on top of the same {b}-epoch main training"))
         claims.append(Compare(
             f"Counting the FSP stage too: FSP init ({fsp_epochs} epochs) + {b} epochs beats scratch trained for "
             f"{b + fsp_epochs} epochs (paper: the FSP student converges faster).", f,
