@@ -43,6 +43,7 @@ EXAMPLE = {  # method -> its example config
     "fitnets": "fitnets_mnist5k.yaml",
     "fsp": "fsp_digits.yaml",
     "generalized_distillation": "generalized_distillation_digits.yaml",
+    "gkd": "gkd_gpt2_lm.yaml",
     "kd": "kd_digits.yaml",
     "knowledge_concentration": "knowledge_concentration_grouped.yaml",
     "meal": "meal_mnist1d.yaml",

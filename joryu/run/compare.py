@@ -160,10 +160,12 @@ def _train_and_rank(exp, cfg, prepared, runnable, out: Comparison, progress: boo
         return exp._top1(predict, data)
 
     split = prepared.val if prepared.val is not None else None
+    if split is not None and any(top1(arms[(ALONE, s)].predict, split) is None for s in out.seeds[:1]):
+        split = None  # a validation split without one scored label ranks nothing
     if split is None:
-        out.warnings.append("No validation split (data.val_fraction = 0): methods are ranked on the "
-                            "training split's held-out part only when one exists; here the test split "
-                            "is not used for the ranking, so nothing is ranked.")
+        out.warnings.append("No validation split with labels to score (data.val_fraction = 0, or no "
+                            "labelled sample in it): nothing is ranked, since the test split is never "
+                            "used for a choice.")
     else:
         alone_val = [top1(arms[(ALONE, s)].predict, split) for s in out.seeds]
         for n in names:

@@ -390,7 +390,8 @@ class Experiment:
         with torch.no_grad():
             r = evaluate_predictions(predict, data, None, "input", self.cfg.train.eval_batch_size,
                                      pick_device(self.cfg.train))
-        return next(iter(r.values()))["top1"]
+        first = next(iter(r.values()), None)
+        return first["top1"] if first is not None and first["n"] > 0 else None  # None: nothing scored
 
     def _scores(self, arms: Arms, data) -> tuple[float, float | None]:
         """(method, first comparison) top-1 on ``data``."""
@@ -420,8 +421,9 @@ class Experiment:
         for a in all_arms:
             if p.val is not None:
                 mv, bv = self._scores(a, p.val)
-                val.method.append(mv)
-                val.baseline.append(bv)
+                if mv is not None and bv is not None:  # a split without a scored label gives nothing
+                    val.method.append(mv)
+                    val.baseline.append(bv)
             if a is first:  # the rows already read the test split once
                 test.method.append(rows[first.label]["test_acc"])
                 test.baseline.append(rows[base_label]["test_acc"])
@@ -432,15 +434,16 @@ class Experiment:
         out = {"metric": "top-1 accuracy (%)", "seeds": seeds, "method": first.label,
                "baseline": base_label,
                "costs": {label: c for label, c in first.costs.items()}}
-        if val.method:
+        if val.method and len(val.method) == len(seeds):
             out["val"] = evidence.judge(val)
-        out["test"] = evidence.judge(test)
+        if all(v is not None for v in test.method + test.baseline):
+            out["test"] = evidence.judge(test)
         teacher_val = alone_val = None
         if teacher_model is not None and p.val is not None:
             teacher_model.to(pick_device(cfg.train)).eval()
             key_t = cfg.teacher.input_key
             teacher_val = self._top1(lambda b: {"t": forward(teacher_model, b, key_t)}, p.val)
-            alone_val = val.baseline[0]
+            alone_val = val.baseline[0] if val.baseline else None
         out["warnings"] = evidence.warnings_for(len(seeds), out.get("val"), teacher_val, alone_val,
                                                 evidence.val_curve(first.histories.get(base_label, [])),
                                                 base_label)
