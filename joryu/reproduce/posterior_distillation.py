@@ -17,6 +17,7 @@ from joryu.losses.posterior import (
     predictive_entropy,
 )
 from joryu.methods import StageContext, get_method
+from joryu.methods.posterior_distillation import APDDistiller
 from joryu.reproduce.claims import Table
 from joryu.reproduce.common import protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Context, Study
@@ -181,6 +182,38 @@ def _apd(ctx, eval_key="te"):
     ctx.ensemble, ctx.apd = ens, res["gan"].distiller
     with torch.no_grad():
         return _metrics(lambda x: ens(x).exp(), ctx[eval_key])
+
+
+def generator_pilot(seed: int = 0, total: int = 1500, every: int = 250, sampler: dict | None = None) -> list[dict]:
+    """The generator's budget, on the validation split only: one seed's SGLD samples (``sampler``,
+    default the chosen one), then the GAN stage's distiller stepped ``total`` generator iterations
+    with the stage's optimizers, its 200-network ensemble scored every ``every`` iterations (with
+    the generated vectors' per-coordinate std; the SGD and SGLD rows come first)."""
+    bundle = load("digits")
+    tr, va, _ = protocol_splits(bundle, test_size=TEST)
+    ctx = Context(seed=seed, quick=False, tr=tr, va=va, shape=bundle.input_shape)
+    net = _sgd_net(ctx, sampler)
+    student, samples = _sgld_samples(ctx, sampler)
+    p = ctx.method.params
+    rows = []
+    with torch.no_grad():
+        rows.append({"arm": "SGD", **_metrics(lambda x: net(x).softmax(-1), va)})
+        rows.append({"arm": "SGLD", "std": float(samples.std(0).mean()),
+                     **_metrics(lambda x: ensemble_probs(student, samples, x), va)})
+    torch.manual_seed(seed)
+    apd = APDDistiller(student, samples, p.z_dim, p.hidden, p.layers, p.n_critic, p.gp_weight, p.gan_batch,
+                       p.gan_betas, p.standardize, p.num_predictive, seed)
+    opts = [torch.optim.Adam(list(net_.parameters()), lr=p.gan_lr, betas=tuple(p.gan_betas))
+            for net_ in (apd.generator, apd.critic)]
+    apd.ctx = SimpleNamespace(optimizers=opts, backward=lambda loss: loss.backward(), step=lambda o: o.step())
+    for it in range(1, total + 1):
+        apd.training_step(None)
+        if it % every == 0:
+            with torch.no_grad():
+                rows.append({"arm": f"APD {it}", "std": float(apd.ensemble.vectors().std(0).mean()),
+                             **_metrics(lambda x: apd.ensemble(x).exp(), va)})
+            print(rows[-1], flush=True)
+    return rows
 
 
 def pilot_markdown(out: dict[str, list[tuple]], seeds: dict[str, list[int]]) -> str:
