@@ -1,5 +1,6 @@
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,19 +8,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from joryu.config import TrainConfig
+from joryu.errors import ConfigError
 from joryu.losses.posterior import (
     SGLD,
     auroc,
+    cyclical_step,
     ensemble_probs,
     flatten_params,
     gradient_penalty,
+    in_sampling_phase,
     predictive_entropy,
     unflatten_params,
     wgan_critic_loss,
     wgan_generator_loss,
 )
 from joryu.methods import StageContext, get_method
-from joryu.methods.posterior_distillation import APDDistiller, GeneratorEnsemble, ParameterEnsemble
+from joryu.methods.posterior_distillation import (
+    APDDistiller,
+    GeneratorEnsemble,
+    ParameterEnsemble,
+    SGLDDistiller,
+)
 from joryu.run.stages import run_stages
 
 
@@ -186,3 +195,101 @@ def test_sgld_step_and_gan_betas_come_from_the_params(tiny_data):
     assert all(g["betas"] == (0.9, 0.999) for o in opts for g in o.param_groups)
     default = get_method("posterior_distillation").params
     assert default.gan_betas == (0.5, 0.9) and default.sgld_step is None
+
+
+def test_cyclical_step_restarts_decays_and_bottoms_out():
+    eps0, L = 0.8, 10
+    steps = [cyclical_step(k, eps0, L) for k in range(3 * L)]
+    assert steps[0] == steps[L] == steps[2 * L] == pytest.approx(eps0)  # every cycle starts at eps0
+    assert steps[L // 2] == pytest.approx(eps0 / 2)  # half way: cos(pi/2) = 0
+    cycle = steps[:L]
+    assert all(a > b for a, b in zip(cycle, cycle[1:]))  # decays within a cycle
+    assert min(steps) == pytest.approx(eps0 / 2 * (math.cos(math.pi * (L - 1) / L) + 1))
+    assert min(steps) == steps[L - 1] == steps[3 * L - 1] and 0 < min(steps) < 0.03 * eps0
+    with pytest.raises(ValueError, match="cycle_length"):
+        cyclical_step(0, eps0, 0)
+
+
+def test_sampling_phase_is_the_tail_of_each_cycle():
+    L, beta = 10, 0.8
+    phase = [in_sampling_phase(k, L, beta) for k in range(2 * L)]
+    assert phase == [False] * 8 + [True] * 2 + [False] * 8 + [True] * 2
+    assert all(in_sampling_phase(k, L, 0.0) for k in range(L))  # no exploration: always sampling
+
+
+def test_sgld_noise_variance_is_temperature_times_eps_over_n():
+    eps, n, temp = 0.5, 50, 0.1
+    p = nn.Parameter(torch.zeros(200_000))
+    opt = SGLD([p], lr=eps, num_data=n, generator=torch.Generator().manual_seed(0), temperature=temp)
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    assert float(p.detach().var()) == pytest.approx(temp * eps / n, rel=0.02)
+    with pytest.raises(ValueError, match="temperature"):
+        SGLD([p], lr=eps, num_data=n, temperature=-1.0)
+
+
+class _WithIdle(nn.Module):
+    """A classifier and a parameter the loss never touches: SGLD moves it by its noise alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.idle = nn.Parameter(torch.zeros(50_000))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _drive(distiller, iterations):
+    """Run ``distiller.training_step`` as the engine would (zero_grad, step), recording the idle
+    parameter after every iteration."""
+    (opt,) = distiller.configure_optimizers(None)
+    distiller.ctx = SimpleNamespace(optimizers=[opt], backward=lambda loss: loss.backward(),
+                                    step=lambda o: (o.step(), o.zero_grad(set_to_none=True)))
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    trace = [distiller.student.idle.detach().clone()]
+    for _ in range(iterations):
+        distiller.training_step({"input": x, "target": y})
+        trace.append(distiller.student.idle.detach().clone())
+    return trace
+
+
+def test_cyclical_sampler_keeps_samples_only_in_the_sampling_phase_after_burn_in():
+    torch.manual_seed(0)
+    L, beta, burn, n = 10, 0.6, 17, 100
+    d = SGLDDistiller(_WithIdle(), n, 0.5, 0.0, burn_in=burn, thin=1, noise=True, step=None,
+                      cycle_length=L, explore=beta, temperature=0.5)
+    trace = _drive(d, 40)
+    kept = [k for k in range(40) if d.keeps(k)]
+    # sampling phase: k mod 10 in {6..9}; burn-in: the first 17 iterates (k = 0..16) are dropped
+    assert kept == [17, 18, 19, 26, 27, 28, 29, 36, 37, 38, 39]
+    assert len(d.samples) == len(kept)
+    for j, k in enumerate(kept):  # sample j is iterate k (its idle coordinates)
+        assert torch.equal(d.samples[j][:50_000], trace[k + 1])  # own parameters come first
+    for k in range(40):  # the noise follows the step: variance T eps_k / N, none while exploring
+        move = trace[k + 1] - trace[k]
+        if in_sampling_phase(k, L, beta):
+            assert float(move.var()) == pytest.approx(0.5 * cyclical_step(k, 0.5, L) / n, rel=0.05)
+        else:
+            assert torch.equal(move, torch.zeros_like(move))
+
+
+def test_constant_sampler_keeps_every_thin_th_iterate_after_burn_in():
+    d = SGLDDistiller(_WithIdle(), 100, 0.5, 0.0, burn_in=4, thin=3, noise=True, step=None)
+    trace = _drive(d, 12)
+    assert [k for k in range(12) if d.keeps(k)] == [6, 9]  # iterates 7 and 10 (1-based)
+    moves = torch.stack([trace[k + 1] - trace[k] for k in range(12)])
+    assert float(moves.var()) == pytest.approx(0.5 / 100, rel=0.02)  # variance eps/N every step
+
+
+def test_cycle_params_reach_the_sampler_and_the_sgd_baseline(tiny_data):
+    m = get_method("posterior_distillation", {"cycle_length": 30, "explore": 0.7, "temperature": 0.2})
+    ctx = StageContext(student=nn.Linear(8, 3), teacher=None, train_data=tiny_data, num_classes=3,
+                       train_cfg=TrainConfig(epochs=1))
+    ctx.state = m.new_state(ctx)
+    sampler = m.stages()[0].build(ctx)
+    assert (sampler.cycle_length, sampler.explore, sampler.temperature) == (30, 0.7, 0.2)
+    default = get_method("posterior_distillation").params
+    assert default.cycle_length is None and default.temperature == 1.0  # constant step, the posterior
+    with pytest.raises(ConfigError, match="cycle_length"):
+        get_method("posterior_distillation", {"cycle_length": 1})

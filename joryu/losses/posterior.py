@@ -2,9 +2,18 @@
 
 - SGLD, the sampler of stage 1 (the reference code's ``NoisedSGD``), with N training points:
 
-      θ ← θ − (ε/2) (∇_θ mean-batch NLL(θ) + wd·θ) + ξ,   ξ ~ N(0, ε/N)
+      θ ← θ − (ε/2) (∇_θ mean-batch NLL(θ) + wd·θ) + ξ,   ξ ~ N(0, T·ε/N)
 
-  i.e. Langevin dynamics on the posterior ∝ exp(−N·NLL − N·wd·|θ|²/2) with step ε/N.
+  i.e. Langevin dynamics on the posterior ∝ exp(−N·NLL − N·wd·|θ|²/2) with step h = ε/N (the drift
+  is (h/2)·∇log p, the noise variance h per coordinate: Welling & Teh's convention) at temperature
+  T = 1; T < 1 samples the tempered posterior p^(1/T).
+- Cyclical SG-MCMC (Zhang, Li, Zhang, Chen & Wilson, ICLR 2020, cSG-MCMC), an option of stage 1:
+  the step restarts every L iterations and decays on a cosine,
+
+      ε_k = (ε₀/2) (cos(π · (k mod L) / L) + 1),   k = 0, 1, 2, ...
+
+  and each cycle is an exploration phase ((k mod L)/L < β: the update without noise, i.e. SGD)
+  followed by a sampling phase (SGLD at the small steps, where samples are kept).
 - WGAN-GP (Gulrajani et al. 2017) over flattened parameter vectors, stage 2:
 
       L_D = E[D(G(z))] − E[D(θ)] + λ E[(‖∇_θ̂ D(θ̂)‖₂ − 1)²],  θ̂ = u·θ + (1 − u)·G(z), u ~ U(0, 1)
@@ -28,15 +37,18 @@ from joryu.outputs import unwrap
 class SGLD(torch.optim.Optimizer):
     """Stochastic-gradient Langevin dynamics as a torch optimizer.
 
-    ``lr`` is ε, ``num_data`` is N. Each step: p ← p − (ε/2)(grad + wd·p) + N(0, ε/N) per coordinate.
-    With ``noise=False`` it is SGD with lr ε/2 (the MAP baseline).
+    ``lr`` is ε, ``num_data`` is N. Each step: p ← p − (ε/2)(grad + wd·p) + N(0, T·ε/N) per
+    coordinate, T the ``temperature`` (1: the posterior itself; T < 1 samples the tempered
+    posterior ∝ p(θ|D)^(1/T), as cSG-MCMC's experiments do). With ``noise=False`` it is SGD with
+    lr ε/2 (the MAP baseline).
     """
 
     def __init__(self, params, lr: float, num_data: int, weight_decay: float = 0.0, noise: bool = True,
-                 generator: torch.Generator | None = None):
-        if lr <= 0 or num_data < 1:
-            raise ValueError("SGLD needs lr > 0 and num_data >= 1")
-        super().__init__(params, dict(lr=lr, num_data=num_data, weight_decay=weight_decay, noise=noise))
+                 generator: torch.Generator | None = None, temperature: float = 1.0):
+        if lr <= 0 or num_data < 1 or temperature < 0:
+            raise ValueError("SGLD needs lr > 0, num_data >= 1 and temperature >= 0")
+        super().__init__(params, dict(lr=lr, num_data=num_data, weight_decay=weight_decay, noise=noise,
+                                      temperature=temperature))
         self.generator = generator
 
     @torch.no_grad()
@@ -54,8 +66,21 @@ class SGLD(torch.optim.Optimizer):
                 p.add_(d, alpha=-eps / 2)
                 if group["noise"]:
                     xi = torch.randn(p.shape, generator=self.generator, dtype=p.dtype).to(p.device)
-                    p.add_(xi, alpha=math.sqrt(eps / n))
+                    p.add_(xi, alpha=math.sqrt(group["temperature"] * eps / n))
         return loss
+
+
+def cyclical_step(iteration: int, eps0: float, cycle_length: int) -> float:
+    """ε_k = (ε₀/2)(cos(π (k mod L)/L) + 1) for iteration k = 0, 1, ... and cycle length L:
+    ε₀ at every cycle start, decaying to (ε₀/2)(cos(π (L−1)/L) + 1) on a cycle's last iteration."""
+    if cycle_length < 1:
+        raise ValueError("cycle_length must be >= 1")
+    return eps0 / 2 * (math.cos(math.pi * (iteration % cycle_length) / cycle_length) + 1)
+
+
+def in_sampling_phase(iteration: int, cycle_length: int, explore: float) -> bool:
+    """Whether iteration k lies in its cycle's sampling phase: (k mod L)/L >= β (``explore``)."""
+    return (iteration % cycle_length) / cycle_length >= explore
 
 
 def flatten_params(model: nn.Module) -> Tensor:

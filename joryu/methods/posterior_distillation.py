@@ -6,7 +6,11 @@ generator of weights. Two stages, both through the engine's manual-optimization 
 
 1. ``sample``: SGLD on the student's parameters (``joryu.losses.posterior.SGLD``):
    θ ← θ − (ε/2)(∇ mean-batch NLL + wd·θ) + N(0, ε/N), N = training-set size. After ``burn_in``
-   iterations, every ``thin``-th iterate is kept as a flattened parameter vector.
+   iterations, every ``thin``-th iterate is kept as a flattened parameter vector. Options (off by
+   default, docs/methods/posterior_distillation.md): ``cycle_length`` L makes it cyclical SG-MCMC
+   (Zhang et al. 2020), ε_k = (ε/2)(cos(π (k mod L)/L) + 1), noise-free for the first ``explore``
+   of each cycle and sampled (samples kept) in the rest; ``temperature`` T scales the noise
+   variance to T·ε_k/N (samples from p(θ|D)^(1/T)).
 2. ``gan``: WGAN-GP whose generator G: z ∈ R^32 → 3×[Linear(h), ReLU] → Linear(|θ|) outputs a
    parameter vector and whose critic (|θ| → 3×[Linear(h), ReLU] → 1) separates generated from
    sampled vectors; ``n_critic`` critic steps (λ_GP = 10) per generator step. One generator step
@@ -51,9 +55,11 @@ from torch import nn
 from joryu.distiller import Distiller
 from joryu.losses.posterior import (
     SGLD,
+    cyclical_step,
     ensemble_probs,
     flatten_params,
     gradient_penalty,
+    in_sampling_phase,
     wgan_critic_loss,
     wgan_generator_loss,
 )
@@ -115,11 +121,13 @@ class SGLDDistiller(Distiller):
 
     def __init__(self, student: nn.Module, num_data: int, lr: float, weight_decay: float,
                  burn_in: int, thin: int, noise: bool, input_key: str = "input", *,
-                 step: float | None):
+                 step: float | None, cycle_length: int | None = None, explore: float = 0.0,
+                 temperature: float = 1.0):
         super().__init__(student, (), input_key)
         lr = step * num_data if step is not None else lr  # h = eps / N
         self.num_data, self.lr, self.weight_decay = num_data, lr, weight_decay
         self.burn_in, self.thin, self.noise = burn_in, thin, noise
+        self.cycle_length, self.explore, self.temperature = cycle_length, explore, temperature
         # the iteration count and the kept samples are buffers, so a checkpoint holds them and a
         # resumed run (or a stage read back on --resume) has every sample an uninterrupted one has
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
@@ -140,18 +148,37 @@ class SGLDDistiller(Distiller):
             self.kept = torch.zeros_like(saved, device=self.kept.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def schedule(self, k: int) -> tuple[float, bool]:
+        """(ε_k, sampling) for iteration k = 0, 1, ...: constant ε and always sampling, or with
+        ``cycle_length`` the cSG-MCMC cosine cycle, whose exploration phase runs without noise."""
+        if self.cycle_length is None:
+            return self.lr, True
+        return (cyclical_step(k, self.lr, self.cycle_length),
+                in_sampling_phase(k, self.cycle_length, self.explore))
+
+    def keeps(self, k: int) -> bool:
+        """Whether iterate k (0-based, taken after its update) is kept: after ``burn_in`` iterations,
+        every ``thin``-th, and with a cycle only in the sampling phase."""
+        done = k + 1
+        return done > self.burn_in and (done - self.burn_in) % self.thin == 0 and self.schedule(k)[1]
+
     def configure_optimizers(self, build):
-        return [SGLD(self.student.parameters(), self.lr, self.num_data, self.weight_decay, self.noise)]
+        return [SGLD(self.student.parameters(), self.lr, self.num_data, self.weight_decay, self.noise,
+                     temperature=self.temperature)]
 
     def training_step(self, batch):
         loss = F.cross_entropy(forward(self.student, batch, self.input_key), batch["target"])
         self.ctx.backward(loss)
-        self.ctx.step(self.ctx.optimizers[0])
-        self.iterations += 1
-        it = self.iteration
-        if it > self.burn_in and (it - self.burn_in) % self.thin == 0:
+        opt = self.ctx.optimizers[0]
+        if self.cycle_length is not None:  # set before every update (the engine's schedule resets lr)
+            eps, sampling = self.schedule(self.iteration)
+            for g in opt.param_groups:
+                g["lr"], g["noise"] = eps, self.noise and sampling
+        self.ctx.step(opt)
+        if self.keeps(self.iteration):
             sample = flatten_params(self.student).detach().to(self.kept.device, self.kept.dtype)
             self.kept = torch.cat([self.kept, sample[None]])
+        self.iterations += 1
         return {"loss": loss.detach()}
 
     def sample_tensor(self) -> torch.Tensor:
@@ -249,6 +276,14 @@ class PosteriorDistillationParams(Params):
     burn_in: int = Field(500, ge=0, description="SGLD iterations discarded")
     thin: int = Field(20, ge=1, description="keep every thin-th iterate after burn-in")
     noise: bool = Field(True, description="False: the sampler is plain SGD with lr eps/2 (the MAP baseline)")
+    cycle_length: int | None = Field(None, ge=2, description=(
+        "cyclical SG-MCMC (Zhang et al. 2020): the step restarts at eps every cycle_length iterations "
+        "and decays as eps/2 (cos(pi (k mod L)/L) + 1); None: constant eps"))
+    explore: float = Field(0.8, ge=0, lt=1, description=(
+        "with cycle_length: the fraction of each cycle run without noise (exploration, SGD); samples "
+        "are kept only in the rest (the sampling phase)"))
+    temperature: float = Field(1.0, ge=0, description=(
+        "T: SGLD noise variance T eps/N, samples from p(theta|D)^(1/T); 1 is the posterior"))
     max_samples: int = Field(1000, ge=1, description="the GAN trains on the last max_samples samples")
     sample_epochs: int = Field(100, ge=1, description="engine epochs of SGLD (one iteration per batch)")
     sample_batch_size: int = Field(100, ge=1)
@@ -280,7 +315,8 @@ class PosteriorDistillation(Method):
 
         def build_sampler(ctx):
             return SGLDDistiller(ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin,
-                                 p.noise, step=p.sgld_step)
+                                 p.noise, step=p.sgld_step, cycle_length=p.cycle_length, explore=p.explore,
+                                 temperature=p.temperature)
 
         def keep_samples(ctx: StageContext[PosteriorState], distiller):
             ctx.state.samples = distiller.sample_tensor()[-p.max_samples:]
@@ -318,7 +354,8 @@ class PosteriorDistillation(Method):
                       "warmup_epochs": 0, "clip_grad_norm": None}
             return b.train(b.fresh_student(), train=sample, build=lambda ctx: SGLDDistiller(
                 ctx.student, len(ctx.train_data), p.sgld_lr, p.weight_decay, p.burn_in, p.thin, False,
-                step=p.sgld_step))
+                step=p.sgld_step, cycle_length=p.cycle_length, explore=p.explore,
+                temperature=p.temperature))
 
         def sgld(b):
             return ParameterEnsemble(b.ctx.results["sample"].distiller.student, b.ctx.state.samples)
