@@ -275,7 +275,8 @@ def test_cyclical_sampler_keeps_samples_only_in_the_sampling_phase_after_burn_in
 
 
 def test_constant_sampler_keeps_every_thin_th_iterate_after_burn_in():
-    d = SGLDDistiller(_WithIdle(), 100, 0.5, 0.0, burn_in=4, thin=3, noise=True, step=None)
+    d = SGLDDistiller(_WithIdle(), 100, 0.5, 0.0, burn_in=4, thin=3, noise=True, step=None,
+                      cycle_length=None, explore=0.8, temperature=1.0)
     trace = _drive(d, 12)
     assert [k for k in range(12) if d.keeps(k)] == [6, 9]  # iterates 7 and 10 (1-based)
     moves = torch.stack([trace[k + 1] - trace[k] for k in range(12)])

@@ -121,8 +121,7 @@ class SGLDDistiller(Distiller):
 
     def __init__(self, student: nn.Module, num_data: int, lr: float, weight_decay: float,
                  burn_in: int, thin: int, noise: bool, input_key: str = "input", *,
-                 step: float | None, cycle_length: int | None = None, explore: float = 0.0,
-                 temperature: float = 1.0):
+                 step: float | None, cycle_length: int | None, explore: float, temperature: float):
         super().__init__(student, (), input_key)
         lr = step * num_data if step is not None else lr  # h = eps / N
         self.num_data, self.lr, self.weight_decay = num_data, lr, weight_decay
