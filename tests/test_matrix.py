@@ -33,27 +33,7 @@ from joryu.models.build import build_model, input_shape_of
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 
-EXAMPLE = {  # method -> its example config
-    "born_again": "born_again_mnist5k.yaml",
-    "cross_modal": "cross_modal_digits.yaml",
-    "data_distillation": "data_distillation_mnist5k.yaml",
-    "dataset_distillation": "dataset_distillation_digits.yaml",
-    "dml": "dml_mnist5k.yaml",
-    "dropout_distillation": "dropout_distillation_mnist1d.yaml",
-    "fitnets": "fitnets_mnist5k.yaml",
-    "fsp": "fsp_digits.yaml",
-    "generalized_distillation": "generalized_distillation_digits.yaml",
-    "gkd": "gkd_gpt2_lm.yaml",
-    "kd": "kd_digits.yaml",
-    "knowledge_concentration": "knowledge_concentration_grouped.yaml",
-    "meal": "meal_mnist1d.yaml",
-    "noisy_label_distillation": "noisy_label_distillation_mnist1d.yaml",
-    "one": "one_mnist1d.yaml",
-    "posterior_distillation": "posterior_distillation_digits.yaml",
-    "progressive_blockwise": "progressive_blockwise_mnist1d.yaml",
-    "svd_kd": "svd_kd_mnist1d.yaml",
-    "supervised": "kd_digits.yaml",
-}
+from _examples import EXAMPLE  # noqa: E402  (a sibling test module)
 
 # per dataset: a small slice where the dataset allows one
 DATA = {

@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from _examples import EXAMPLE  # noqa: E402  (a sibling test module)
 from torch import nn
 
 from joryu.config import TrainConfig, load_config
@@ -24,29 +25,6 @@ from joryu.models.build import build_model
 from joryu.run.experiment import Experiment
 from joryu.run.stages import run_stages, stage_config
 from joryu.teachers import FrozenTeacher
-
-EXAMPLE = {  # method -> its example config (every registered method has one)
-    "born_again": "born_again_mnist5k.yaml",
-    "cross_modal": "cross_modal_digits.yaml",
-    "data_distillation": "data_distillation_mnist5k.yaml",
-    "dataset_distillation": "dataset_distillation_digits.yaml",
-    "dml": "dml_mnist5k.yaml",
-    "dropout_distillation": "dropout_distillation_mnist1d.yaml",
-    "fitnets": "fitnets_mnist5k.yaml",
-    "fsp": "fsp_digits.yaml",
-    "gkd": "gkd_gpt2_lm.yaml",
-    "generalized_distillation": "generalized_distillation_digits.yaml",
-    "kd": "kd_digits.yaml",
-    "knowledge_concentration": "knowledge_concentration_grouped.yaml",
-    "meal": "meal_mnist1d.yaml",
-    "noisy_label_distillation": "noisy_label_distillation_mnist1d.yaml",
-    "one": "one_mnist1d.yaml",
-    "posterior_distillation": "posterior_distillation_digits.yaml",
-    "progressive_blockwise": "progressive_blockwise_mnist1d.yaml",
-    "svd_kd": "svd_kd_mnist1d.yaml",
-    "supervised": "kd_digits.yaml",
-}
-
 
 SHORT = {  # a budget short enough that a stage's hand-over still has something to hand over
     "posterior_distillation": ["method.params.burn_in=2", "method.params.thin=1",

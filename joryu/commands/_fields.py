@@ -28,3 +28,15 @@ def method_schema(name: str) -> int:
     print("parameters (method.params.NAME):")
     print_fields(describe_fields(type(method.params)))
     return 0
+
+
+def model_and_data_arguments(p, data_help: str) -> None:
+    """The arguments ``joryu eval`` and ``joryu export`` share: a model with its weights instead of
+    a run folder, and the dataset to read."""
+    p.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
+    p.add_argument("--model-kwarg", action="append", metavar="K=V", help="keyword argument of the model factory")
+    p.add_argument("--weights", help="weights of --model (safetensors, a torch state dict, see joryu.weights)")
+    p.add_argument("--input-key", default="input", help="batch key --model reads")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--data-path", help="dataset path (files on disk)")
+    p.add_argument("--data-kwarg", action="append", metavar="K=V", help="keyword argument of the dataset")

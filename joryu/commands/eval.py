@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from joryu.atomic import atomic_write_text
+from joryu.commands._fields import model_and_data_arguments
 from joryu.data.sources import check_labels
 from joryu.errors import ConfigError
 from joryu.evaluate import evaluate_model
@@ -28,17 +29,11 @@ HELP = "evaluate a run folder's networks, or a model + weights, on any dataset"
 
 def configure(p) -> None:
     p.add_argument("target", nargs="?", help="a run folder (e.g. runs/kd-mnist1d)")
-    p.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
-    p.add_argument("--model-kwarg", action="append", metavar="K=V", help="keyword argument of the model factory")
-    p.add_argument("--weights", help="weights of --model (safetensors, a torch state dict, see joryu.weights)")
-    p.add_argument("--input-key", default="input", help="batch key --model reads")
+    model_and_data_arguments(p, "dataset name (default: the run's)")
     p.add_argument("--teacher", help="a teacher model for agreement and KL (zoo name or import path)")
     p.add_argument("--teacher-kwarg", action="append", metavar="K=V")
     p.add_argument("--teacher-weights")
     p.add_argument("--teacher-key", default="input")
-    p.add_argument("--data", help="dataset name (default: the run's)")
-    p.add_argument("--data-path", help="dataset path (files on disk)")
-    p.add_argument("--data-kwarg", action="append", metavar="K=V", help="keyword argument of the dataset")
     p.add_argument("--split", default="test", help="test (default), val or train")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="samples per batch (default 1000)")
     p.add_argument("--out", help="folder for eval.json and reliability.png (default: RUN/eval)")

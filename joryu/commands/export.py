@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from joryu.commands._fields import model_and_data_arguments
 from joryu.config import ModelConfig
 from joryu.errors import ConfigError
 from joryu.export import DEFAULT_OPSET, FORMATS, ExportError, export_model
@@ -21,14 +22,8 @@ def configure(p) -> None:
                                                     "Hugging Face student as a save_pretrained folder)")
     p.add_argument("--out", help="output file (default: RUN/student.onnx, .pt, .pt2 or RUN/student-hf/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--model", help="zoo name or package.module:factory (instead of a run folder)")
-    p.add_argument("--model-kwarg", action="append", metavar="K=V")
-    p.add_argument("--weights")
-    p.add_argument("--input-key", default="input")
+    model_and_data_arguments(p, "dataset whose test inputs trace and check the export")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,40 (instead of --data)")
-    p.add_argument("--data", help="dataset whose test inputs trace and check the export")
-    p.add_argument("--data-path")
-    p.add_argument("--data-kwarg", action="append", metavar="K=V")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
 
 
