@@ -165,3 +165,15 @@ def test_fsdp_config_field():
     cfg = TrainConfig(fsdp={"wrap": ["GPT2Block"], "reshard_after_forward": False})
     assert cfg.fsdp.wrap == ["GPT2Block"] and not cfg.fsdp.reshard_after_forward
     assert TrainConfig().fsdp is None
+
+
+def test_joryu_run_with_fsdp_is_refused_before_training(tmp_path, capsys):
+    """A sharded student cannot be written to a run folder yet: refused in one line, before any
+    training, so no run's work is lost at its end."""
+    from joryu.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "configs/kd_digits.yaml", "train.fsdp={wrap: []}", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.fsdp" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

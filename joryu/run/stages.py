@@ -186,6 +186,10 @@ def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, 
                                   num_classes=num_classes or getattr(train, "num_classes", 0),
                                   train_cfg=train_cfg, seed=seed, augment=augment)
     check_method_fits(method, student, train)
+    if run_dir is not None and getattr(train_cfg, "fsdp", None) is not None:
+        raise ConfigError("train.fsdp: a sharded student cannot be written to a run folder yet; train it "
+                          "without a run folder (joryu.distill without run_dir, or Engine.fit), or drop "
+                          "train.fsdp")
     label = label or method.name
     if dry:
         with preserved_rng(), restored(student, teacher):
