@@ -188,7 +188,7 @@ def plot_comparison(val: dict[str, dict], path, selected: str | None = None) -> 
     if plt is None:
         return None
     names = sorted(val, key=lambda m: -val[m]["mean"])
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.6), dpi=100)
     for i, m in enumerate(names):
         j = val[m]
         lo, hi = j["interval"]
@@ -201,7 +201,7 @@ def plot_comparison(val: dict[str, dict], path, selected: str | None = None) -> 
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([f"{m} ({val[m]['verdict']}, n={val[m]['n']})" for m in reversed(names)], fontsize=8)
-    ax.set_xlabel("validation top-1, method - student alone (points), 95% t interval")
+    ax.set_xlabel("validation top-1 minus the student alone's (points)\nwith the 95% t interval over paired seeds")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     path = Path(path)
