@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from accelerate.utils import set_seed
 
 from joryu.config import TrainConfig
 from joryu.data import Augment, TensorData, TensorLoader, split_validation
+from joryu.engine import Engine
 from joryu.methods import get_method
+from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.run.stages import run_stages
 
@@ -63,3 +67,11 @@ def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, se
     rest, test = split_validation(pooled, test_size / len(pooled), seed=seed)
     train_, val = split_validation(rest, val_fraction, seed=seed + 1)
     return train_, val, test
+
+
+def bits_per_byte(model, data) -> tuple[float, float]:
+    """(cross-entropy in bits per byte, next-byte accuracy %) of a byte-level LM on ``data``: the
+    engine's scores (one pass), the loss in nats divided by ln 2."""
+    ev = Engine(TrainConfig(eval_batch_size=256, device="cpu"), None, progress=False).evaluate(
+        SupervisedDistiller(model), data, "test")
+    return ev["test/loss"] / math.log(2), ev["test/acc"]

@@ -18,15 +18,12 @@ import sys
 import torch
 
 from joryu import models
-from joryu.config import TrainConfig
 from joryu.data import TensorData, TensorLoader
 from joryu.data.text import byte_windows, split_files, stdlib_files
-from joryu.engine import Engine
 from joryu.methods.gkd import generated_batch, gkd_divergence
-from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import declare_inputs, forward
 from joryu.reproduce.claims import Claim, Report, Table, fmt
-from joryu.reproduce.common import seeded, train
+from joryu.reproduce.common import bits_per_byte, seeded, train
 from joryu.reproduce.protocol import judge
 from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
@@ -87,12 +84,6 @@ def on_own_samples(student, teacher, test: TensorData, seed: int) -> tuple[float
     return 1000 * jsd / n, nll / n / LN2
 
 
-def _bits_per_byte(model, data) -> float:
-    ev = Engine(TrainConfig(eval_batch_size=256, device="cpu"), None, progress=False).evaluate(
-        SupervisedDistiller(model), data, "test")
-    return ev["test/loss"] / LN2
-
-
 @register_reproduction("gkd", default_seeds=5, quick_seeds=2,
                        doc="GKD on a byte-level LM (Python stdlib source): on-policy vs off-policy distillation")
 def reproduce_gkd(seeds: list[int], quick: bool, progress: bool) -> Report:
@@ -133,10 +124,10 @@ def reproduce_gkd(seeds: list[int], quick: bool, progress: bool) -> Report:
         jsd, t_bpb = on_own_samples(net, t_net, test, seed)
         table.add(label, JSD_COL, jsd)
         table.add(label, judged_col, t_bpb)
-        table.add(label, bpb_col, _bits_per_byte(net, test))
+        table.add(label, bpb_col, bits_per_byte(net, test)[0])
     teacher_tab = Table("Teacher", ["test bits per byte (data continuations)"])
     teacher_tab.add("teacher (trained once, seed 0)", "test bits per byte (data continuations)",
-                    _bits_per_byte(t_net, test))
+                    bits_per_byte(t_net, test)[0])
     off, on = (table.values(a, JSD_COL) for a, _ in ARMS)
     paired = Table("Paired effect (per seed)", ["reduction in JSD (off - on), millinats/token"],
                    note="Positive = the on-policy student is closer to the teacher on its own samples.")

@@ -13,13 +13,10 @@ import sys
 import torch
 
 from joryu import models
-from joryu.config import TrainConfig
 from joryu.data.text import byte_windows, split_files, stdlib_files
-from joryu.engine import Engine
-from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import declare_inputs
 from joryu.reproduce.claims import Claim, Report, Table, fmt
-from joryu.reproduce.common import seeded, train
+from joryu.reproduce.common import bits_per_byte, seeded, train
 from joryu.reproduce.protocol import judge
 from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
@@ -52,13 +49,6 @@ def judge_tables(tables: list[Table]) -> list[Claim]:
     claim.evidence = (f"student + KD {fmt(kd, 4)}, student alone {fmt(alone, 4)} (test bits per byte); "
                       f"{claim.evidence}; teacher {teacher:.4f}")
     return [claim]
-
-
-def _bits_per_byte(model, data) -> tuple[float, float]:
-    """(test cross-entropy in bits per byte, next-byte accuracy %) of ``model`` on ``data``."""
-    ev = Engine(TrainConfig(eval_batch_size=256, device="cpu"), None, progress=False).evaluate(
-        SupervisedDistiller(model), data, "test")
-    return ev["test/loss"] / LN2, ev["test/acc"]
 
 
 @register_reproduction("text_lm", default_seeds=5, quick_seeds=2,
@@ -96,12 +86,12 @@ def reproduce_text_lm(seeds: list[int], quick: bool, progress: bool) -> Report:
                   note="Bits per byte = cross-entropy in nats / ln 2 (lower is better); perplexity per byte "
                        "= 2^(bits per byte). Every student of a seed starts from the same initialisation "
                        "and trains on the same windows in the same order with the same budget.")
-    t_bpb, t_acc = _bits_per_byte(t_net, test)
+    t_bpb, t_acc = bits_per_byte(t_net, test)
     teacher_tab = Table("Teacher", ["test bits per byte", "test next-byte acc (%)"])
     teacher_tab.add("teacher (trained once, seed 0)", "test bits per byte", t_bpb)
     teacher_tab.add("teacher (trained once, seed 0)", "test next-byte acc (%)", t_acc)
     for (label, _seed), net in nets.items():
-        bpb, acc = _bits_per_byte(net, test)
+        bpb, acc = bits_per_byte(net, test)
         table.add(label, "test bits per byte", bpb)
         table.add(label, "test next-byte acc (%)", acc)
 
