@@ -8,10 +8,13 @@ train. ``save_adapters`` writes them with ``save_pretrained`` (``adapter_config.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from joryu import atomic
 from joryu._optional import require
 from joryu.errors import ConfigError
 from joryu.outputs import declare_inputs, inputs_of
@@ -49,9 +52,19 @@ def apply_lora(model: torch.nn.Module, r: int = 8, alpha: int = 16, dropout: flo
 
 
 def save_adapters(model, folder: str | Path) -> Path:
-    """The adapters of a ``peft`` model (not its base weights) in ``folder``."""
+    """The adapters of a ``peft`` model (not its base weights) in ``folder``: written into a
+    temporary folder beside it, then renamed, so a kill leaves the old folder or the new one."""
     folder = Path(folder)
-    model.save_pretrained(str(folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp))
+        if folder.exists():
+            shutil.rmtree(folder)
+        atomic.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
