@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -136,11 +137,32 @@ def _alone_key(pair: str, seed: int, fields: dict | None, quick: bool) -> str:
     return json.dumps({"pair": pair, "seed": seed, "fields": fields or {}, "quick": quick}, sort_keys=True)
 
 
+def _teacher(p: dict, shape, classes, tr, augment, folder: Path | None, key: str):
+    """The pair's teacher, trained with seed 0, or read back from ``folder`` where an earlier sweep
+    kept it (written atomically; the file name is a hash of ``key``)."""
+    net = seeded(0, p["teacher"], shape, classes)
+    path = None
+    if folder is not None:
+        path = Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.exists():
+            net.load_state_dict(torch.load(path, map_location="cpu"))
+            return net
+    net = train("supervised", net, tr, p["teacher_cfg"], 0, augment=augment)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)
+    return net
+
+
 def sweep(method: str, grid: list[dict], seeds: int = 3, quick: bool = False, fixed: dict | None = None,
           fields: dict | None = None, pairs: list[str] | None = None, progress: bool = True,
-          cache: Path | None = None) -> dict:
+          cache: Path | None = None, teacher_cache: Path | None = None) -> dict:
     """Validation accuracy of the student alone and with ``method`` at each grid point, per pair and
-    seed. ``cache``: a JSON file of the student alone's accuracies, read and extended."""
+    seed. ``cache``: a JSON file of the student alone's accuracies, read and extended.
+    ``teacher_cache``: a folder keeping each pair's trained teacher (seed 0, keyed by pair, data
+    fields and quick), so later methods' sweeps load the same teacher instead of training it again."""
     needs_teacher = getattr(get_method(method, fixed or {}), "needs_teacher", True)
     out = {"method": method, "fixed": fixed or {}, "fields": fields or {}, "grid": grid, "seeds": seeds,
            "pairs": {}, "refused": {}}
@@ -160,7 +182,7 @@ def sweep(method: str, grid: list[dict], seeds: int = 3, quick: bool = False, fi
         teacher, teacher_val = None, None
         if needs_teacher:  # trained once per pair and shared by every seed (see the module docstring)
             t0 = time.time()
-            t = train("supervised", seeded(0, p["teacher"], shape, classes), tr, p["teacher_cfg"], 0, augment=augment)
+            t = _teacher(p, shape, classes, tr, augment, teacher_cache, _alone_key(pname, 0, fields, quick))
             teacher, teacher_val = FrozenTeacher(t), accuracy(predict(t, va), va.targets)
             if progress:
                 print(f"[{pname}] teacher: val {teacher_val:.2f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -318,6 +340,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="", help=f"comma-separated subset of {','.join(PAIRS)}")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="results/defaults")
+    ap.add_argument("--teacher-cache", default="", help="a folder keeping each pair's trained teacher between sweeps")
     a = ap.parse_args(argv)
     torch.set_flush_denormal(True)
     if os.environ.get("JORYU_THREADS"):
@@ -330,7 +353,7 @@ def main(argv=None) -> int:
     out = Path(a.out) / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     res = sweep(a.method, grid, a.seeds, a.quick, json.loads(a.fixed), json.loads(a.fields), pairs,
-                cache=out / ALONE_CACHE)
+                cache=out / ALONE_CACHE, teacher_cache=Path(a.teacher_cache) if a.teacher_cache else None)
     command = "python -m joryu.reproduce.defaults " + " ".join(sys.argv[1:] if argv is None else argv)
     md = markdown(res, command)
     atomic_write_text(out / f"{a.method}.md", md)
