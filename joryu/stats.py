@@ -25,8 +25,9 @@ users is "helped" (passes), "hurt" (the interval lies wholly on the wrong side: 
 "no worse".
 
 The seed-to-seed spread covers training noise (initialisation, data order, augmentation). The
-sampling error of a fixed test split is a separate source: :func:`paired_bootstrap` measures it
-from per-sample correctness of the two arms (see docs/reproduction-protocol.md).
+sampling error of a fixed test split is a separate source: :func:`test_sampling_se` estimates it
+from the two arms' per-sample scores (a :class:`SampledScore` keeps them) and ``compare_paired``
+adds it to the SE; :func:`paired_bootstrap` checks it by resampling (docs/reproduction-protocol.md).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class PairedComparison:
     passed: bool
     verdict: str  # "helped" / "no worse" / "hurt" / "no evidence either way"
     reason: str  # one sentence: why that verdict
+    test_se: float | None = None  # test-set sampling error folded into ``se`` (None: not measured)
 
     @property
     def n(self) -> int:
@@ -186,8 +188,9 @@ class PairedComparison:
         if self.n < 2:
             return f"{head} (no interval from one seed), n = 1 paired seed"
         lo, hi = self.interval
+        parts = (f" = seeds and test-set sampling {self.test_se:.{digits}f} combined" if self.test_se else "")
         return (f"{head} ({LEVEL:.0%} t interval {lo:{f}} .. {hi:{f}}: mean ± {self.q:.3f} SE, "
-                f"t quantile with {self.n - 1} df, SE {self.se:.{digits}f}), n = {self.n} paired seeds")
+                f"t quantile with {self.n - 1} df, SE {self.se:.{digits}f}{parts}), n = {self.n} paired seeds")
 
     def as_dict(self) -> dict:
         """The numbers, for a results.json (no inf or nan: JSON has none)."""
@@ -196,18 +199,22 @@ class PairedComparison:
 
         return {"n": self.n, "differences": list(self.differences), "mean": self.mean, "sd": num(self.sd),
                 "se": num(self.se), "t_quantile": num(self.q), "interval": [num(x) for x in self.interval],
-                "sign": self.sign, "margin": self.margin, "passed": self.passed, "verdict": self.verdict}
+                "sign": self.sign, "margin": self.margin, "passed": self.passed, "verdict": self.verdict,
+                "test_se": self.test_se}
 
 
 def compare_paired(method: Sequence[float], baseline: Sequence[float], *, sign: int = 1,
-                   margin: float | None = None, min_seeds: int = MIN_SEEDS) -> PairedComparison:
+                   margin: float | None = None, min_seeds: int = MIN_SEEDS,
+                   test_se: float | None = None) -> PairedComparison:
     """Judge ``method`` against ``baseline`` (per-seed values, paired by position) by the rule:
 
         superiority:      sign * mean(d) - q SE > 0
         non-inferiority:  sign * mean(d) + margin - q SE > 0      (margin > 0, stated beforehand)
 
-    with d = method - baseline, SE = sd(d) / sqrt(n), q = t_{0.975, n-1}; never passes below
-    ``min_seeds``. "hurt" when the interval lies wholly on the wrong side (of zero, or of -margin)."""
+    with d = method - baseline, SE = sqrt(sd(d)^2 / n + test_se^2), q = t_{0.975, n-1}; never
+    passes below ``min_seeds``. ``test_se`` is the test-set sampling error of the mean difference
+    (``test_sampling_se``; None when the per-sample outcomes are not known). "hurt" when the interval
+    lies wholly on the wrong side (of zero, or of -margin)."""
     if sign not in (1, -1):
         raise ValueError("sign must be +1 (higher is better) or -1 (lower is better)")
     if margin is not None and not margin > 0:
@@ -222,8 +229,10 @@ def compare_paired(method: Sequence[float], baseline: Sequence[float], *, sign: 
         raise ValueError(f"paired values must be finite numbers, got differences {d}")
     n = len(d)
     mean = math.fsum(d) / n
+    if test_se is not None and not (math.isfinite(test_se) and test_se >= 0):
+        raise ValueError(f"test_se must be a finite number >= 0, got {test_se}")
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else math.nan
-    se = sd / math.sqrt(n) if n > 1 else math.inf
+    se = math.sqrt(sd ** 2 / n + (test_se or 0.0) ** 2) if n > 1 else math.inf
     q = t_quantile(n)
     half = q * se if n > 1 else math.inf
     interval = (mean - half, mean + half)
@@ -248,7 +257,8 @@ def compare_paired(method: Sequence[float], baseline: Sequence[float], *, sign: 
     else:
         verdict = NO_EVIDENCE
         reason = "the interval contains " + ("-margin" if margin is not None else "zero")
-    return PairedComparison(d, mean, sd, se, q, interval, sign, margin, min_seeds, passed, verdict, reason)
+    return PairedComparison(d, mean, sd, se, q, interval, sign, margin, min_seeds, passed, verdict, reason,
+                            None if test_se is None else float(test_se))
 
 
 def seeds_needed(sd_of_differences: float, effect: float, *, min_seeds: int = MIN_SEEDS,
@@ -282,6 +292,59 @@ def seeds_needed(sd_of_differences: float, effect: float, *, min_seeds: int = MI
 
 
 # --- test-set sampling error ---------------------------------------------------------------
+
+class SampledScore(float):
+    """A test score (a float, e.g. accuracy in points) that keeps the per-sample values it is the
+    mean of, so a paired comparison can add the test-set sampling error (``test_sampling_se``).
+    Arithmetic on it gives a plain float: a derived score carries no per-sample values."""
+
+    per_sample: np.ndarray
+
+    def __new__(cls, per_sample):
+        values = np.asarray(per_sample, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            raise ValueError("a sampled score needs at least one sample")
+        out = super().__new__(cls, float(values.mean()))
+        out.per_sample = values
+        return out
+
+    def __reduce__(self):  # pickles (and deep-copies) with its samples
+        return (SampledScore, (self.per_sample,))
+
+
+def test_sampling_se(method_samples, baseline_samples) -> float:
+    """The test-set sampling error of the mean paired difference, from per-sample outcomes.
+
+    ``method_samples`` and ``baseline_samples`` have shape (seeds, samples): each arm's per-sample
+    score on the *same* fixed test samples (e.g. 100 * correct, so the row means are the arms'
+    accuracies in points). With d[s, i] = method - baseline and the two-way random-effects model
+    d[s, i] = mu + a_s + b_i + e_si (seed effect a, test-sample effect b, residual e), the estimate
+    D = mean(d) has Var(D) = var(a) / n + var(b) / N + var(e) / (n N). The spread of the per-seed
+    means, sd(d)^2 / n, already carries var(a) / n + var(e) / (n N) (what ``compare_paired`` uses).
+    This returns the part a fixed test split hides, sqrt(var(b) / N), with var(b) estimated without
+    bias as var_i(mean_s d[s, i]) - var(e) / n (floored at 0) and var(e) the two-way residual
+    variance. With one seed, var(e) is not separable from var(b) and the whole per-sample variance
+    counts (conservative). Returns 0.0 for a single test sample."""
+    a = np.asarray(method_samples, dtype=np.float64)
+    b = np.asarray(baseline_samples, dtype=np.float64)
+    if a.ndim == 1:
+        a, b = a[None, :], b.reshape(1, -1) if b.ndim == 1 else b
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"the arms need the same (seeds, samples) shape, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("per-sample scores must be finite")
+    d = a - b
+    n, big_n = d.shape
+    if big_n < 2:
+        return 0.0
+    per_sample = d.mean(axis=0)  # mean over seeds, per test sample
+    var_b = per_sample.var(ddof=1)
+    if n > 1:
+        resid = d - d.mean(axis=1, keepdims=True) - per_sample[None, :] + d.mean()
+        var_e = float((resid ** 2).sum() / ((n - 1) * (big_n - 1)))
+        var_b = max(0.0, var_b - var_e / n)
+    return math.sqrt(var_b / big_n)
+
 
 @dataclass(frozen=True)
 class BootstrapInterval:

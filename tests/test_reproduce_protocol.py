@@ -239,3 +239,40 @@ def test_a_file_judged_by_the_t_rule_is_left_alone(tmp_path):
         assert rejudge_file(md.with_suffix(".json")) is None and md.read_text() == before
     finally:
         registry.REPRODUCTIONS.unregister("edge_study")
+
+
+def _sampled_study(test_size: int):
+    """Arms scored per test sample: the method is right on 2 more samples in every 100, on every
+    seed alike, so the seed-to-seed spread is nearly nil and only the test set's size limits what
+    the difference says."""
+    import numpy as np
+
+    from joryu.reproduce.protocol import Arm, Compare, Study
+    from joryu.stats import SampledScore
+
+    def outcomes(seed: int, extra: int):
+        rng = np.random.default_rng(1000 + seed)
+        right = (np.arange(test_size) % 100 < 88 + extra).astype(float)
+        flip = rng.random(test_size) < 0.05  # a little per-seed noise on both arms alike
+        return SampledScore(100.0 * np.where(flip, 1 - right, right))
+
+    return Study(title="sampled", paper="none", data="toy.", budget="none.", choices="none.",
+                 arms=[Arm("alone", lambda ctx: outcomes(ctx.seed, 0)),
+                       Arm("method", lambda ctx: outcomes(ctx.seed, 2))],
+                 claims=[Compare("method beats alone", "method", "alone")], test_size=test_size)
+
+
+def test_per_sample_scores_add_test_set_sampling_error_to_the_verdict():
+    from joryu.reproduce.protocol import run_study
+
+    big = run_study(_sampled_study(4000), seeds=range(5), quick=False).claims[0]
+    small = run_study(_sampled_study(100), seeds=range(5), quick=False).claims[0]
+    assert big.effect["test_se"] > 0 and small.effect["test_se"] > big.effect["test_se"]
+    assert "test-set sampling" in big.evidence
+    # the same 2-point gain: 4000 test samples carry it, 100 do not, though the seeds alone would
+    from joryu.stats import compare_paired
+
+    assert big.reproduced and not small.reproduced
+    assert compare_paired(small.effect["differences"], [0.0] * 5).passed
+    plain = run_study(_toy_study(1.0), seeds=range(5), quick=False).claims[0]
+    assert plain.effect["test_se"] is None and "not measured" in plain.evidence

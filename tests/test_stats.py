@@ -147,3 +147,47 @@ def test_paired_bootstrap_measures_test_set_sampling_error():
     assert seeds.seeds == 2 and seeds.samples == 4000
     with pytest.raises(ValueError, match="same"):
         stats.paired_bootstrap(base, base[:10])
+
+
+def test_test_sampling_se_recovers_the_spread_of_a_simulated_test_set_and_is_zero_without_one():
+    # a known two-way model: per-sample effects b_i (sd 30 points) that every seed shares, plus
+    # seed effects; the estimator must recover sd(b) / sqrt(N) and ignore the seed effects
+    rng = np.random.default_rng(0)
+    n, big_n = 5, 4000
+    b = rng.normal(0, 30, big_n)
+    d = b[None, :] + rng.normal(0, 5, (n, 1)) + rng.normal(0, 10, (n, big_n))
+    se = stats.test_sampling_se(d, np.zeros_like(d))
+    assert se == pytest.approx(30 / math.sqrt(big_n), rel=0.1)
+    # identical per-sample outcomes: no difference, no sampling error
+    same = rng.integers(0, 2, (n, 300)) * 100.0
+    assert stats.test_sampling_se(same, same) == 0.0
+    # only seed effects, no per-sample structure: the unbiased estimate is near zero
+    flat = np.tile(rng.normal(0, 5, (n, 1)), (1, big_n)) + rng.normal(0, 10, (n, big_n))
+    assert stats.test_sampling_se(flat, np.zeros_like(flat)) < 0.1 * 10 / math.sqrt(big_n) + 0.05
+    with pytest.raises(ValueError, match="same"):
+        stats.test_sampling_se(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_test_sampling_se_widens_the_interval_and_can_turn_a_verdict():
+    d = [0.5, 0.55, 0.45, 0.5, 0.52]  # a tight seed spread: helped on seeds alone
+    base = [90.0] * 5
+    alone = stats.compare_paired([x + y for x, y in zip(base, d)], base)
+    assert alone.verdict == stats.HELPED and alone.test_se is None
+    wide = stats.compare_paired([x + y for x, y in zip(base, d)], base, test_se=0.3)
+    assert wide.se == pytest.approx(math.sqrt(alone.se ** 2 + 0.09))
+    assert wide.verdict == stats.NO_EVIDENCE
+    assert "test-set sampling 0.30" in wide.describe()
+    assert wide.as_dict()["test_se"] == 0.3
+    with pytest.raises(ValueError, match="test_se"):
+        stats.compare_paired(base, base, test_se=-1.0)
+
+
+def test_a_sampled_score_is_its_mean_and_keeps_its_samples():
+    s = stats.SampledScore([100.0, 0.0, 100.0, 100.0])
+    assert s == 75.0 and isinstance(s, float)
+    assert list(s.per_sample) == [100.0, 0.0, 100.0, 100.0]
+    import copy
+    assert list(copy.deepcopy(s).per_sample) == list(s.per_sample)
+    assert not hasattr(s + 1.0, "per_sample")
+    with pytest.raises(ValueError, match="at least one"):
+        stats.SampledScore([])

@@ -14,6 +14,7 @@ from joryu.methods import get_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.run.stages import run_stages
+from joryu.stats import SampledScore
 
 
 def train(method: str, model, data: TensorData, cfg: TrainConfig | dict, seed: int, teacher=None,
@@ -39,8 +40,11 @@ def predict(model, data: TensorData, batch_size: int = 2000, input_key: str = "i
     return out
 
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(-1) == targets.cpu()).float().mean())
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> SampledScore:
+    """Accuracy in points, keeping each sample's 0/100 so the protocol can add test-set sampling
+    error to a claim's uncertainty (``joryu.stats.test_sampling_se``)."""
+    correct = (logits.argmax(-1) == targets.cpu()).double().mul(100.0)
+    return SampledScore(correct.numpy())
 
 
 def seeded(seed: int, factory, *args, **kwargs):

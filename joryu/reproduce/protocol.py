@@ -5,8 +5,10 @@ share the initialisation and the data order (build each arm's model with
 ``joryu.reproduce.common.seeded(s, ...)`` and train with seed s), so the per-seed difference
 d_s = method_s - baseline_s removes the variation the two share.
 
-The rule lives in ``joryu.stats`` (its one home). With n paired seeds, mean d, SE = sd(d) / sqrt(n)
-and q = t_{0.975, n-1}, the one-sided 97.5% quantile of Student's t with n - 1 degrees of freedom:
+The rule lives in ``joryu.stats`` (its one home). With n paired seeds, mean d,
+SE = sqrt(sd(d)^2 / n + test_se^2) (``test_se``: the test-set sampling error, measured when both
+arms return per-sample scores, ``joryu.stats.SampledScore``, else 0 and the claim says so) and
+q = t_{0.975, n-1}, the one-sided 97.5% quantile of Student's t with n - 1 degrees of freedom:
 
 - **superiority** (the paper says the method is better, sign = +1, or lower is better, sign = -1):
   reproduced when n >= ``MIN_SEEDS`` and  sign * mean(d) - q SE > 0;
@@ -34,20 +36,26 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from joryu import meter
 from joryu.reproduce.claims import Claim, Report, Table, fmt
-from joryu.stats import MIN_SEEDS, compare_paired
+from joryu.stats import MIN_SEEDS, compare_paired, test_sampling_se
 
 RULE = ("the paired mean effect in the paper's direction minus the one-sided 97.5% t quantile "
-        "(n - 1 degrees of freedom) times its standard error > 0")
+        "(n - 1 degrees of freedom) times its standard error > 0, the standard error combining the "
+        "seed-to-seed spread with the test-set sampling error where the arms' per-sample test scores "
+        "are known")
 
 
 def judge(claim: str, method: Sequence[float], baseline: Sequence[float], *, sign: int = 1,
           margin: float | None = None, unit: str = "points", min_seeds: int = MIN_SEEDS,
-          names: tuple[str, str] = ("method", "baseline"), digits: int = 2) -> Claim:
+          names: tuple[str, str] = ("method", "baseline"), digits: int = 2,
+          test_se: float | None = None) -> Claim:
     """A ``Claim`` judged by ``joryu.stats.compare_paired``: superiority, or non-inferiority when
-    ``margin`` is given."""
-    cmp = compare_paired(method, baseline, sign=sign, margin=margin, min_seeds=min_seeds)
+    ``margin`` is given; ``test_se`` (the test-set sampling error, ``test_sampling_se``) widens
+    the standard error."""
+    cmp = compare_paired(method, baseline, sign=sign, margin=margin, min_seeds=min_seeds, test_se=test_se)
     side = "higher" if sign == 1 else "lower"
     if margin is None:
         crit = (f"paired over >= {min_seeds} seeds: the mean of {names[0]} - {names[1]} is {side} than zero by "
@@ -167,15 +175,31 @@ PROTOCOL = ("**Protocol** (docs/reproduction-protocol.md): paired seeds, every c
             "shown is the matching two-sided 95% t interval; the test split is read once, at the end.")
 
 
-def judge_compare(study: Study, c: Compare, results: Mapping[str, Mapping[str, Sequence[float]]]) -> Claim:
-    """Judge one declared claim from per-seed ``results[arm][metric]`` (a run's, or a stored file's)."""
+def claim_test_se(samples: Mapping[str, Mapping[str, Sequence]], c: Compare, metric: str) -> float | None:
+    """The test-set sampling error of claim ``c``'s paired difference, from the per-sample scores
+    the two arms returned (``joryu.stats.SampledScore``) on every seed; None when any is missing
+    or the arms were scored on different samples."""
+    m, b = samples.get(c.method, {}).get(metric), samples.get(c.baseline, {}).get(metric)
+    if not m or not b or len(m) != len(b) or any(x is None for x in (*m, *b)):
+        return None
+    if len({len(x) for x in (*m, *b)}) != 1:
+        return None
+    return test_sampling_se(np.stack(m), np.stack(b))
+
+
+def judge_compare(study: Study, c: Compare, results: Mapping[str, Mapping[str, Sequence[float]]],
+                  test_se: float | None = None) -> Claim:
+    """Judge one declared claim from per-seed ``results[arm][metric]`` (a run's, or a stored file's);
+    ``test_se``: the claim's test-set sampling error (``claim_test_se``), None when not measured."""
     metric = c.metric or study.metrics[0]
     m, b = results.get(c.method, {}).get(metric), results.get(c.baseline, {}).get(metric)
     if not m or not b:
         raise ValueError(f"claim {c.claim[:40]!r}: arms {c.method!r} / {c.baseline!r} report no {metric!r}")
     j = judge(c.claim, m, b, sign=c.sign, margin=c.margin, unit=c.unit or study.unit,
-              names=(c.method, c.baseline))
+              names=(c.method, c.baseline), test_se=test_se)
     j.evidence = f"{c.method} {fmt(m)}, {c.baseline} {fmt(b)} ({metric}); {j.evidence}"
+    j.evidence += ("; test-set sampling error not measured for this claim (seed-to-seed spread only)"
+                   if test_se is None else "")
     if c.budget:
         j.evidence += f"; budgets differ as the claim states: {c.budget}"
     return j
@@ -244,6 +268,7 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
     spent: dict[str, dict[str, list[float]]] = {n: {u: [] for u in BUDGET_UNITS} for n in names}
     refused: dict[str, str] = {}
     results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    samples: dict[str, dict[str, list]] = {n: {} for n in names}  # per-sample test scores, where known
     seconds: dict[str, list[float]] = {n: [] for n in names}
     contexts = []
     for i, seed in enumerate(seeds):
@@ -269,6 +294,7 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
             scores = out if isinstance(out, Mapping) else {study.metrics[0]: out}
             for k, v in scores.items():
                 results[arm.name].setdefault(k, []).append(float(v))
+                samples[arm.name].setdefault(k, []).append(getattr(v, "per_sample", None))
             if progress:
                 shown = ", ".join(f"{k} {float(v):.2f}" for k, v in scores.items())
                 print(f"[seed {seed} ({i + 1}/{len(seeds)})] {arm.name}: {shown} "
@@ -289,7 +315,7 @@ def run_study(study: Study, seeds: Sequence[int], quick: bool, progress: bool = 
                 table.add(n, u, v)
     claims = []
     for c in study.claims:
-        j = judge_compare(study, c, results)
+        j = judge_compare(study, c, results, claim_test_se(samples, c, c.metric or study.metrics[0]))
         if c.claim in refused:
             j.reproduced = False
             j.refused = ("the arms' measured budgets differ (" + refused[c.claim] + "); a claim between "

@@ -33,8 +33,10 @@ COMMAND = "python -m joryu.reproduce.rejudge"
 OLD_PROTOCOL_START = "**Protocol** (docs/reproduction-protocol.md)"
 
 
-def _judged(name: str, tables: list[Table], seed_list: list[int]) -> tuple[dict[str, Claim], str, str]:
-    """Claims judged now from ``tables``, by text; the study's ``tried``; why none, if none."""
+def _judged(name: str, tables: list[Table], seed_list: list[int],
+            test_se: dict[str, float | None] | None = None) -> tuple[dict[str, Claim], str, str]:
+    """Claims judged now from ``tables``, by text; the study's ``tried``; why none, if none.
+    ``test_se``: per claim, the test-set sampling error the file stores (None: not measured)."""
     info = (registry.REPRODUCTIONS.get(name) if name in registry.REPRODUCTIONS else None)
     if info is None:
         return {}, "", f"no reproduction named {name!r} is registered"
@@ -52,7 +54,7 @@ def _judged(name: str, tables: list[Table], seed_list: list[int]) -> tuple[dict[
     judged = {}
     for c in study.claims:
         try:
-            judged[c.claim] = judge_compare(study, c, arms.rows)
+            judged[c.claim] = judge_compare(study, c, arms.rows, (test_se or {}).get(c.claim))
         except ValueError:
             pass  # reported below as a claim without per-seed values
     return judged, study.tried, ""
@@ -68,7 +70,8 @@ def rejudge_file(path: str | Path, date: str | None = None) -> dict | None:
     if not legacy and "rejudged" not in meta:
         return None  # judged by the t rule when it ran: nothing to redo
     tables = [Table(**t) for t in data["tables"]]
-    judged, tried, why_none = _judged(data["name"], tables, meta["seed_list"])
+    judged, tried, why_none = _judged(data["name"], tables, meta["seed_list"],
+                                      {c["claim"]: (c.get("effect") or {}).get("test_se") for c in stored})
 
     claims, extra, changes, missing = [], [], [], []
     for c in stored:
