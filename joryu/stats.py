@@ -188,7 +188,7 @@ class PairedComparison:
         if self.n < 2:
             return f"{head} (no interval from one seed), n = 1 paired seed"
         lo, hi = self.interval
-        parts = (f" = seeds and test-set sampling {self.test_se:.{digits}f} combined" if self.test_se else "")
+        parts = (f" = seeds and test-set sampling {self.test_se:.{digits}f} combined" if self.test_se is not None else "")
         return (f"{head} ({LEVEL:.0%} t interval {lo:{f}} .. {hi:{f}}: mean ± {self.q:.3f} SE, "
                 f"t quantile with {self.n - 1} df, SE {self.se:.{digits}f}{parts}), n = {self.n} paired seeds")
 
@@ -310,6 +310,19 @@ class SampledScore(float):
 
     def __reduce__(self):  # pickles (and deep-copies) with its samples
         return (SampledScore, (self.per_sample,))
+
+
+def mean_score(scores: Sequence[float]) -> float:
+    """The mean of several scores of one arm on the same test samples (two networks, several
+    draws); a ``SampledScore`` of the per-sample means when every score keeps its samples, so the
+    average still carries its test-set sampling error; else a plain float."""
+    scores = list(scores)
+    if not scores:
+        raise ValueError("no scores to average")
+    kept = [getattr(s, "per_sample", None) for s in scores]
+    if all(k is not None for k in kept) and len({k.shape for k in kept}) == 1:
+        return SampledScore(np.mean(np.stack(kept), axis=0))
+    return math.fsum(float(s) for s in scores) / len(scores)
 
 
 def test_sampling_se(method_samples, baseline_samples) -> float:

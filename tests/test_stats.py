@@ -191,3 +191,13 @@ def test_a_sampled_score_is_its_mean_and_keeps_its_samples():
     assert not hasattr(s + 1.0, "per_sample")
     with pytest.raises(ValueError, match="at least one"):
         stats.SampledScore([])
+
+
+def test_mean_score_keeps_samples_only_when_every_score_has_them():
+    a, b = stats.SampledScore([100.0, 0.0]), stats.SampledScore([0.0, 0.0])
+    m = stats.mean_score([a, b])
+    assert m == 25.0 and list(m.per_sample) == [50.0, 0.0]
+    plain = stats.mean_score([a, 10.0])
+    assert plain == pytest.approx(30.0) and not hasattr(plain, "per_sample")
+    with pytest.raises(ValueError, match="no scores"):
+        stats.mean_score([])

@@ -24,6 +24,7 @@ from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
+from joryu.stats import mean_score
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -165,7 +166,7 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
             imgs, labels = _pick_images(ctx.train, 1, 1, gen)
             lr, _ = _tuned(imgs, labels, 3, [ctx.theta0_bn], ctx.va)
             accs.append(bn_scores(ctx.theta0_bn, _real_set(imgs, labels, 3, lr), ctx))
-        return {k: sum(a[k] for a in accs) / len(accs) for k in accs[0]}
+        return {k: mean_score([a[k] for a in accs]) for k in accs[0]}
 
     def acc_after(theta0, d, ctx):
         return _acc_after(theta0, d, ctx[EVAL])
@@ -193,7 +194,7 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
             imgs, labels = _pick_images(ctx.train, 1, 1, gen)
             lr, _ = _tuned(imgs, labels, 3, [ctx.theta0], ctx.va)
             accs.append(acc_after(ctx.theta0, _real_set(imgs, labels, 3, lr), ctx))
-        return sum(accs) / len(accs)
+        return mean_score(accs)
 
     def means_fixed(ctx):
         tr = ctx.train
@@ -204,7 +205,7 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
 
     def fixed_on_fresh(ctx):
         accs = [acc_after(_fresh(ctx.theta0, 20000 + 100 * ctx.seed + i), ctx.d_fixed, ctx) for i in range(n_eval)]
-        return sum(accs) / len(accs)
+        return mean_score(accs)
 
     def dd_random(ctx):
         net = seeded(ctx.seed, lenet, ctx)
@@ -219,14 +220,14 @@ def reproduce_dataset_distillation(seeds: list[int], quick: bool, progress: bool
             save_image_grid(ctx.d_rand, Path(out_dir) / "dataset_distillation_random.png")
         ctx.inits = [_fresh(theta0, 30000 + 100 * ctx.seed + i) for i in range(n_eval)]
         accs = [acc_after(m, ctx.d_rand, ctx) for m in ctx.inits]
-        return sum(accs) / len(accs)
+        return mean_score(accs)
 
     def real_random(ctx):
         tune_inits = [_fresh(ctx.rand_theta0, 40000 + 100 * ctx.seed + i) for i in range(n_tune)]
         imgs, labels = _pick_images(ctx.train, 1, 10, torch.Generator().manual_seed(6000 + ctx.seed))
         lr, _ = _tuned(imgs, labels, 3, tune_inits, ctx.va)
         accs = [acc_after(m, _real_set(imgs, labels, 3, lr), ctx) for m in ctx.inits]
-        return sum(accs) / len(accs)
+        return mean_score(accs)
 
     dd_f = "DD fixed init: 10 learned images + 3 lrs"
     real_f = "fixed init: 10 random real images, tuned lr"

@@ -17,6 +17,7 @@ from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, t
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
+from joryu.stats import mean_score
 
 SETTINGS = {"hidden": (256, 256), "epochs": 30}  # chosen on validation (CHOICES)
 
@@ -77,7 +78,7 @@ def _study(evaluate: str, st: dict, bench: str) -> Study:
         lz = [predict(n, ctx.ev) for n in nets]
         acc = [accuracy(z, ctx.ev.targets) for z in lz]
         tr = [accuracy(predict(n, ctx.tr), ctx.tr.targets) for n in nets]
-        return dict(zip(METRICS, [sum(acc) / 2, acc[0], acc[1], accuracy(ensemble_logits(lz), ctx.ev.targets),
+        return dict(zip(METRICS, [mean_score(acc), acc[0], acc[1], accuracy(ensemble_logits(lz), ctx.ev.targets),
                                   sum(tr) / 2]))
 
     def alone(ctx):
