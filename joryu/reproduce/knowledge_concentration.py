@@ -292,6 +292,6 @@ def reproduce_knowledge_concentration(seeds: list[int], quick: bool, progress: b
 
 @register_reproduction("knowledge_concentration_mnist100", default_seeds=5, quick_seeds=2,
                        doc="Gao et al. 2017: 10 ResNet-8 specialists over the tens digits of mnist100 concentrated "
-                           "into a width-8 convnet, self-paced vs uniform weights")
+                           "into a width-8 convnet (self-paced) vs the convnet alone")
 def reproduce_knowledge_concentration_mnist100(seeds: list[int], quick: bool, progress: bool) -> Study:
     return build_study(bench="mnist100")
