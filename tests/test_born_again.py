@@ -111,3 +111,20 @@ def test_born_again_reproduction_quick(tmp_path):
     data = json.loads(md.with_suffix(".json").read_text())
     assert len(data["claims"]) == 2 and all(c["verdict"] in ("reproduced", "not reproduced") for c in data["claims"])
     assert "QUICK smoke run" in md.read_text()
+
+
+def test_born_again_mnist100_reproduction_quick(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("born_again_mnist100", seeds=1, quick=True, out_dir=tmp_path, progress=False)
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert [c["verdict"] for c in data["claims"]] == ["not reproduced"] * 2  # one seed never reproduces
+    arms = data["tables"][0]["rows"]
+    g1, g2 = arms["generation 1 (labels only)"], arms["generation 2 (BAN, KD only from generation 1, T = 1)"]
+    # quick: 1500 training numbers, one epoch of batch 128 -> 12 updates per generation; generation 2 asks
+    # generation 1 about every number it sees, generation 1 asks no teacher
+    assert g1["optimizer updates"] == g2["optimizer updates"] == [12.0]
+    assert g1["teacher forward passes"] == [0.0] and g2["teacher forward passes"] == [1500.0]
+    assert "BANE of generations 1..3 (mean softmax)" in arms and "mnist100" in md.read_text()

@@ -162,3 +162,22 @@ def test_default_student_is_not_larger_than_the_student_alone(tiny_data):
     d = m.stages()[-1].build(ctx)
     assert sum(p.numel() for p in d.student.parameters()) == alone
     assert d.temperature == m.params.temperature == 2.0
+
+
+def test_mnist100_reproduction_concentrates_tens_digit_specialists():
+    from joryu.reproduce.knowledge_concentration import build_study
+    from joryu.reproduce.protocol import run_study
+
+    study = build_study(bench="mnist100")
+    shared = study.shared(True)  # quick: a tenth of the training numbers, one epoch
+    specialists = shared["specialists"]
+    assert specialists.verticals == [list(range(10 * k, 10 * k + 10)) for k in range(10)]
+    assert len(specialists.specialists) == 10
+    study.shared = lambda quick: shared
+    rep = run_study(study, [0], quick=True)
+    assert [c.verdict for c in rep.claims] == ["not reproduced"]  # one seed never reproduces
+    rows = rep.tables[0].rows
+    ce, sp = (rows[a.name] for a in study.arms)
+    assert ce["optimizer updates"] == sp["optimizer updates"] == [12.0]  # 1500 numbers, 1 epoch, batch 128
+    # the distilled student asks one specialist about every number it sees
+    assert ce["teacher forward passes"] == [0.0] and sp["teacher forward passes"] == [1500.0]

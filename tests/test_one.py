@@ -160,3 +160,18 @@ def test_one_reproduction_quick(tmp_path):
     md = run_reproduction("one", quick=True, out_dir=tmp_path, progress=False)
     data = json.loads(md.with_suffix(".json").read_text())
     assert len(data["claims"]) == 2 and "ONE-E" in md.read_text() and "QUICK smoke run" in md.read_text()
+
+
+def test_one_mnist100_reproduction_quick(tmp_path):
+    import json
+
+    from joryu.reproduce import run_reproduction
+
+    md = run_reproduction("one_mnist100", seeds=1, quick=True, out_dir=tmp_path, progress=False)
+    data = json.loads(md.with_suffix(".json").read_text())
+    # one seed never reproduces; ONE-E vs ONE is judged, not refused: it states that ONE-E is read from the ONE run
+    assert [c["verdict"] for c in data["claims"]] == ["not reproduced"] * 2
+    arms = data["tables"][0]["rows"]
+    alone, one = arms["the network alone"], arms["ONE branch 0 (deployed, the original size)"]
+    assert alone["optimizer updates"] == one["optimizer updates"] == [12.0]  # 1500 numbers, 1 epoch, batch 128
+    assert arms["ONE-E: mean of the 3 branches' logits (same training run)"]["optimizer updates"] == [0.0]
