@@ -1,6 +1,7 @@
 """train.fsdp: the student sharded with FSDP2 (Accelerate's fully_shard) across two gloo
 processes under torchrun; the teacher stays whole; sharded checkpoints resume bit-identically
-after a SIGKILL mid-run. Also the one-line refusals."""
+after a SIGKILL mid-run; after training the network is whole again on every process, and
+`joryu run` writes it to its run folder. Also the one-line refusals."""
 
 import json
 import os
@@ -35,13 +36,25 @@ SCRIPT = textwrap.dedent("""
     from joryu.teachers.base import FrozenTeacher
 
     class Killable(KDDistiller):
-        steps = 0
+        steps, local, refused, seen = 0, None, None, None
         def training_step(self, batch):
             Killable.steps += 1
+            if Killable.local is None:  # while training: sharded, and not saved as if whole
+                Killable.local = {n: list(p.to_local().shape) for n, p in self.student.named_parameters()
+                                  if isinstance(p, DTensor)}
+                try:
+                    save_weights(self.student, os.path.join(out, "shards.safetensors"))
+                except CheckpointError as e:
+                    Killable.refused = "Engine.full_state_dict" in str(e)
             if os.environ.get("CRASH_AT") and Killable.steps == int(os.environ["CRASH_AT"]) \\
                     and int(os.environ.get("RANK", 0)) == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
             return super().training_step(batch)
+        def eval_logits(self, batch):
+            preds = super().eval_logits(batch)
+            if Killable.seen is None or Killable.seen[0][0] == batch["index"][0]:  # the last pass's first batch
+                Killable.seen = (batch["index"].clone(), batch["input"].clone(), preds["student"].detach().clone())
+            return preds
 
     out, resume = sys.argv[1], sys.argv[2] == "resume"
     g = torch.Generator().manual_seed(0)
@@ -57,20 +70,22 @@ SCRIPT = textwrap.dedent("""
                       scheduler="cosine", device="cpu", fsdp=FsdpOptions())
     eng = Engine(cfg, out, seed=3, progress=False)
     fit = eng.fit(d, data, data, resume=resume)
-    local = {n: list(p.to_local().shape) for n, p in student.named_parameters() if isinstance(p, DTensor)}
-    full = eng.full_state_dict(student)
-    try:
-        save_weights(student, os.path.join(out, "shards.safetensors"))
-        refused = False
-    except CheckpointError as e:
-        refused = "Engine.full_state_dict" in str(e)
+    # after training the network is whole on every process: plain parameters, the sharded network's
+    # outputs (its last evaluation batch), saved like any network
+    whole = {n: list(p.shape) for n, p in student.named_parameters() if type(p) is nn.Parameter}
+    with torch.no_grad():
+        same = torch.equal(student(Killable.seen[1]), Killable.seen[2])
     rank = eng.accelerator.process_index
-    h = hashlib.sha1(b"".join(full[k].numpy().tobytes() for k in sorted(full))).hexdigest() if full else None
+    save_weights(student, os.path.join(out, f"student{rank}.safetensors"))
+    full = eng.full_state_dict(student)
+    state = student.state_dict()
+    h = hashlib.sha1(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     losses = [r["train/loss"] for r in fit.history]
     open(os.path.join(out, f"rank{rank}.json"), "w").write(json.dumps({
-        "hash": h, "steps": Killable.steps, "local": local, "full": {k: list(v.shape) for k, v in full.items()},
+        "hash": h, "steps": Killable.steps, "local": Killable.local, "whole": whole, "same_outputs": same,
+        "full": {k: list(v.shape) for k, v in full.items()},
         "teacher_plain": all(type(p) is nn.Parameter for p in teacher_net.parameters()),
-        "losses": losses, "save_refused": refused, "val_acc": fit.val.get("val/acc")}))
+        "losses": losses, "save_refused": Killable.refused, "val_acc": fit.val.get("val/acc")}))
 """)
 
 
@@ -95,12 +110,15 @@ def test_fsdp_two_processes_train_sharded_and_resume_bit_identical(tmp_path):
     p = _torchrun(script, ref, "fresh", 29571)
     assert p.returncode == 0, p.stderr[-3000:]
     a = [json.loads((ref / f"rank{i}.json").read_text()) for i in range(2)]
-    # sharded: each process holds half of every weight's rows; the gathered dict is whole
+    # sharded while training: each process holds half of every weight's rows
     assert a[0]["local"]["0.weight"] == [8, 8] and a[0]["local"]["2.weight"] == [2, 16]
-    assert a[0]["full"] == {"0.weight": [16, 8], "0.bias": [16], "2.weight": [4, 16], "2.bias": [4]}
-    assert a[1]["full"] == {} and a[1]["hash"] is None  # gathered on the main process only
-    assert a[0]["teacher_plain"] and a[1]["teacher_plain"]  # the teacher is never sharded
     assert a[0]["save_refused"]  # a sharded network is not saved as if whole
+    # whole after training, the same network on both processes, giving the sharded one's outputs
+    shapes = {"0.weight": [16, 8], "0.bias": [16], "2.weight": [4, 16], "2.bias": [4]}
+    assert a[0]["whole"] == a[1]["whole"] == shapes and a[0]["hash"] == a[1]["hash"]
+    assert a[0]["same_outputs"] and a[1]["same_outputs"]
+    assert a[0]["full"] == shapes and a[1]["full"] == {}  # Engine.full_state_dict: on the main process
+    assert a[0]["teacher_plain"] and a[1]["teacher_plain"]  # the teacher is never sharded
     losses = a[0]["losses"]  # the loss falls every epoch
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     # 128 samples, batch 8, 2 processes: 8 steps per epoch; checkpoints at 5, 8, 10, 15, 16, ...
