@@ -686,7 +686,9 @@ class Engine:
 
     def full_state_dict(self, module: torch.nn.Module) -> dict:
         """``module``'s whole state dict on the main process ({} on the others); under
-        ``train.fsdp`` the shards are gathered, so every process must call it."""
+        ``train.fsdp`` the shards are gathered, so every process must call it. (A sharded ``fit``
+        already ends with the network whole on every process: this is for a network still
+        sharded, e.g. from a Distiller's own code during training.)"""
         return self.accelerator.get_state_dict(module)
 
     def _check_finite(self, sums: dict, epoch: int, step: int) -> None:
