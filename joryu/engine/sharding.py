@@ -76,9 +76,9 @@ def make_whole(model: nn.Module, layout: Layout) -> None:
             if not isinstance(p, DTensor):
                 continue
             if id(p) not in made:
-                value = full.get(f"{prefix}.{name}" if prefix else name)
-                value = p.full_tensor() if value is None else value
-                made[id(p)] = nn.Parameter(value.detach().clone(), requires_grad=p.requires_grad)
+                value = full.pop(f"{prefix}.{name}" if prefix else name, None)
+                value = p.full_tensor() if value is None else value  # a name state_dict leaves out
+                made[id(p)] = nn.Parameter(value.detach(), requires_grad=p.requires_grad)
             m._parameters[name] = made[id(p)]
     del full
     _undo_sharding(model, layout)
