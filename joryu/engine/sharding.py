@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 from torch import nn
-from torch.distributed import _composable_state
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
+
+# torch.distributed's FSDP, DTensor and checkpoint modules are imported where a network is made
+# whole, not with joryu: some torch builds lack them, and a run without train.fsdp never needs them
 
 # hook tables of nn.Module; the *_with_kwargs / always_called tables flag entries of the first three
 _HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks",
@@ -53,6 +52,8 @@ def record(model: nn.Module) -> Layout:
 
 
 def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
@@ -66,6 +67,10 @@ def _code_of(fn) -> str:
 def make_whole(model: nn.Module, layout: Layout) -> None:
     """Gather ``model``'s shards and make it the plain module ``layout`` recorded (see the module
     docstring). A collective: every process calls it, in the same order."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()  # the registered parameters are the shards again (a root keeps them gathered)
@@ -89,6 +94,8 @@ def make_whole(model: nn.Module, layout: Layout) -> None:
 
 def _undo_sharding(model: nn.Module, layout: Layout) -> None:
     """Take off the class, hooks and attributes that sharding added to ``model``'s modules."""
+    from torch.distributed import _composable_state
+
     for name, m in model.named_modules(remove_duplicate=False):
         if name not in layout.classes:
             continue
