@@ -31,6 +31,7 @@ from joryu.config import TrainConfig
 from joryu.data.core import Augment, TensorData
 from joryu.data.sources import as_source, make_loader
 from joryu.distiller import Distiller
+from joryu.engine import sharding
 from joryu.engine.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from joryu.errors import ConfigError, NonFiniteLossError, warn
 from joryu.models.checkpointing import enable_gradient_checkpointing
@@ -191,6 +192,7 @@ class _Run:
     t_start: float = 0.0
     elapsed_before: float = 0.0
     val_metrics: dict = field(default_factory=dict)
+    layout: sharding.Layout | None = None  # train.fsdp: the distiller before it was sharded
 
 
 @dataclass
@@ -283,8 +285,11 @@ class Engine:
         if shared.get("_mixed_precision", mp) != mp or (shared and (plugin is None) != (
                 shared.get("fsdp_plugin") is None)):
             # Accelerate keeps one state per process and refuses another precision or plugin: an
-            # engine in a new precision (bf16 after float32) or sharding starts it afresh
-            AcceleratorState._reset_state()
+            # engine in a new precision (bf16 after float32) or sharding starts it afresh (the process
+            # state too when joryu marked it sharded on the CPU, so an engine without FSDP after one
+            # with it is not taken for FSDP)
+            AcceleratorState._reset_state(
+                reset_partial_state=PartialState._shared_state.get("distributed_type") == DistributedType.FSDP)
 
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp, fsdp_plugin=plugin,
                                        **tracking.accelerator_kwargs(cfg, self.run_dir))
@@ -398,6 +403,8 @@ class Engine:
             self._epoch(run, state, epoch)
             epoch += 1
         distiller.ctx = None
+        if run.layout is not None:  # the shards gathered: the trained network is whole on every process
+            sharding.make_whole(distiller, run.layout)
         if self.is_main:
             tracking.end(self.accelerator)
         train_time = run.elapsed_before + time.perf_counter() - run.t_start
@@ -433,6 +440,8 @@ class Engine:
         with torch.no_grad(), self.accelerator.autocast():
             preds = distiller.eval_logits(batch)
         distiller.train()
+        if run.layout is not None:
+            sharding.make_whole(distiller, run.layout)
         target = batch.get("target")
         for name, logits in preds.items():
             if target is not None and logits.shape[0] != target.shape[0]:
@@ -476,6 +485,7 @@ class Engine:
         if self.sharded:  # the student is its own shard group, so calling it alone works (evaluation)
             names = acc.state.fsdp_plugin.transformer_cls_names_to_wrap
             names.extend(n for n in [type(distiller.deployable()).__name__] if n not in names)
+        layout = sharding.record(distiller) if self.sharded else None
         if auto:
             prepared = acc.prepare(distiller, *optimizers)
             model, optimizers = prepared[0], list(prepared[1:])
@@ -486,7 +496,7 @@ class Engine:
             distiller.ctx = StepContext(self, optimizers, lambda o: groups[id(o)])
         ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
         return _Run(distiller, model, optimizers, schedulers, loader, steps_per_epoch, auto, val, ckpt_dir,
-                    max_updates=cfg.max_steps, num_epochs=num_epochs)
+                    max_updates=cfg.max_steps, num_epochs=num_epochs, layout=layout)
 
     def _loader_state(self, run: _Run) -> dict:
         return {"kind": type(run.loader).__name__, "batches_per_epoch": run.steps_per_epoch,
@@ -676,7 +686,9 @@ class Engine:
 
     def full_state_dict(self, module: torch.nn.Module) -> dict:
         """``module``'s whole state dict on the main process ({} on the others); under
-        ``train.fsdp`` the shards are gathered, so every process must call it."""
+        ``train.fsdp`` the shards are gathered, so every process must call it. (A sharded ``fit``
+        already ends with the network whole on every process: this is for a network still
+        sharded, e.g. from a Distiller's own code during training.)"""
         return self.accelerator.get_state_dict(module)
 
     def _check_finite(self, sums: dict, epoch: int, step: int) -> None:

@@ -139,10 +139,6 @@ class Experiment:
         self.progress = progress
         self.resume = resume
         self.write = write
-        if write and (cfg.train.fsdp is not None
-                      or (cfg.teacher is not None and cfg.teacher.train is not None and cfg.teacher.train.fsdp)):
-            raise ConfigError("train.fsdp: joryu run cannot write a sharded student to its run folder yet; "
-                              "use joryu.distill (without run_dir) for FSDP, or drop train.fsdp")
         self.method = get_method(cfg.method.name, cfg.method.params)
         self.uses_teacher = bool(self.method.needs_teacher)
         if self.uses_teacher and cfg.teacher is None:

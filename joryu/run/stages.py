@@ -77,7 +77,7 @@ def _modules_of(obj) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def restored(*owners) -> Iterator[None]:
     """Put back, on exit, what a dry step may change on the modules of ``owners``: buffers,
-    parameter values and ``requires_grad`` flags, train/eval modes, hooks and submodules. Parameters are
+    parameters (the objects and their values) and ``requires_grad`` flags, train/eval modes, hooks and submodules. Parameters are
     only copied when they require gradients (a frozen teacher's are never touched)."""
     seen, saved = set(), []
     for root in (m for o in owners for m in _modules_of(o)):
@@ -102,7 +102,8 @@ def restored(*owners) -> Iterator[None]:
                 if mod._modules != children:  # a stage swapped a submodule (e.g. a new head)
                     mod._modules.clear()
                     mod._modules.update(children)
-                for _, (p, rg, value) in params.items():
+                for n, (p, rg, value) in params.items():
+                    mod._parameters[n] = p  # a sharded dry step (train.fsdp) registers new ones
                     if value is not None:
                         p.copy_(value)
                     p.requires_grad_(rg)
@@ -186,10 +187,6 @@ def run_stages(method, *, student, train, train_cfg: TrainConfig, teacher=None, 
                                   num_classes=num_classes or getattr(train, "num_classes", 0),
                                   train_cfg=train_cfg, seed=seed, augment=augment)
     check_method_fits(method, student, train)
-    if run_dir is not None and getattr(train_cfg, "fsdp", None) is not None:
-        raise ConfigError("train.fsdp: a sharded student cannot be written to a run folder yet; train it "
-                          "without a run folder (joryu.distill without run_dir, or Engine.fit), or drop "
-                          "train.fsdp")
     label = label or method.name
     if dry:
         with preserved_rng(), restored(student, teacher):
