@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,9 +137,14 @@ def test_block_counts_are_checked():
     assert isinstance(FrozenTeacher(net(1)), FrozenTeacher)
 
 
-def test_quick_reproduction_reports_its_claims(tmp_path):
-    md = run_reproduction("meal", quick=True, out_dir=tmp_path, progress=False)
+@pytest.mark.parametrize("name", ["meal", "meal_mnist100"])
+def test_quick_reproduction_reports_its_claims(name, tmp_path):
+    """Both claims are judged: the discriminator's own updates are stated as the method's extra budget."""
+    md = run_reproduction(name, quick=True, out_dir=tmp_path, progress=False)
     assert md.read_text().count("- **") >= 2
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert [c["verdict"] in ("reproduced", "not reproduced") for c in data["claims"]] == [True, True]
+    assert all("budgets differ as the claim states" in c["evidence"] for c in data["claims"])
 
 
 def _teacher_student_logits(num_classes, n, seed):

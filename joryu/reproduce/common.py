@@ -8,7 +8,7 @@ import torch
 from accelerate.utils import set_seed
 
 from joryu.config import TrainConfig
-from joryu.data import Augment, TensorData, TensorLoader, split_validation
+from joryu.data import Augment, TensorData, TensorLoader, load, split_validation
 from joryu.engine import Engine
 from joryu.methods import get_method
 from joryu.methods.supervised import SupervisedDistiller
@@ -71,6 +71,23 @@ def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, se
     rest, test = split_validation(pooled, test_size / len(pooled), seed=seed)
     train_, val = split_validation(rest, val_fraction, seed=seed + 1)
     return train_, val, test
+
+
+# mnist100 (docs/datasets/mnist100.md): the student budget chosen on its validation split before any
+# method ran, and the words a study's ``data`` uses for it
+MNIST100_BUDGET = dict(epochs=10, batch_size=128, optimizer="adam", lr=3e-3, scheduler="cosine")
+MNIST100_DATA = ("mnist100 (built in, docs/datasets/mnist100.md): 100 classes of two-digit numbers at 1x14x28 from "
+                 "disjoint MNIST digit pools, its own splits 15000 train / 2000 validation / 5000 test; +-2 px "
+                 "shifts (the dataset's default augmentation).")
+
+
+def mnist100_splits(quick: bool):
+    """``(bundle, train, val, test)`` of mnist100; a quick (smoke) run keeps a tenth of the training numbers."""
+    d = load("mnist100")
+    tr, va, te = protocol_splits(d)
+    if quick:
+        tr = tr.subset(torch.arange(0, len(tr), 10), "mnist100/quick")
+    return d, tr, va, te
 
 
 def bits_per_byte(model, data) -> tuple[float, float]:
