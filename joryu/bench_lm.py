@@ -100,8 +100,10 @@ def lm_contenders(w: LMWorkload, data: TensorData, store_dir: str | Path, *, dev
     cfg = {"device": device, "mixed_precision": mixed_precision, "threads": threads}
     kd = KDParams(temperature=LM_TEMPERATURE)
     teacher = lm_model(w, "teacher", 1).to(device)
-    online = prepare(teacher, fold=False, cache=False)  # the teacher runs on every batch
-    store = build_store(online, data, Path(store_dir) / f"k{STORE_K}", STORE_K, temperature=kd.temperature,
+    # as the methods prepare it: kd's fast_teacher (inference mode), teacher_cache off so the
+    # teacher runs on every batch; gkd never folds nor caches
+    online = prepare(teacher, fold=kd.fast_teacher, cache=False)
+    store = build_store(teacher, data, Path(store_dir) / f"k{STORE_K}", STORE_K, temperature=kd.temperature,
                         inputs=INPUTS, batch_size=w.batch_size, device=device, progress=False)
     out = {
         "student alone": _engine_run(SupervisedDistiller(lm_model(w, "student", 0)), data, w, cfg),
@@ -115,7 +117,7 @@ def lm_contenders(w: LMWorkload, data: TensorData, store_dir: str | Path, *, dev
     if gkd:
         g = GKDParams(max_new_tokens=w.seq_len // 2)
         out[f"on-policy GKD (lmbda={g.lmbda:g})"] = _engine_run(GKDDistiller(
-            lm_model(w, "student", 0), online, lmbda=g.lmbda, beta=g.beta, seq_kd=g.seq_kd,
+            lm_model(w, "student", 0), prepare(teacher, fold=False, cache=False), lmbda=g.lmbda, beta=g.beta, seq_kd=g.seq_kd,
             temperature=g.temperature, generation_temperature=g.generation_temperature,
             max_new_tokens=g.max_new_tokens, eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id),
             data, w, cfg)
