@@ -54,6 +54,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from joryu.errors import ShapeError
 from joryu.losses.lm import DIVERGENCES, _fp32, forward_kl_rows, jsd_rows, reverse_kl_rows
@@ -127,6 +128,7 @@ class _StudentBucket(torch.autograd.Function):
         return torch.cat([log_q_s, log_rho], -1)
 
     @staticmethod
+    @once_differentiable  # a second derivative (create_graph) is refused, not silently wrong
     def backward(ctx, g: Tensor):
         e, e_s, total, out, idx = ctx.saved_tensors
         g_s, g_rho = g[:, :-1], g[:, -1:]
