@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # One prepared GPU check (for a lent CUDA machine): CUDA + bf16 autocast + channels_last smoke
-# test of the engine, then the KD throughput comparison resnet32x4 -> resnet8x4 at batch 256.
-#   bash benchmarks/gpu.sh            (prints the card, the ratios and images/s)
+# test of the engine, then the KD throughput comparison resnet32x4 -> resnet8x4 at batch 256, then
+# the language-model pair of `joryu bench --workload lm` (joryu/bench_lm.py) in bf16: the student
+# alone, online KD, offline top-k KD (k = 32) and on-policy GKD (lmbda 0.5), tokens/s and memory.
+#   bash benchmarks/gpu.sh            (prints the card, the ratios, images/s and tokens/s)
+# Without CUDA it only smoke-tests the LM part on the CPU (tiny sizes; nothing is installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e . 2>/dev/null || true
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python - <<'PY'
+if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  python -m pip install -q -e . 2>/dev/null || true
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+else
+  echo "no CUDA device: skipping the ResNet check, smoke-testing the LM part on the CPU"
+  export JORYU_GPU_SH_CPU_SMOKE=1
+fi
+[ -n "${JORYU_GPU_SH_CPU_SMOKE:-}" ] || python - <<'PY'
 import time, torch, statistics
 import torch.nn.functional as F
 from joryu.config import TrainConfig
@@ -64,4 +72,28 @@ med = {k: statistics.median(v) for k, v in res.items()}
 for k, v in med.items():
     print(f"{k:<26} {v:9.0f} images/s  {v / med['plain']:.3f} x plain")
 print("peak memory", torch.cuda.max_memory_allocated() / 2**30, "GiB")
+PY
+python - <<'PY'
+# The LM pair in bf16 (joryu/bench_lm.py): contenders alternate round by round (joryu.bench.measure).
+import os, tempfile, time, torch
+from joryu.bench import measure
+from joryu.bench_lm import LMWorkload, lm_contenders, lm_data
+smoke = bool(os.environ.get("JORYU_GPU_SH_CPU_SMOKE"))
+device = "cpu" if smoke else "cuda"
+w = LMWorkload(batch_size=2, steps=1) if smoke else LMWorkload(batch_size=32, steps=8)
+rounds = 1 if smoke else 3
+print(f"\n{w.name}, bf16 autocast on {device}, {w.steps} steps per round, median of {rounds} rounds")
+data = lm_data(w, w.steps * w.batch_size)
+if device == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.cuda.reset_peak_memory_stats()
+t0 = time.time()
+with tempfile.TemporaryDirectory(prefix="joryu-gpu-lm-") as d:
+    med = measure(lm_contenders(w, data, d, device=device, mixed_precision="bf16", gkd=True), rounds)
+alone = med["student alone"]
+for k, v in med.items():
+    print(f"{k:<30} {v:10.0f} tokens/s  {v / alone:.3f} x student alone")
+if device == "cuda":
+    print("peak memory", round(torch.cuda.max_memory_allocated() / 2**30, 2), "GiB")
+print(f"LM part: {time.time() - t0:.0f} s")
 PY

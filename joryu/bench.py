@@ -4,6 +4,7 @@ the table reports each contender's median samples/s and the ratios).
 
     python benchmarks/speed.py                 # all workloads, writes benchmarks/RESULTS.md (run from the repo root)
     python benchmarks/speed.py --quick         # a smoke run (few steps), prints only
+    python benchmarks/speed.py --workload lm   # only the language-model workload (joryu/bench_lm.py), prints only
     joryu bench                                 # the same as the first line
 
 torchdistill is measured when it is importable; ``benchmarks/setup_env.sh`` builds an environment
@@ -18,6 +19,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,16 @@ import torch.nn.functional as F
 
 import joryu
 from joryu.atomic import atomic_write_text
+from joryu.bench_lm import (
+    STORE_K,
+    LMWorkload,
+    fidelity_pair,
+    format_errors,
+    lm_contenders,
+    lm_data,
+    storage_rows,
+    truncation_errors,
+)
 from joryu.config import TrainConfig
 from joryu.data import Augment, TensorData, TensorLoader, as_source, build_transform, load
 from joryu.data.files import ImageFolderDataset
@@ -329,9 +341,53 @@ def measure(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str
     return {k: statistics.median(v) for k, v in results.items()}
 
 
+def measure_lm(steps: int, rounds: int, threads: int, fidelity_sequences: int) -> dict:
+    """The LM workload (joryu/bench_lm.py): tokens/s of its contenders, storage and KL error."""
+    w = LMWorkload(steps=steps)
+    data = lm_data(w, steps * w.batch_size)
+    with tempfile.TemporaryDirectory(prefix="joryu-bench-lm-") as d:
+        tokens = measure(lm_contenders(w, data, d, threads=threads), rounds)
+    errors = truncation_errors(*fidelity_pair(w, fidelity_sequences))
+    return {"name": w.name, "vocab": w.vocab, "tokens": tokens, "storage": storage_rows(w.vocab),
+            "errors": errors}
+
+
+def lm_ratios(lm: dict) -> dict[str, float]:
+    t = lm["tokens"]
+    alone = t["student alone"]
+    k32 = next(r for r in lm["storage"] if r[0].endswith(f"k={STORE_K}"))
+    return {"offline top-k / student alone": t[f"offline top-k KD (k={STORE_K})"] / alone,
+            "online / student alone": t["online KD"] / alone,
+            f"storage dense float32 / top-k k={STORE_K}": k32[2]}
+
+
+def print_lm(lm: dict) -> None:
+    print(f"\n{lm['name']}")
+    alone = lm["tokens"]["student alone"]
+    for k, v in lm["tokens"].items():
+        print(f"  {k:<28} {v:10.0f} tokens/s   {v / alone:.3f} x student alone")
+    print("  bytes stored per position:")
+    for what, b, ratio in lm["storage"]:
+        print(f"    {what:<24} {b:7d} B   dense / this {ratio:6.1f}")
+    r = lm_ratios(lm)
+    print(f"  ratios: offline top-k / student alone {r['offline top-k / student alone']:.3f} [>= 0.9]; "
+          f"online / student alone {r['online / student alone']:.3f}; dense / top-k (k={STORE_K}) "
+          f"{r[f'storage dense float32 / top-k k={STORE_K}']:.0f}x [>= 100]")
+    print("  top-k KL error against the dense forward KL (T = 1, store built per k):")
+    for line in format_errors(lm["errors"], lm["vocab"]):
+        print("    " + line)
+
+
+WORKLOADS = ("all", "classification", "lm")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="joryu bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps and rounds; print only")
+    ap.add_argument("--workload", choices=WORKLOADS, default="all",
+                    help="all (default; the only one that writes --out), classification (the image and "
+                         "MNIST-1D KD workloads, data path, image folder) or lm (the GPT-2 pair: student "
+                         "alone, online KD, offline top-k KD)")
     ap.add_argument("--steps", type=int, default=None, help="steps per round and contender")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -341,9 +397,26 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)
     steps = args.steps or (3 if args.quick else 12)
     rounds = args.rounds or (1 if args.quick else 5)
-
-    lines = []
     t_start = time.time()
+    lines, dp, img, have_td, n_images = [], None, None, False, 0
+    if args.workload in ("all", "classification"):
+        lines, dp, img, have_td, n_images = measure_classification(args, steps, rounds)
+    lm = None
+    if args.workload in ("all", "lm"):
+        lm_steps = args.steps or (2 if args.quick else 6)
+        lm = measure_lm(lm_steps, rounds, args.threads, 4 if args.quick else 16)
+        print_lm(lm)
+    wall = time.time() - t_start
+    if args.quick or args.workload != "all":
+        return 0
+    write_results(Path(args.out), lines, dp, steps, rounds, args.threads, wall, have_td, img, n_images, lm)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def measure_classification(args, steps: int, rounds: int):
+    """The image and MNIST-1D KD workloads, the data path and the streamed image folder (printed)."""
+    lines = []
     have_td = torchdistill_kd is not None
     for w in make_workloads(steps):
         contenders = {
@@ -376,16 +449,11 @@ def main(argv=None) -> int:
     for k, v in img.items():
         print(f"  {k:<38} {v:10.0f} images/s")
     print(f"  ratio joryu / plain: {img['joryu streamed image folder'] / img['plain DataLoader loop']:.3f}")
-    wall = time.time() - t_start
-    if args.quick:
-        return 0
-    write_results(Path(args.out), lines, dp, steps, rounds, args.threads, wall, have_td, img, n_images)
-    print(f"\nwrote {args.out}")
-    return 0
+    return lines, dp, img, have_td, n_images
 
 
 def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, img=None,
-                  n_images=0) -> None:
+                  n_images=0, lm=None) -> None:
     def r(a, b):
         return f"{a / b:.3f}"
 
@@ -422,8 +490,36 @@ def write_results(path: Path, lines, dp, steps, rounds, threads, wall, have_td, 
                 "2 loader workers; MLP student, batch 32), images per second:", "",
                 "| joryu (Engine.fit over the streamed folder) | plain DataLoader loop | ratio [>= 0.97] |",
                 "|---|---|---|", f"| {j:.0f} | {p:.0f} | {j / p:.3f} |", ""]
+    if lm:
+        out += lm_markdown(lm)
 
     atomic_write_text(path, "\n".join(out) + "\n" + NOTES)
+
+
+def lm_markdown(lm: dict) -> list[str]:
+    """The LM workload's tables for RESULTS.md."""
+    t = lm["tokens"]
+    names = list(t)
+    r = lm_ratios(lm)
+    out = [f"Language model: {lm['name']}, random weights and tokens; tokens per second (training):", "",
+           "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+           "| " + " | ".join(f"{t[k]:.0f}" for k in names) + " |", "",
+           "Ratios (targets in brackets):", "",
+           f"| offline top-k / student alone [>= 0.9] | online / student alone | dense float32 / top-k "
+           f"(k={STORE_K}) bytes [>= 100] |", "|---|---|---|",
+           f"| {r['offline top-k / student alone']:.3f} | {r['online / student alone']:.3f} | "
+           f"{r[f'storage dense float32 / top-k k={STORE_K}']:.0f} |", "",
+           "Bytes stored per position:", "", "| what | bytes | dense / this |", "|---|---|---|"]
+    out += [f"| {what} | {b} | {ratio:.1f} |" for what, b, ratio in lm["storage"]]
+    out += ["", "KL error of the top-k truncations against the dense forward KL (T = 1; the teacher's logits "
+            "sharpened by a factor, a random GPT-2 being near uniform):", "",
+            "| teacher logits x | k | dense KL | bucket KL (error) | renormalize KL (error) | mean rest mass |",
+            "|---|---|---|---|---|---|"]
+    for e in lm["errors"]:
+        out.append(f"| {e['sharpen']:g} | {e['k']} | {e['dense']:.4f} | {e['bucket']:.4f} "
+                   f"({100 * (e['bucket'] - e['dense']) / e['dense']:+.1f}%) | {e['renormalize']:.4f} "
+                   f"({100 * (e['renormalize'] - e['dense']) / e['dense']:+.1f}%) | {e['rest']:.3f} |")
+    return out + [""]
 
 
 NOTES = """
@@ -436,6 +532,10 @@ NOTES = """
   `inference_mode`), the `kd` method's default. **+ warm cache**: `CachedTeacher` after one pass.
 - **torchdistill kd**: torchdistill's `DistillationBox` with `WeightedSumLoss(KDLoss)`, its own
   DataLoader over a `TensorDataset`, same models, batch size, optimizer and thread count.
+- **Language model** (`joryu/bench_lm.py`): GPT-2s from transformers configs, random weights,
+  AdamW, all through `Engine.fit`: the student alone (`supervised`, next-token CE), online KD (`kd`
+  at T = 1, teacher called every batch) and offline top-k KD (`kd` with `teacher_store`, k = 32,
+  bucket truncation; the store is built once before the rounds, untimed).
 """
 
 

@@ -113,3 +113,17 @@ def test_benchmark_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "joryu kd + warm cache" in out and "DataLoader, per-sample augmentation" in out
     assert "joryu streamed image folder" in out and "ratio joryu / plain" in out
+    assert "offline top-k KD (k=32)" in out and "offline top-k / student alone" in out
+    assert not (tmp_path / "R.md").exists()  # --quick prints only
+
+
+@pytest.mark.slow
+def test_benchmark_lm_workload_alone_prints_and_writes_nothing(tmp_path, capsys):
+    from joryu.bench import main
+
+    assert main(["--workload", "lm", "--steps", "1", "--rounds", "1", "--threads", "1",
+                 "--out", str(tmp_path / "R.md")]) == 0
+    out = capsys.readouterr().out
+    assert "student alone" in out and "online KD" in out and "joryu kd" not in out
+    assert "top-k store, k=32" in out and "bucket" in out
+    assert not (tmp_path / "R.md").exists()

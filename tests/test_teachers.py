@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,21 @@ def test_distiller_lists_cache_stats(tiny_data):
                     divergence="forward_kl", beta=0.5)
     assert isinstance(d, Distiller)
     assert set(d.extra_metrics()) == {"cache_hits", "cache_misses", "cache_bypassed"}
+
+
+def test_full_cache_serves_slots_past_its_end_by_growing_or_refusing(tiny_data, tmp_path):
+    # once every slot is stored, hits skip the per-slot look-up; a slot past the end must still
+    # grow a memory cache (more augmentation draws) or be refused by a disk cache, as before
+    net = make_net(6)
+    batch = next(iter(TensorLoader(tiny_data, 240, shuffle=False)))
+    beyond = {**batch, "aug_key": batch["index"] + len(tiny_data)}  # the second draw of each sample
+    memory = CachedTeacher(FrozenTeacher(net), len(tiny_data))
+    memory(batch)
+    assert memory._full
+    torch.testing.assert_close(memory(beyond).logits, net.eval()(batch["input"]))
+    assert memory.draws == 2 and memory.misses == 2 * len(tiny_data)
+    disk = CachedTeacher(FrozenTeacher(net), len(tiny_data), storage="disk", path=tmp_path)
+    disk(batch)
+    assert disk._full
+    with pytest.raises(ValueError, match="asks for slot"):
+        disk(beyond)

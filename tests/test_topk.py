@@ -168,3 +168,52 @@ def test_mismatched_shapes_and_unknown_names_are_refused():
         topk_divergence_rows(z, idx, lp, rest, truncation="clip")
     with pytest.raises(ValueError, match="needs the teacher's remaining mass"):
         topk_divergence_rows(z, idx, lp, None, truncation="bucket")
+
+
+def _reference_bucket_log_q(z, idx, t):
+    """The student's bucket masses by plain autograd (log-sum-exps over the vocabulary and its outside)."""
+    s = z / t
+    lse = s.logsumexp(-1, keepdim=True)
+    outside = s.scatter(-1, idx, float("-inf"))
+    return torch.cat([s.gather(-1, idx) - lse, outside.logsumexp(-1, keepdim=True) - lse], -1)
+
+
+@pytest.mark.parametrize("k", [1, 5, 39])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_bucket_student_masses_and_their_closed_form_gradient_match_autograd(k, temperature):
+    from joryu.losses.topk import _StudentBucket
+
+    z = logits(12, 40, seed=20).requires_grad_()
+    idx = logits(12, 40, seed=21).topk(k, -1).indices
+    with torch.no_grad():  # row 0: the student's mass outside S is ~e^(-200/T) (summed afresh)
+        z[0] = -100.0
+        z[0].scatter_(-1, idx[0], 100.0)
+    ours = _StudentBucket.apply(z, idx, temperature)
+    torch.testing.assert_close(ours, _reference_bucket_log_q(z, idx, temperature), rtol=1e-12, atol=1e-12)
+    assert float(ours[0, -1].detach()) < -70
+    g = logits(12, k + 1, seed=22)
+    (grad,) = torch.autograd.grad(ours, z, g)
+    (expect,) = torch.autograd.grad(_reference_bucket_log_q(z, idx, temperature), z, g)
+    torch.testing.assert_close(grad, expect, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: _StudentBucket.apply(x, idx, temperature), (z,))
+
+
+def test_bucket_loss_in_float32_keeps_a_tiny_outside_mass_finite():
+    # in float32 exp(-100) underflows against the row's maximum: that row is re-summed from the
+    # outside's own maximum, so the loss and its gradient stay those of the exact formula
+    z = logits(4, 30, seed=23).float()
+    v = logits(4, 30, seed=24).float()
+    idx, lp, rest = topk_from_logits(v, 5)
+    z[1] = -50.0
+    z[1].scatter_(-1, idx[1], 50.0)
+    z.requires_grad_()
+    loss = topk_divergence(z, idx, lp, rest)
+    (grad,) = torch.autograd.grad(loss, z)
+    z64 = z.detach().double().requires_grad_()
+    log_q = _reference_bucket_log_q(z64, idx, 1.0)
+    log_p = torch.cat([lp.double(), rest.double().log().unsqueeze(-1)], -1)
+    log_p = log_p - log_p.logsumexp(-1, keepdim=True)
+    ref = torch.nn.functional.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
+    (ref_grad,) = torch.autograd.grad(ref, z64)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)

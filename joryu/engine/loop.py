@@ -99,6 +99,18 @@ def _step(optimizer) -> None:
         optimizer.step()
 
 
+def _backward(accelerator, loss) -> None:
+    # Accelerate's backward divides the loss by its gradient_accumulation_steps (always 1 here: the
+    # engine accumulates itself) and then calls loss.backward(): one more op and autograd node per
+    # step for nothing. Its other branches (DeepSpeed, Megatron, the fp16 scaler, LOMO) keep its call.
+    if (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1
+            and not getattr(accelerator, "has_lomo_optimizer", False)
+            and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)):
+        loss.backward()
+    else:
+        accelerator.backward(loss)
+
+
 def _zero_grad(optimizer) -> None:
     # Accelerate's wrapper inspects the signature on every call; we handle accumulation ourselves.
     getattr(optimizer, "optimizer", optimizer).zero_grad(set_to_none=True)
@@ -120,7 +132,7 @@ class StepContext:
 
     def backward(self, loss: torch.Tensor) -> None:
         accum = self.engine.cfg.grad_accum
-        self.accelerator.backward(loss / accum if accum > 1 else loss)
+        _backward(self.accelerator, loss / accum if accum > 1 else loss)
 
     def step(self, optimizer) -> None:
         """Average gradients across processes, clip, step and zero ``optimizer`` (at the end of
@@ -302,6 +314,12 @@ class Engine:
             torch.set_flush_denormal(True)
 
     # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        """The run's mixed-precision context: Accelerate's autocast when it has mixed precision on,
+        else a null context (Accelerate's own call builds its state and reads the environment on
+        every batch only to return the same null context)."""
+        return self.accelerator.autocast() if self.accelerator.native_amp else nullcontext()
+
     @property
     def device(self):
         return self.accelerator.device
@@ -360,7 +378,7 @@ class Engine:
         loader = self._loader(data, self.cfg.eval_batch_size, shuffle=False)
         scores: dict[str, metrics.Scores] = {}
         for batch in loader.iterate(0):
-            with self.accelerator.autocast():
+            with self.autocast():
                 preds = distiller.eval_logits(batch)
             for name, logits in preds.items():
                 scores.setdefault(name, metrics.Scores()).update(logits.float(), batch["target"], None,
@@ -437,7 +455,7 @@ class Engine:
             distiller.zero_grad(set_to_none=True)
             distiller.ctx = None
         distiller.eval()
-        with torch.no_grad(), self.accelerator.autocast():
+        with torch.no_grad(), self.autocast():
             preds = distiller.eval_logits(batch)
         distiller.train()
         if run.layout is not None:
@@ -611,13 +629,14 @@ class Engine:
         if run.auto:
             no_sync = (run.model.no_sync if (not sync and acc.num_processes > 1 and not self.sharded)
                        else nullcontext)
-            with no_sync(), acc.autocast():
+            with no_sync(), self.autocast():
                 losses = run.model(batch)
                 if not isinstance(losses, dict) or "loss" not in losses:
                     raise ConfigError(f"{type(run.distiller).__name__}.training_step must return a dict "
                                       "with a 'loss'")
             if not dry or losses["loss"].requires_grad:
-                acc.backward(losses["loss"] / cfg.grad_accum)
+                loss = losses["loss"]
+                _backward(acc, loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             if sync:
                 if cfg.clip_grad_norm:
                     acc.clip_grad_norm_(run.distiller.trainable_parameters(), cfg.clip_grad_norm)
@@ -626,7 +645,7 @@ class Engine:
                     _zero_grad(o)
         else:
             run.distiller.ctx.sync = sync
-            with acc.autocast():
+            with self.autocast():
                 losses = run.distiller.training_step(batch)
         if sync:
             for s in run.schedulers:

@@ -54,6 +54,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from joryu.errors import ShapeError
 from joryu.losses.lm import DIVERGENCES, _fp32, forward_kl_rows, jsd_rows, reverse_kl_rows
@@ -82,24 +83,84 @@ def retemper(logprobs: Tensor, from_temperature: float, to_temperature: float) -
     return F.log_softmax(_fp32(logprobs) * (from_temperature / to_temperature), dim=-1)
 
 
+class _StudentBucket(torch.autograd.Function):
+    r"""The student's side of the bucket truncation, ``[N, k + 1]``: :math:`\log q_i, i \in S` and
+    :math:`\log \rho` from logits ``[N, V]`` at temperature T, in few passes over the vocabulary
+    (they dominate the step of a language model: V is 10^4 to 10^5 per position).
+
+    Forward: :math:`e = \exp(z/T - \max)`, its total and its sum outside S (exact: the outside
+    terms are summed, never 1 minus the inside); a row whose outside sum falls below
+    ``_TINY_OUTSIDE`` of its largest term is summed afresh from the outside's own maximum.
+    Backward in closed form, :math:`\partial/\partial s_j = [j \in S]\,g_j + [j \notin S]\,
+    g_\rho\, e_j / \Sigma_{out} - q_j \sum g` (``s = z / T``), instead of autograd through two
+    log-sum-exps, a scatter and a gather. With k = V, :math:`\log\rho` is the constant ``LOG_FLOOR``."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, idx: Tensor, temperature: float) -> Tensor:
+        m = z.amax(-1, keepdim=True)
+        e = z - m  # the one new [N, V] tensor of the forward (s - max s, s = z / T); kept for the backward
+        if temperature != 1:
+            e.div_(temperature)
+            m = m / temperature
+        log_q_s = e.gather(-1, idx)  # minus log(total) below
+        e_s = log_q_s.exp()
+        e.exp_()
+        full = idx.shape[-1] == z.shape[-1]  # nothing outside S
+        small = None
+        if full:
+            out = total = e.sum(-1, keepdim=True)
+            log_rho = torch.full_like(total, LOG_FLOOR)
+        else:
+            out = e.scatter_(-1, idx, 0.0).sum(-1, keepdim=True)  # e now holds the outside terms only
+            total = out + e_s.sum(-1, keepdim=True)
+            log_rho = out.log() - total.log()
+            small = (out.squeeze(-1) < _TINY_OUTSIDE).nonzero().squeeze(-1)
+            if len(small):  # summed from the outside's own maximum: no underflow, no flushed terms
+                outside = (z[small] / temperature).scatter(-1, idx[small], float("-inf"))
+                lse_out = outside.logsumexp(-1, keepdim=True)
+                log_rho[small] = lse_out - m[small] - total[small].log()
+                small = (small, torch.nan_to_num((outside - lse_out).exp(), nan=0.0))
+            else:
+                small = None
+        log_q_s = log_q_s - total.log()
+        ctx.save_for_backward(e, e_s, total, out, idx)
+        ctx.small, ctx.full, ctx.temperature = small, full, temperature
+        return torch.cat([log_q_s, log_rho], -1)
+
+    @staticmethod
+    @once_differentiable  # a second derivative (create_graph) is refused, not silently wrong
+    def backward(ctx, g: Tensor):
+        e, e_s, total, out, idx = ctx.saved_tensors
+        g_s, g_rho = g[:, :-1], g[:, -1:]
+        g_all = g_s.sum(-1, keepdim=True) if ctx.full else g.sum(-1, keepdim=True)
+        per_q = g_all / total  # the -q_j * sum(g) term, as e_j * per_q
+        coef = -per_q if ctx.full else g_rho / out - per_q
+        grad = e * coef  # e is 0 on S (except at k = V): S is set below
+        if ctx.small is not None:
+            rows, w = ctx.small
+            grad[rows] = g_rho[rows] * w - e[rows] * per_q[rows]
+        grad.scatter_(-1, idx, g_s - e_s * per_q)
+        if ctx.temperature != 1:
+            grad = grad.div_(ctx.temperature)
+        return grad, None, None
+
+
+_TINY_OUTSIDE = 1e-20  # outside sums below this (the largest term being 1) are re-summed exactly
+
+
 def _log_masses(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor, rest: Tensor | None,
                 truncation: str, temperature: float):
     """Per-row log-probabilities of the two truncated distributions, ``(log_q, log_p)``."""
-    z = _fp32(student_rows) / temperature
     idx = index.long()
+    z = _fp32(student_rows)
     lp = _fp32(teacher_logprobs.detach()).to(z.dtype)
     if truncation == "renormalize":
-        return F.log_softmax(z.gather(-1, idx), dim=-1), F.log_softmax(lp, dim=-1)
+        return F.log_softmax(z.gather(-1, idx) / temperature, dim=-1), F.log_softmax(lp, dim=-1)
     if rest is None:
         raise ValueError("the bucket truncation needs the teacher's remaining mass (rest)")
-    lse = z.logsumexp(-1, keepdim=True)
-    log_q_s = z.gather(-1, idx) - lse
-    outside = z.scatter(-1, idx, torch.finfo(z.dtype).min)  # finite fill: no NaN gradient at k = V
-    log_rho = (outside.logsumexp(-1, keepdim=True) - lse).clamp_min(LOG_FLOOR)
-    if idx.shape[-1] == z.shape[-1]:  # k = V: nothing outside (the fill would still count V tiny terms)
-        log_rho = torch.full_like(log_rho, LOG_FLOOR)
+    masses = _StudentBucket.apply(z, idx, float(temperature))
+    log_q = torch.cat([masses[:, :-1], masses[:, -1:].clamp_min(LOG_FLOOR)], -1)
     log_r = rest.detach().to(z.dtype).clamp_min(0).log().clamp_min(LOG_FLOOR).unsqueeze(-1)
-    log_q = torch.cat([log_q_s, log_rho], -1)
     log_p = torch.cat([lp, log_r], -1)
     # 16-bit values make p_S + r miss 1 by ~1e-3: renormalise the k + 1 masses of the teacher
     return log_q, log_p - log_p.logsumexp(-1, keepdim=True)

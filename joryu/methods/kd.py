@@ -63,12 +63,15 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
     return mix_hard_term(soft, logits, target, alpha)
 
 
-def mix_hard_term(soft, logits, target, alpha: float) -> dict:
-    """``{"kd": soft, "ce": hard, "loss": alpha * soft + (1 - alpha) * hard}`` (no ce at alpha = 1)."""
+def mix_hard_term(soft, logits, target, alpha: float, per_position: bool = False) -> dict:
+    """``{"kd": soft, "ce": hard, "loss": alpha * soft + (1 - alpha) * hard}`` (no ce at alpha = 1).
+    ``per_position``: ``logits`` are rows of positions (``[N, C]``), the target -100 where one
+    does not count."""
     out = {"kd": soft}
     loss = alpha * soft
     if alpha < 1:
-        hard = masked_cross_entropy(logits, target) if logits.dim() > 2 else F.cross_entropy(logits, target)
+        hard = (masked_cross_entropy(logits, target) if per_position or logits.dim() > 2
+                else F.cross_entropy(logits, target))
         loss = loss + (1 - alpha) * hard
         out["ce"] = hard
     out["loss"] = loss
@@ -111,13 +114,19 @@ class StoreKDDistiller(Distiller):
     def training_step(self, batch):
         logits = forward(self.student, batch, self.input_key)
         t = self.store.get(batch["index"], logits.device, self.topk)
-        logprobs = t.logprobs
+        indices, logprobs, rest, target = t.indices, t.logprobs, t.rest, batch["target"]
         if self.temperature != self.store.temperature:  # renormalize only (checked when built)
             logprobs = retemper(logprobs, self.store.temperature, self.temperature)
-        target = batch["target"] if logits.dim() > 2 else None
-        soft = topk_divergence(logits, t.indices, logprobs, t.rest, self.divergence, self.truncation,
-                               self.temperature, self.beta, target=target)
-        return mix_hard_term(soft, logits, batch["target"], self.alpha)
+        tokens = logits.dim() == 3
+        if tokens:  # one [N, V] view for both terms: their gradients add into one buffer, in place,
+            # instead of a third vocabulary-sized tensor summing two [B, L, V] views
+            k = indices.shape[-1]
+            logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+            indices, logprobs, rest = indices.reshape(-1, k), logprobs.reshape(-1, k), rest.reshape(-1)
+        soft = topk_divergence(logits, indices, logprobs, rest, self.divergence, self.truncation,
+                               self.temperature, self.beta,
+                               target=target if tokens or logits.dim() > 2 else None)
+        return mix_hard_term(soft, logits, target, self.alpha, per_position=tokens)
 
 
 def open_store_for(ctx, p) -> TopKStore:

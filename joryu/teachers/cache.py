@@ -50,8 +50,8 @@ class CachedTeacher(Teacher):
         self._version = self._current_version()
         self._fingerprint = teacher.fingerprint()
 
-    def _current_version(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in self._tensors)
+    def _current_version(self) -> list:
+        return [(t.data_ptr(), t._version) for t in self._tensors]  # a list comprehension: per batch
 
     @property
     def slots(self) -> int:
@@ -60,6 +60,7 @@ class CachedTeacher(Teacher):
     def _reset(self):
         self._store: dict[str, torch.Tensor] = {}
         self._filled: torch.Tensor | None = None
+        self._full = False  # every slot filled: a hit needs no look-up in _filled
         self._data_id = None
 
     def models(self):
@@ -117,13 +118,14 @@ class CachedTeacher(Teacher):
                                   "augment draws, raise max_bytes or turn the cache off")
             self._store[k] = torch.cat([v, v.new_zeros((extra, *v.shape[1:]))])
         self.draws = draws
+        self._full = False
 
     def _slots_of(self, batch: Mapping) -> torch.Tensor | None:
         if batch.get("aug_key") is not None:
             return batch["aug_key"]
         if batch.get("aug_id") is not None or "index" not in batch:
             return None
-        return batch["index"] * self.draws
+        return batch["index"] * self.draws if self.draws > 1 else batch["index"]
 
     def _forward(self, batch: Mapping) -> Outputs:
         slots = self._slots_of(batch)
@@ -136,6 +138,10 @@ class CachedTeacher(Teacher):
         if data_id != self._data_id:
             self._reset()
             self._data_id = data_id
+        if self._full:  # the steady state: every slot is stored, serve without looking up _filled
+            served = self._serve(slots)
+            if served is not None:
+                return served
         if self._filled is None:
             self._filled = torch.zeros(self.slots, dtype=torch.bool, device=slots.device)
         if len(slots) and int(slots.max()) >= self.slots and self.storage == "memory":
@@ -146,10 +152,8 @@ class CachedTeacher(Teacher):
             raise ValueError(f"teacher cache holds {self.num_samples} samples x {self.draws} draws; the batch "
                              f"asks for slot {int(slots.max())}: build it with the dataset's size and draws") from None
         if bool(have.all()):
-            n_have = len(slots)
-            self.hits += n_have
-            return Outputs(self._store["logits"][slots.to(self._store["logits"].device)].to(slots.device),
-                           {k[5:]: v[slots].to(slots.device) for k, v in self._store.items() if k.startswith("feat/")})
+            self.hits += len(slots)
+            return self._gather(slots)
         n_have = int(have.sum())
         out = self.teacher(batch)
         tensors = {"logits": out.logits, **{f"feat/{k}": v for k, v in out.features.items()}}
@@ -159,8 +163,28 @@ class CachedTeacher(Teacher):
             store = self._store[k]
             store[slots.to(store.device)] = v.to(store.device)
         self._filled[slots] = True
+        self._full = bool(self._filled.all())
         self.misses += len(slots) - n_have
         self.hits += n_have
+        return out
+
+    def _gather(self, slots: torch.Tensor) -> Outputs:
+        """The stored outputs of ``slots``, on the slots' device."""
+        logits = self._store["logits"]
+        feats = {k[5:]: v[slots.to(v.device)].to(slots.device) for k, v in self._store.items()
+                 if k.startswith("feat/")} if len(self._store) > 1 else {}
+        return Outputs(logits[slots.to(logits.device)].to(slots.device), feats)
+
+    def _serve(self, slots: torch.Tensor) -> Outputs | None:
+        """A full cache's outputs for ``slots``; None for a slot past its end (the caller then
+        grows the cache or refuses, as for any batch)."""
+        if self._store["logits"].device.type != "cpu" and len(slots) and int(slots.max()) >= self.slots:
+            return None  # a GPU gather past the end would fail on the device, not raise IndexError
+        try:
+            out = self._gather(slots)
+        except IndexError:
+            return None
+        self.hits += len(slots)
         return out
 
     def stats(self) -> dict:
