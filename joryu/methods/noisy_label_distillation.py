@@ -57,7 +57,14 @@ from pydantic import Field
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import noisy_label_loss, relation_graph
-from joryu.methods.base import Method, Params, Stage, StageContext, register_method
+from joryu.methods.base import (
+    DefaultsEvidence,
+    Method,
+    Params,
+    Stage,
+    StageContext,
+    register_method,
+)
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.teachers import FrozenTeacher, Teacher, prepare_for
@@ -188,6 +195,13 @@ class NoisyLabelParams(Params):
                        "(arXiv:1703.02391)")
 class NoisyLabelDistillation(Method):
     Params = NoisyLabelParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, source="results/defaults/noisy_label_distillation.md",
+        regime="In its regime (40% pair-flip label noise, a clean 10% subset) the defaults gain +8.39 "
+               "points over the student alone on the same noisy labels across five pairs (3 seeds, "
+               "interval +6.34 .. +10.45; least on MNIST-1D, +1.30, where the clean-set auxiliary is "
+               "weak). With clean labels there is no noise to correct and the auxiliary sees 10% of the "
+               "data: expect at most the student alone.")
 
     @property
     def needs_teacher(self) -> bool:  # the auxiliary is trained here unless the user brings one
