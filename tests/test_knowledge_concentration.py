@@ -101,7 +101,7 @@ def test_method_trains_specialists_then_concentrates(tiny_data):
     student = nn.Sequential()
     student.add_module("body", nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
     student.add_module("fc", nn.Linear(8, 5))
-    m = get_method("knowledge_concentration", {"verticals": VERTICALS, "specialist_init": "scratch",
+    m = get_method("knowledge_concentration", {"verticals": VERTICALS, "specialist_init": "scratch", "weight": 1.0,
                                                "group_width": 4, "pace": "gap", "grouped_head": True})
     before = [p.clone() for p in teacher.parameters()]
     net, res = run_stages(m, student=student, teacher=FrozenTeacher(teacher), train=data, val=None, train_cfg=TrainConfig(epochs=3, batch_size=50), run_dir=None, seed=0, augment=None, progress=False, num_classes=5)
