@@ -138,6 +138,19 @@ def same_architecture(rows: dict[str, dict]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
+def pooled_latency(rows: dict[str, dict]) -> dict[str, float]:
+    """Batch-1 CPU latency (median, ms) per row with deployment numbers; rows of the same
+    architecture (``same_architecture``) share the median of their medians, so timing noise is
+    not shown as a speed difference between identical networks."""
+    out = {n: r["deploy"]["cpu_batch1"]["median_ms"] for n, r in rows.items()
+           if r.get("deploy") and "cpu_batch1" in r["deploy"]}
+    for group in same_architecture({n: rows[n] for n in out}):
+        meds = sorted(out[n] for n in group)
+        for n in group:
+            out[n] = meds[len(meds) // 2]
+    return out
+
+
 def plot_tradeoff(rows: dict[str, dict], path) -> Path | None:
     """Test top-1 against CPU batch-1 latency, one labelled point per model, the latency's
     spread (10th to 90th percentile of the timed runs) as a horizontal bar. Networks of the same
@@ -149,11 +162,7 @@ def plot_tradeoff(rows: dict[str, dict], path) -> Path | None:
     plt = pyplot("the accuracy-latency plot")
     if plt is None:
         return None
-    pooled = {}
-    for group in same_architecture(pts):
-        meds = sorted(pts[n]["deploy"]["cpu_batch1"]["median_ms"] for n in group)
-        for n in group:
-            pooled[n] = meds[len(meds) // 2]
+    pooled = pooled_latency(pts)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, r in pts.items():
         b1 = r["deploy"]["cpu_batch1"]

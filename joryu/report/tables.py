@@ -9,7 +9,13 @@ import yaml
 
 from joryu.atomic import atomic_write_text
 from joryu.metrics import ECE_BINS
-from joryu.report.figures import plot_curves, plot_tradeoff, reliability_diagram, same_architecture
+from joryu.report.figures import (
+    plot_curves,
+    plot_tradeoff,
+    pooled_latency,
+    reliability_diagram,
+    same_architecture,
+)
 
 
 def _fmt_params(n: int) -> str:
@@ -17,9 +23,13 @@ def _fmt_params(n: int) -> str:
 
 
 def comparison_rows(rows: dict) -> list[list[str]]:
+    """The summary table; networks of the same architecture show one pooled latency
+    (``pooled_latency``): a difference between them would be timing noise."""
     out = [["model", "params", "CPU latency (ms/sample)", "test acc (%)"]]
+    pooled = pooled_latency(rows)
     for name, r in rows.items():
-        out.append([name, _fmt_params(r["params"]), f"{r['latency_ms']:.3f}", f"{r['test_acc']:.2f}"])
+        lat = pooled.get(name, r["latency_ms"])
+        out.append([name, _fmt_params(r["params"]), f"{lat:.3f}", f"{r['test_acc']:.2f}"])
     return out
 
 
