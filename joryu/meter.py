@@ -38,8 +38,8 @@ def metering() -> Iterator[dict[str, float]]:
     _open.append(m)
     try:
         yield m
-    finally:
-        _open.remove(m)
+    finally:  # by identity: two open meters may hold equal counts, and == would take the wrong one
+        del _open[next(i for i, x in enumerate(_open) if x is m)]
 
 
 _depth = [0]

@@ -153,3 +153,17 @@ def test_unknown_budget_units_are_refused():
     with pytest.raises(ValueError, match="tolerance for"):
         run_study(_study(declared={"alone": {WALL: 10}}), seeds=range(5), quick=False)
     assert BUDGET_UNITS == (meter.UPDATES, meter.TEACHER, WALL)
+
+
+def test_nested_meters_close_in_any_state_and_both_count():
+    from joryu import meter
+
+    with meter.metering() as outer:
+        with meter.metering() as inner:  # both still {updates: 0, teacher: 0}: equal, not the same
+            meter.count(meter.UPDATES, 3)
+        meter.count(meter.UPDATES, 2)
+    assert inner[meter.UPDATES] == 3 and outer[meter.UPDATES] == 5
+    with meter.metering() as a:
+        with meter.metering() as b:
+            pass
+    assert a == b and not meter._open

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from joryu import meter
 from joryu.data import load
 from joryu.models.cifar import CifarResNet
 from joryu.reproduce.claims import Table
@@ -31,13 +32,19 @@ def _net(depth):
 
 
 def _fsp_init(ctx, fsp_epochs, fsp_lr=FSP_LR):
-    """Stage 1 once per seed (stage 2 with 0 epochs), cached for the later FSP arms of the seed."""
+    """Stage 1 once per seed (stage 2 with 0 epochs), cached for the later FSP arms of the seed; its
+    optimizer updates and teacher samples are counted in every arm that uses it."""
     key = ("fsp_init", fsp_epochs, fsp_lr)
     if key not in ctx:
-        ctx[key] = train("fsp", seeded(ctx.seed, _net, 8), ctx.tr, dict(epochs=0, lr=2e-3, **OPT), ctx.seed,
-                         teacher=ctx.teacher, params={"teacher_pairs": PAIRS, "student_pairs": PAIRS,
-                                                      "fsp_epochs": fsp_epochs, "fsp_lr": fsp_lr})
-    return ctx[key]
+        with meter.metering() as used:
+            net = train("fsp", seeded(ctx.seed, _net, 8), ctx.tr, dict(epochs=0, lr=2e-3, **OPT), ctx.seed,
+                        teacher=ctx.teacher, params={"teacher_pairs": PAIRS, "student_pairs": PAIRS,
+                                                     "fsp_epochs": fsp_epochs, "fsp_lr": fsp_lr})
+        ctx[key] = (net, dict(used))
+    else:  # every arm built on the cached stage is charged its cost, not only the first
+        for unit, n in ctx[key][1].items():
+            meter.count(unit, n)
+    return ctx[key][0]
 
 
 @register_reproduction("fsp", default_seeds=5, quick_seeds=2,
