@@ -13,7 +13,7 @@ from joryu.data import Augment, load
 from joryu.losses import ensemble_logits
 from joryu.methods import Stage, get_method
 from joryu.reproduce.claims import Table
-from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded
+from joryu.reproduce.common import MNIST100_STUDENT, accuracy, predict, protocol_splits, seeded
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
@@ -35,7 +35,7 @@ CHOICES = ("Kept from the earlier calibration (docs/methods/born_again.md), wher
 # mnist100: the student and budget chosen on validation for the dataset (docs/datasets/mnist100.md); the
 # loss stays the paper's BAN (KD only, T = 1). No dropout or extra augmentation: the width-8 convnet
 # underfits (94.6% train accuracy alone), so generation 1's soft targets are not one-hot.
-MNIST100 = {"width": 8, "depth": 2, "epochs": 10, "lr": 3e-3, "batch_size": 128}
+MNIST100 = dict(MNIST100_STUDENT)
 CHOICES_MNIST100 = ("The network and its budget are the mnist100 student chosen on the validation split before "
                     "any method ran (docs/datasets/mnist100.md: convnet width 8 depth 2 alone at 90.4 +- 0.9 val, "
                     "94.6% train, below the ResNet-8 teacher's 95.5; 10 epochs, Adam 3e-3 cosine, batch 128, "

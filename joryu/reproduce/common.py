@@ -73,9 +73,11 @@ def protocol_splits(bundle, test_size: int = 2000, val_fraction: float = 0.1, se
     return train_, val, test
 
 
-# mnist100 (docs/datasets/mnist100.md): the student budget chosen on its validation split before any
-# method ran, and the words a study's ``data`` uses for it
-MNIST100_BUDGET = dict(epochs=10, batch_size=128, optimizer="adam", lr=3e-3, scheduler="cosine")
+# mnist100 (docs/datasets/mnist100.md): the student (convnet width 8 depth 2) and its budget chosen on
+# its validation split before any method ran, and the words a study's ``data`` uses for it
+MNIST100_STUDENT = {"width": 8, "depth": 2, "epochs": 10, "lr": 3e-3, "batch_size": 128}
+MNIST100_BUDGET = dict(epochs=MNIST100_STUDENT["epochs"], batch_size=MNIST100_STUDENT["batch_size"],
+                       optimizer="adam", lr=MNIST100_STUDENT["lr"], scheduler="cosine")
 MNIST100_DATA = ("mnist100 (built in, docs/datasets/mnist100.md): 100 classes of two-digit numbers at 1x14x28 from "
                  "disjoint MNIST digit pools, its own splits 15000 train / 2000 validation / 5000 test; +-2 px "
                  "shifts (the dataset's default augmentation).")

@@ -13,7 +13,14 @@ from joryu.data import load
 from joryu.losses import ensemble_logits
 from joryu.methods import get_method
 from joryu.models.reinit import fresh_copy, seed_from
-from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
+from joryu.reproduce.common import (
+    MNIST100_STUDENT,
+    accuracy,
+    predict,
+    protocol_splits,
+    seeded,
+    train,
+)
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
@@ -27,7 +34,7 @@ CHOICES = ("Pilot on the 300-image validation split (seed 0, this study with eva
            "80-epoch run took 2400 s). MLP 256-256 without dropout, Adam 1e-3 as in the earlier calibration.")
 
 # mnist100: the student and budget chosen on validation for the dataset (docs/datasets/mnist100.md)
-MNIST100 = {"width": 8, "depth": 2, "epochs": 10, "lr": 3e-3, "batch_size": 128}
+MNIST100 = dict(MNIST100_STUDENT)
 CHOICES_MNIST100 = ("The peers and their budget are the mnist100 student chosen on the validation split before any "
                     "method ran (docs/datasets/mnist100.md: convnet width 8 depth 2 alone at 90.4 +- 0.9 val, "
                     "below the ResNet-8 teacher's 95.5 and below it on its own training numbers; 10 epochs, Adam "

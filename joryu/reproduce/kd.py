@@ -7,7 +7,15 @@ import torch
 from joryu import models
 from joryu.data import Augment, load
 from joryu.reproduce.claims import Table
-from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
+from joryu.reproduce.common import (
+    MNIST100_STUDENT,
+    accuracy,
+    mnist100_splits,
+    predict,
+    protocol_splits,
+    seeded,
+    train,
+)
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.teachers import FrozenTeacher
@@ -180,8 +188,8 @@ def reproduce_kd(seeds: list[int], quick: bool, progress: bool) -> Study:
 # --- claim 3 on mnist100: a student that can follow the teacher -----------------------------------------------
 # the mnist100 student and teacher chosen on validation (docs/datasets/mnist100.md); T and alpha are the kd
 # method's defaults (results/defaults/kd.md), not piloted on mnist100
-M100 = dict(student={"width": 8, "depth": 2}, teacher="resnet8", epochs=10, lr=3e-3, batch_size=128,
-            temperature=4.0, alpha=0.9)
+M100 = dict(student={k: MNIST100_STUDENT[k] for k in ("width", "depth")}, teacher="resnet8",
+            **{k: MNIST100_STUDENT[k] for k in ("epochs", "lr", "batch_size")}, temperature=4.0, alpha=0.9)
 ARM_100_ALONE = "mnist100 convnet width 8 alone"
 ARM_100_KD = f"mnist100 convnet width 8 + KD from ResNet-8 (T={M100['temperature']:g}, alpha={M100['alpha']:g})"
 
@@ -190,10 +198,7 @@ def build_mnist100_study(evaluate: str = "test") -> Study:
     """KD's third claim on mnist100; ``evaluate="val"`` scores on the validation split (a pilot)."""
 
     def shared(quick):
-        d = load("mnist100")
-        tr, va, te = protocol_splits(d)
-        if quick:  # a smoke run: a tenth of the training numbers, one epoch
-            tr = tr.subset(torch.arange(0, len(tr), 10), "mnist100/quick")
+        d, tr, va, te = mnist100_splits(quick)
         cfg = dict(epochs=1 if quick else M100["epochs"], batch_size=M100["batch_size"], optimizer="adam",
                    lr=M100["lr"], scheduler="cosine")
         t_net = seeded(100, models.create, M100["teacher"], input_shape=d.input_shape, num_classes=100)

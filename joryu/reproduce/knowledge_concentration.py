@@ -14,7 +14,15 @@ from joryu.data.mnist100 import tens_verticals
 from joryu.methods import get_method
 from joryu.models.grouped import attach_vertical_head
 from joryu.reproduce.claims import Table
-from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
+from joryu.reproduce.common import (
+    MNIST100_STUDENT,
+    accuracy,
+    mnist100_splits,
+    predict,
+    protocol_splits,
+    seeded,
+    train,
+)
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
@@ -41,7 +49,7 @@ CHOICES = (
 # specialist starts from it (the method's default specialist_init) for the run's epochs (the default
 # specialist_epochs) on its vertical's numbers. T, λ and the pace are the method's defaults when the pilot ran
 # (T = 2, λ = 1), held fixed here so a later change of the defaults does not change the study.
-MNIST100 = {"width": 8, "depth": 2, "teacher": "resnet8", "epochs": 10, "lr": 3e-3, "batch_size": 128}
+MNIST100 = {**MNIST100_STUDENT, "teacher": "resnet8"}
 CHOICES_MNIST100 = (
     "Student, teacher and budget chosen on the validation split before any method ran (docs/datasets/mnist100.md: "
     "the convnet width 8 depth 2 underfits at 90.4 +- 0.9 val, 94.6% train, under ResNet-8's 95.5; 10 epochs, Adam "
@@ -216,10 +224,7 @@ def _mnist100_study(evaluate: str, st: dict) -> Study:
         return student(ctx.seed, ctx.d.input_shape)
 
     def shared(quick):
-        d = load("mnist100")
-        tr, va, te = protocol_splits(d)
-        if quick:  # a smoke run: a tenth of the training numbers, one epoch
-            tr = tr.subset(torch.arange(0, len(tr), 10), "mnist100/quick")
+        d, tr, va, te = mnist100_splits(quick)
         ep = 1 if quick else st["epochs"]
         opt = dict(batch_size=st["batch_size"], optimizer="adam", lr=st["lr"], scheduler="cosine")
         cfg = TrainConfig(epochs=ep, **opt)

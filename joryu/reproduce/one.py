@@ -12,7 +12,15 @@ from joryu.config import TrainConfig
 from joryu.data import Augment, load
 from joryu.engine import Engine
 from joryu.methods import get_method
-from joryu.reproduce.common import accuracy, predict, protocol_splits, seeded, train
+from joryu.reproduce.common import (
+    MNIST100_STUDENT,
+    accuracy,
+    mnist100_splits,
+    predict,
+    protocol_splits,
+    seeded,
+    train,
+)
 from joryu.reproduce.protocol import Arm, Compare, Study
 from joryu.reproduce.registry import register_reproduction
 from joryu.run.stages import run_stages
@@ -32,8 +40,7 @@ CHOICES = ("Pilot on the 600-signal validation split (seed 0, this study with ev
 # budget; ONE keeps the method's defaults (3 branches, T = 3, w = 1). The convnet's first conv stage is
 # the shared trunk, each branch its own copy of the second stage and the head (the paper shares the
 # early stages and copies the last stage + FC).
-MNIST100 = {"width": 8, "depth": 2, "trunk_end": "stages.0", "epochs": 10, "lr": 3e-3, "batch_size": 128,
-            "rampup": 0.0, "temperature": 3.0}
+MNIST100 = {**MNIST100_STUDENT, "trunk_end": "stages.0", "rampup": 0.0, "temperature": 3.0}
 CHOICES_MNIST100 = ("The network and its budget are the mnist100 student chosen on the validation split before any "
                     "method ran (docs/datasets/mnist100.md: convnet width 8 depth 2 alone at 90.4 +- 0.9 val, 94.6% "
                     "train, below the ResNet-8 teacher's 95.5; 10 epochs, Adam 3e-3 cosine, batch 128, +-2 px "
@@ -62,10 +69,7 @@ def build_study(evaluate: str = "test", settings: dict | None = None, bench: str
     def shared(quick):
         ep = max(1, st["epochs"] // 10) if quick else st["epochs"]
         if many:
-            d = load("mnist100")
-            tr, va, te = protocol_splits(d)
-            if quick:  # a smoke run: a tenth of the training numbers
-                tr = tr.subset(torch.arange(0, len(tr), 10), "mnist100/quick")
+            d, tr, va, te = mnist100_splits(quick)
             cfg = TrainConfig(epochs=ep, batch_size=st["batch_size"], optimizer="adam", lr=st["lr"],
                               scheduler="cosine")
             return {"d": d, "tr": tr, "ev": te if evaluate == "test" else va, "cfg": cfg, "aug": d.augment}
