@@ -37,6 +37,10 @@ data fields) is kept in ``alone-cache.json`` next to the results and reused by l
 sweeps: it is the same run (same seed, initialisation, data order and settings), measured once.
 A method that cannot run on a pair is listed with its one-line reason, and the means are over
 the pairs it ran on.
+
+``--teacher-cache DIR`` keeps each pair's seed-0 teacher (keyed by pair, data fields and quick)
+between methods' sweeps, written atomically; a later sweep loads the same network instead of
+training it again. Without it every sweep trains its teachers.
 """
 
 from __future__ import annotations
