@@ -30,3 +30,25 @@ def test_the_current_default_stays_unless_beaten_by_more_than_the_margin():
     assert pick == '{"t": 2}'
     text = markdown(_result([({}, -1.0), ({"t": 2}, 0.5)]), "cmd")
     assert 'Chosen: {"t": 2}' in text and "+0.50" in text and "-1.00" in text
+
+
+def test_a_kept_teacher_is_loaded_back_and_gives_the_same_sweep(tmp_path, monkeypatch):
+    from joryu.reproduce import defaults
+
+    trained = []
+    real_train = defaults.train
+
+    def counting(method, *a, **kw):
+        trained.append(method)
+        return real_train(method, *a, **kw)
+
+    monkeypatch.setattr(defaults, "train", counting)
+    kw = dict(seeds=1, quick=True, pairs=["digits"], progress=False, teacher_cache=tmp_path / "teachers")
+    first = defaults.sweep("kd", [{}], **kw)
+    assert trained.count("supervised") == 2  # the teacher and the student alone
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1
+    trained.clear()
+    second = defaults.sweep("kd", [{}], **kw)
+    assert trained.count("supervised") == 1  # the student alone only: the teacher was read back
+    assert first["pairs"]["digits"]["teacher_val"] == second["pairs"]["digits"]["teacher_val"]
+    assert first["pairs"]["digits"]["rows"] == second["pairs"]["digits"]["rows"]
