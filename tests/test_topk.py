@@ -217,3 +217,67 @@ def test_bucket_loss_in_float32_keeps_a_tiny_outside_mass_finite():
     (ref_grad,) = torch.autograd.grad(ref, z64)
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_bucket_masses_with_a_label_column_match_autograd(k, temperature):
+    # the label's log q_y comes from the same pass; its gradient [j = y] - q_j joins the same buffer
+    from joryu.losses.topk import _StudentBucket
+
+    z = logits(12, 40, seed=30).requires_grad_()
+    idx = logits(12, 40, seed=31).topk(k, -1).indices
+    label = torch.randint(0, 40, (12,), generator=torch.Generator().manual_seed(32))
+    label[3] = idx[3, 0]  # a label inside S and (likely) others outside it
+    with torch.no_grad():  # row 0: a tiny outside mass (the re-summed path)
+        z[0] = -100.0
+        z[0].scatter_(-1, idx[0], 100.0)
+    ours = _StudentBucket.apply(z, idx, temperature, label)
+    ref_y = torch.log_softmax(z / temperature, -1).gather(-1, label[:, None])
+    ref = torch.cat([_reference_bucket_log_q(z, idx, temperature), ref_y], -1)
+    if k == 40:  # nothing outside S: log rho is the constant floor
+        ref = torch.cat([ref[:, :k], ours[:, k:k + 1].detach(), ref[:, k + 1:]], -1)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    g = logits(12, k + 2, seed=33)
+    (grad,) = torch.autograd.grad(ours, z, g)
+    (expect,) = torch.autograd.grad(ref, z, g)
+    torch.testing.assert_close(grad, expect, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: _StudentBucket.apply(x, idx, temperature, label), (z,))
+
+
+@pytest.mark.parametrize("divergence,beta", DIVS)
+@pytest.mark.parametrize("tokens", [True, False])
+def test_fused_soft_and_hard_terms_equal_the_two_computed_apart(divergence, beta, tokens):
+    from joryu.losses.imperfect import masked_cross_entropy
+    from joryu.losses.topk import topk_divergence_and_ce
+
+    n, v, k = 36, 50, 6
+    z = logits(n, v, seed=40).float()
+    idx, lp, rest = topk_from_logits(logits(n, v, seed=41).float(), k)
+    target = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(42))
+    if tokens:  # [B, L, V] with ignored positions
+        z, target = z.view(6, 6, v), target.view(6, 6)
+        idx, lp, rest = idx.view(6, 6, k), lp.view(6, 6, k).half(), rest.view(6, 6)
+        target[::2, 3:] = -100
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    soft, hard = topk_divergence_and_ce(z1, idx, lp, rest, target, divergence, beta, soft_positions=tokens)
+    soft_ref = topk_divergence(z2, idx, lp, rest, divergence, "bucket", 1.0, beta,
+                               target=target if tokens else None)
+    hard_ref = masked_cross_entropy(z2, target)
+    torch.testing.assert_close(soft, soft_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hard, hard_ref, rtol=1e-5, atol=1e-6)
+    (g1,) = torch.autograd.grad(0.3 * soft + 0.7 * hard, z1)
+    (g2,) = torch.autograd.grad(0.3 * soft_ref + 0.7 * hard_ref, z2)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_hard_term_is_zero_without_a_labelled_position():
+    from joryu.losses.topk import topk_divergence_and_ce
+
+    z = logits(8, 20, seed=43).float().view(2, 4, 20).requires_grad_()
+    idx, lp, rest = topk_from_logits(logits(8, 20, seed=44).float(), 3)
+    target = torch.full((2, 4), -100)
+    soft, hard = topk_divergence_and_ce(z, idx.view(2, 4, 3), lp.view(2, 4, 3), rest.view(2, 4), target)
+    assert float(hard.detach()) == 0.0 and float(soft.detach()) == 0.0
+    (g,) = torch.autograd.grad(soft + hard, z)
+    assert float(g.abs().max()) == 0.0

@@ -93,16 +93,21 @@ class _StudentBucket(torch.autograd.Function):
     ``_TINY_OUTSIDE`` of its largest term is summed afresh from the outside's own maximum.
     Backward in closed form, :math:`\partial/\partial s_j = [j \in S]\,g_j + [j \notin S]\,
     g_\rho\, e_j / \Sigma_{out} - q_j \sum g` (``s = z / T``), instead of autograd through two
-    log-sum-exps, a scatter and a gather. With k = V, :math:`\log\rho` is the constant ``LOG_FLOOR``."""
+    log-sum-exps, a scatter and a gather. With k = V, :math:`\log\rho` is the constant ``LOG_FLOOR``.
+
+    With ``label`` ``[N]`` (classes, in range) a last column :math:`\log q_y` is added from the same
+    pass, its gradient :math:`[j = y] - q_j` folded into the same buffer: at T = 1 that is the label
+    cross-entropy's log-probability, so KD's hard term costs no second softmax over the vocabulary."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, idx: Tensor, temperature: float) -> Tensor:
+    def forward(ctx, z: Tensor, idx: Tensor, temperature: float, label: Tensor | None = None) -> Tensor:
         m = z.amax(-1, keepdim=True)
         e = z - m  # the one new [N, V] tensor of the forward (s - max s, s = z / T); kept for the backward
         if temperature != 1:
             e.div_(temperature)
             m = m / temperature
         log_q_s = e.gather(-1, idx)  # minus log(total) below
+        log_q_y = None if label is None else e.gather(-1, label.unsqueeze(-1))
         e_s = log_q_s.exp()
         e.exp_()
         full = idx.shape[-1] == z.shape[-1]  # nothing outside S
@@ -122,17 +127,22 @@ class _StudentBucket(torch.autograd.Function):
                 small = (small, torch.nan_to_num((outside - lse_out).exp(), nan=0.0))
             else:
                 small = None
-        log_q_s = log_q_s - total.log()
-        ctx.save_for_backward(e, e_s, total, out, idx)
+        log_total = total.log()
+        log_q_s = log_q_s - log_total
+        ctx.save_for_backward(e, e_s, total, out, idx, label)
         ctx.small, ctx.full, ctx.temperature = small, full, temperature
-        return torch.cat([log_q_s, log_rho], -1)
+        parts = [log_q_s, log_rho] + ([] if label is None else [log_q_y - log_total])
+        return torch.cat(parts, -1)
 
     @staticmethod
     @once_differentiable  # a second derivative (create_graph) is refused, not silently wrong
     def backward(ctx, g: Tensor):
-        e, e_s, total, out, idx = ctx.saved_tensors
-        g_s, g_rho = g[:, :-1], g[:, -1:]
-        g_all = g_s.sum(-1, keepdim=True) if ctx.full else g.sum(-1, keepdim=True)
+        e, e_s, total, out, idx, label = ctx.saved_tensors
+        k = idx.shape[-1]
+        g_s, g_rho = g[:, :k], g[:, k:k + 1]
+        g_all = g.sum(-1, keepdim=True)
+        if ctx.full:  # log rho is a constant there
+            g_all = g_all - g_rho
         per_q = g_all / total  # the -q_j * sum(g) term, as e_j * per_q
         coef = -per_q if ctx.full else g_rho / out - per_q
         grad = e * coef  # e is 0 on S (except at k = V): S is set below
@@ -140,12 +150,30 @@ class _StudentBucket(torch.autograd.Function):
             rows, w = ctx.small
             grad[rows] = g_rho[rows] * w - e[rows] * per_q[rows]
         grad.scatter_(-1, idx, g_s - e_s * per_q)
+        if label is not None:  # d log q_y / d s_j = [j = y] - q_j: the second part is in per_q
+            grad.scatter_add_(-1, label.unsqueeze(-1), g[:, k + 1:])
         if ctx.temperature != 1:
             grad = grad.div_(ctx.temperature)
-        return grad, None, None
+        return grad, None, None, None
 
 
 _TINY_OUTSIDE = 1e-20  # outside sums below this (the largest term being 1) are re-summed exactly
+
+
+def _teacher_bucket(teacher_logprobs: Tensor, rest: Tensor | None, dtype) -> Tensor:
+    """The teacher's k + 1 log-masses of the bucket truncation, ``(log p_S, log r)`` renormalised."""
+    if rest is None:
+        raise ValueError("the bucket truncation needs the teacher's remaining mass (rest)")
+    lp = _fp32(teacher_logprobs.detach()).to(dtype)
+    log_r = rest.detach().to(dtype).clamp_min(0).log().clamp_min(LOG_FLOOR).unsqueeze(-1)
+    log_p = torch.cat([lp, log_r], -1)
+    # 16-bit values make p_S + r miss 1 by ~1e-3: renormalise the k + 1 masses of the teacher
+    return log_p - log_p.logsumexp(-1, keepdim=True)
+
+
+def _student_bucket(masses: Tensor, k: int) -> Tensor:
+    """The student's k + 1 log-masses from ``_StudentBucket``'s columns (``log rho`` floored)."""
+    return torch.cat([masses[:, :k], masses[:, k:k + 1].clamp_min(LOG_FLOOR)], -1)
 
 
 def _log_masses(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor, rest: Tensor | None,
@@ -153,26 +181,15 @@ def _log_masses(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor, r
     """Per-row log-probabilities of the two truncated distributions, ``(log_q, log_p)``."""
     idx = index.long()
     z = _fp32(student_rows)
-    lp = _fp32(teacher_logprobs.detach()).to(z.dtype)
     if truncation == "renormalize":
+        lp = _fp32(teacher_logprobs.detach()).to(z.dtype)
         return F.log_softmax(z.gather(-1, idx) / temperature, dim=-1), F.log_softmax(lp, dim=-1)
-    if rest is None:
-        raise ValueError("the bucket truncation needs the teacher's remaining mass (rest)")
-    masses = _StudentBucket.apply(z, idx, float(temperature))
-    log_q = torch.cat([masses[:, :-1], masses[:, -1:].clamp_min(LOG_FLOOR)], -1)
-    log_r = rest.detach().to(z.dtype).clamp_min(0).log().clamp_min(LOG_FLOOR).unsqueeze(-1)
-    log_p = torch.cat([lp, log_r], -1)
-    # 16-bit values make p_S + r miss 1 by ~1e-3: renormalise the k + 1 masses of the teacher
-    return log_q, log_p - log_p.logsumexp(-1, keepdim=True)
+    log_p = _teacher_bucket(teacher_logprobs, rest, z.dtype)
+    return _student_bucket(_StudentBucket.apply(z, idx, float(temperature)), idx.shape[-1]), log_p
 
 
-def topk_divergence_rows(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor,
-                         rest: Tensor | None = None, divergence: str = "forward_kl",
-                         truncation: str = "bucket", temperature: float = 1.0,
-                         beta: float = 0.5) -> Tensor:
-    """D between the truncated teacher and student per row (no T^2, no mean): ``student_rows``
-    ``[N, V]`` logits, ``index`` ``[N, k]`` integer classes, ``teacher_logprobs`` ``[N, k]`` the
-    teacher's log-probabilities there at temperature T, ``rest`` ``[N]`` its remaining mass."""
+def _check(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor, divergence: str,
+           truncation: str, temperature: float) -> None:
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if truncation not in TRUNCATIONS:
@@ -184,12 +201,32 @@ def topk_divergence_rows(student_rows: Tensor, index: Tensor, teacher_logprobs: 
                          f"do not fit student rows {tuple(student_rows.shape)}")
     if index.shape[-1] > student_rows.shape[-1]:
         raise ShapeError(f"k = {index.shape[-1]} exceeds the student's {student_rows.shape[-1]} classes")
-    log_q, log_p = _log_masses(student_rows, index, teacher_logprobs, rest, truncation, temperature)
+
+
+def _divergence(log_q: Tensor, log_p: Tensor, divergence: str, beta: float) -> Tensor:
     if divergence == "forward_kl":
         return forward_kl_rows(log_q, log_p)
     if divergence == "reverse_kl":
         return reverse_kl_rows(log_q, log_p)
     return jsd_rows(log_q, log_p, beta)
+
+
+def _mean_over(per_row: Tensor, valid: Tensor) -> Tensor:
+    if bool(valid.all()):
+        return per_row.mean()
+    return (per_row * valid).sum() / valid.sum().clamp_min(1)
+
+
+def topk_divergence_rows(student_rows: Tensor, index: Tensor, teacher_logprobs: Tensor,
+                         rest: Tensor | None = None, divergence: str = "forward_kl",
+                         truncation: str = "bucket", temperature: float = 1.0,
+                         beta: float = 0.5) -> Tensor:
+    """D between the truncated teacher and student per row (no T^2, no mean): ``student_rows``
+    ``[N, V]`` logits, ``index`` ``[N, k]`` integer classes, ``teacher_logprobs`` ``[N, k]`` the
+    teacher's log-probabilities there at temperature T, ``rest`` ``[N]`` its remaining mass."""
+    _check(student_rows, index, teacher_logprobs, divergence, truncation, temperature)
+    log_q, log_p = _log_masses(student_rows, index, teacher_logprobs, rest, truncation, temperature)
+    return _divergence(log_q, log_p, divergence, beta)
 
 
 def topk_divergence(student_logits: Tensor, index: Tensor, teacher_logprobs: Tensor,
@@ -206,10 +243,31 @@ def topk_divergence(student_logits: Tensor, index: Tensor, teacher_logprobs: Ten
     per_row = topk_divergence_rows(z, index.reshape(-1, k), teacher_logprobs.reshape(-1, k),
                                    None if rest is None else rest.reshape(-1), divergence, truncation,
                                    temperature, beta)
-    t2 = float(temperature) ** 2
-    if bool(valid.all()):
-        return per_row.mean() * t2
-    return (per_row * valid).sum() / valid.sum().clamp_min(1) * t2
+    return _mean_over(per_row, valid) * float(temperature) ** 2
+
+
+def topk_divergence_and_ce(student_logits: Tensor, index: Tensor, teacher_logprobs: Tensor, rest: Tensor,
+                           target: Tensor, divergence: str = "forward_kl", beta: float = 0.5,
+                           soft_positions: bool = True) -> tuple[Tensor, Tensor]:
+    r"""``(soft, hard)``: KD's two terms at T = 1 with the bucket truncation, from one pass over the
+    student's classes (a language model's step is dominated by such passes over the vocabulary).
+    ``soft`` is ``topk_divergence(..., "bucket", 1.0, target=target)`` (``target=None`` when
+    ``soft_positions`` is False: every row counts, as for a classifier) and ``hard`` is
+    ``joryu.losses.imperfect.masked_cross_entropy(student_logits, target)``: the mean of
+    :math:`-\log q_y` over rows whose target is not -100 (0 with none). Both equal the two
+    computed apart, values and gradients (``tests/test_topk.py``)."""
+    z, flat_target, valid = rows(student_logits, target)
+    k = index.shape[-1]
+    index, teacher_logprobs = index.reshape(-1, k), teacher_logprobs.reshape(-1, k)
+    _check(z, index, teacher_logprobs, divergence, "bucket", 1.0)
+    zf = _fp32(z)
+    label = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
+    masses = _StudentBucket.apply(zf, index.long(), 1.0, label)
+    log_p = _teacher_bucket(teacher_logprobs, rest.reshape(-1), zf.dtype)
+    per_row = _divergence(_student_bucket(masses, k), log_p, divergence, beta)
+    soft = _mean_over(per_row, valid if soft_positions else torch.ones_like(valid))
+    hard = -(masses[:, k + 1] * valid).sum() / valid.sum().clamp_min(1)
+    return soft, hard
 
 
 def binary_kl(a: Tensor, b: Tensor) -> Tensor:
@@ -232,4 +290,4 @@ def jsd_bucket_bound(rest: Tensor, student_rest: Tensor, beta: float = 0.5) -> T
 
 
 __all__ = ["TRUNCATIONS", "binary_kl", "forward_kl_bucket_bound", "jsd_bucket_bound", "retemper",
-           "topk_divergence", "topk_divergence_rows", "topk_from_logits"]
+           "topk_divergence", "topk_divergence_and_ce", "topk_divergence_rows", "topk_from_logits"]

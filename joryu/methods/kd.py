@@ -41,7 +41,7 @@ from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import kd_loss, masked_cross_entropy
 from joryu.losses.lm import token_divergence
-from joryu.losses.topk import retemper, topk_divergence
+from joryu.losses.topk import retemper, topk_divergence, topk_divergence_and_ce
 from joryu.methods.base import Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import Teacher, prepare_for
@@ -63,15 +63,16 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
     return mix_hard_term(soft, logits, target, alpha)
 
 
-def mix_hard_term(soft, logits, target, alpha: float, per_position: bool = False) -> dict:
+def mix_hard_term(soft, logits, target, alpha: float, per_position: bool = False, hard=None) -> dict:
     """``{"kd": soft, "ce": hard, "loss": alpha * soft + (1 - alpha) * hard}`` (no ce at alpha = 1).
     ``per_position``: ``logits`` are rows of positions (``[N, C]``), the target -100 where one
-    does not count."""
+    does not count. ``hard``: the label cross-entropy when the caller has it already."""
     out = {"kd": soft}
     loss = alpha * soft
     if alpha < 1:
-        hard = (masked_cross_entropy(logits, target) if per_position or logits.dim() > 2
-                else F.cross_entropy(logits, target))
+        if hard is None:
+            hard = (masked_cross_entropy(logits, target) if per_position or logits.dim() > 2
+                    else F.cross_entropy(logits, target))
         loss = loss + (1 - alpha) * hard
         out["ce"] = hard
     out["loss"] = loss
@@ -123,9 +124,14 @@ class StoreKDDistiller(Distiller):
             k = indices.shape[-1]
             logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
             indices, logprobs, rest = indices.reshape(-1, k), logprobs.reshape(-1, k), rest.reshape(-1)
+        per_position = tokens or logits.dim() > 2
+        if self.truncation == "bucket" and self.temperature == 1 and self.alpha < 1:
+            # both terms from one pass over the classes (the label CE is at T = 1 too)
+            soft, hard = topk_divergence_and_ce(logits, indices, logprobs, rest, target, self.divergence,
+                                                self.beta, soft_positions=per_position)
+            return mix_hard_term(soft, logits, target, self.alpha, hard=hard)
         soft = topk_divergence(logits, indices, logprobs, rest, self.divergence, self.truncation,
-                               self.temperature, self.beta,
-                               target=target if tokens or logits.dim() > 2 else None)
+                               self.temperature, self.beta, target=target if per_position else None)
         return mix_hard_term(soft, logits, target, self.alpha, per_position=tokens)
 
 
