@@ -77,3 +77,24 @@ def test_joryu_methods_marks_a_method_whose_defaults_hurt(monkeypatch, capsys):
     monkeypatch.setattr(cls, "defaults_evidence", DefaultsEvidence(False, "r.", "results/x.md"))
     methods_cmd.run(type("A", (), {"name": None})())
     assert "[defaults hurt" not in next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("kd "))
+
+
+def test_a_method_that_ran_on_no_pair_chooses_nothing_and_lists_why():
+    res = _result([])
+    res["grid"] = [{}]
+    res["refused"] = {"a": {"{}": "needs two feature maps"}, "b": {"{}": "no dropout module"}}
+    from joryu.reproduce.defaults import choose
+
+    assert choose(res) == (None, {})
+    assert not hurts_on_average(res)
+    md = markdown(res, "cmd")
+    assert "Chosen: nothing" in md
+    assert "- Not run on a (current defaults): needs two feature maps" in md
+
+
+def test_a_method_that_cannot_be_built_from_its_defaults_is_reported_not_raised():
+    from joryu.reproduce.defaults import sweep
+
+    res = sweep("progressive_blockwise", [{}], seeds=1, quick=True, progress=False)
+    assert "blocks" in res["unbuilt"] and res["pairs"] == {}
+    assert "cannot be built from its defaults" in markdown(res, "cmd")
