@@ -109,3 +109,16 @@ def test_method_runs_two_stages_and_retrains_from_the_initial_weights(tiny_data)
 def test_quick_reproduction_reports_its_claims(tmp_path):
     md = run_reproduction("data_distillation", quick=True, out_dir=tmp_path, progress=False)
     assert md.read_text().count("- **") >= 2
+
+
+@pytest.mark.parametrize("budget,steps", [("epochs", 2), ("updates", 2 * 6)])
+def test_stage_one_budget_is_the_runs_epochs_over_the_labelled_part_or_the_runs_updates(tiny_data, budget, steps):
+    # 240 samples, 30 labelled, batch 40: two epochs over A are 2 updates; the run's own budget
+    # over the whole data is 2 x ceil(240 / 40) = 12, which "updates" gives stage 1 (and its baseline)
+    m = get_method("data_distillation", {"labeled_per_class": 10, "shifts": 0, "supervised_budget": budget})
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    _, res = run_stages(m, student=student, teacher=None, train=tiny_data, val=None,
+                        train_cfg=TrainConfig(epochs=2, batch_size=40), run_dir=None, seed=0, augment=None,
+                        progress=False)
+    assert res["supervised"].history[-1]["step"] == steps

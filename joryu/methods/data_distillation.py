@@ -34,6 +34,7 @@ Deviations and best guesses:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +74,31 @@ def labeled_split(data: TensorData, seed: int, per_class: int | None, fraction: 
     mask = torch.ones(len(data), dtype=torch.bool)
     mask[lab] = False
     return lab, torch.nonzero(mask).flatten()
+
+
+def run_updates(cfg, num_samples: int) -> int:
+    """The optimizer updates a run with ``cfg`` makes over ``num_samples`` samples (its ``max_steps``
+    when given), as the engine plans them: ceil(samples / batch) batches, ``grad_accum`` per update."""
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    batches = math.ceil(num_samples / cfg.batch_size)
+    if cfg.steps_per_epoch is not None:
+        batches = min(batches, cfg.steps_per_epoch)
+    return max(1, cfg.epochs) * math.ceil(batches / cfg.grad_accum)
+
+
+def supervised_train(p, ctx) -> dict:
+    """Stage 1's training overrides: ``supervised_epochs`` and ``supervised_batch_size`` when given;
+    else with ``supervised_budget: updates`` the run's update count over the whole training data
+    (``max_steps``), so a labelled part of 10% is not trained for a tenth of the run."""
+    t = {}
+    if p.supervised_batch_size is not None:
+        t["batch_size"] = p.supervised_batch_size
+    if p.supervised_epochs is not None:
+        t["epochs"] = p.supervised_epochs
+    elif p.supervised_budget == "updates":
+        t["max_steps"] = run_updates(ctx.train_cfg, len(ctx.train_data))
+    return t
 
 
 def transforms_for(shape, shifts: int, step: int, flip: bool, scales) -> list:
@@ -165,7 +191,11 @@ class DataDistillationParams(Params):
     scales: list[float] = Field(default_factory=list, description="zoom factors to add (images)")
     keep_fraction: float = Field(0.8, gt=0, le=1, description="target share of unlabelled samples kept")
     real_fraction: float = Field(0.6, gt=0, lt=1, description="share of real (labelled) samples per batch")
-    supervised_epochs: int | None = Field(None, ge=1, description="epochs of stage 1 (default: the run's)")
+    supervised_epochs: int | None = Field(None, ge=1, description="epochs of stage 1 (default: see supervised_budget)")
+    supervised_budget: Literal["epochs", "updates"] = Field(
+        "epochs", description="without supervised_epochs, stage 1 trains the run's epochs over the labelled part "
+                              "(epochs) or makes as many updates as the run makes over the whole training data "
+                              "(updates: a small labelled part then still gets a full training)")
     supervised_batch_size: int | None = Field(None, ge=1, description="batch size of stage 1 (default: the run's)")
     teacher: Literal["train", "given"] = Field("train", description="train stage 1 on A, or label B with the given teacher")
 
@@ -233,12 +263,7 @@ class DataDistillation(Method):
 
         stages = []
         if p.teacher == "train":
-            sup_train = {}
-            if p.supervised_epochs is not None:
-                sup_train["epochs"] = p.supervised_epochs
-            if p.supervised_batch_size is not None:
-                sup_train["batch_size"] = p.supervised_batch_size
-            stages.append(Stage("supervised", build_supervised, train=sup_train,
+            stages.append(Stage("supervised", build_supervised, train=lambda ctx: supervised_train(p, ctx),
                                 data=lambda ctx: ctx.state.labeled, after=after_supervised))
         stages.append(Stage("retrain", build_retrain, train=retrain_train, data=retrain_data))
         return stages
@@ -253,8 +278,6 @@ class DataDistillation(Method):
             if b.ctx.state.supervised_model is not None:
                 return b.ctx.state.supervised_model
             labeled = b.ctx.state.labeled
-            t = {k: v for k, v in (("epochs", p.supervised_epochs), ("batch_size", p.supervised_batch_size))
-                 if v is not None}
-            return b.train(b.fresh_student(), data=labeled, train=t)
+            return b.train(b.fresh_student(), data=labeled, train=supervised_train(p, b.ctx))
 
         return [Baseline("student alone (labelled part only)", labelled_only, folder="baseline")]
