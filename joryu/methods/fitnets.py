@@ -75,7 +75,7 @@ from joryu.methods._features import (
     run_until,
     tapped_teacher,
 )
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import DefaultsEvidence, Method, Params, Stage, register_method
 from joryu.outputs import attention_mask_of, forward
 from joryu.taps import Taps, resolve
 from joryu.teachers import prepare_for
@@ -281,6 +281,14 @@ class FitNetsParams(Params):
 @register_method("fitnets", paper="Romero et al. 2015, FitNets: Hints for Thin Deep Nets (arXiv:1412.6550)")
 class FitNets(Method):
     Params = FitNetsParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, source="results/defaults/fitnets.md",
+        regime="Mean gain over the student alone +0.98 points across the four pairs it ran on (3 seeds, "
+               "interval -1.02 .. +2.98): +4.11 on MNIST-1D, where the teacher is far ahead of the student "
+               "alone, and level elsewhere (digits -0.39, MNIST-5000 +0.04, mnist100 +0.15). Part of any gain "
+               "is budget: the hint stage trains the student's lower layers for as many epochs again. On "
+               "resnet8 -> lenet5 the default hint and guided layers do not fit (the guided map is smaller "
+               "than the hint): name the layers for such a pair.")
 
     def stages(self):
         p = self.params

@@ -68,7 +68,7 @@ from torch import Tensor
 
 from joryu.distiller import Distiller
 from joryu.losses import gd_targets, generalized_distillation_loss
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import DefaultsEvidence, Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import Teacher, prepare_for
 
@@ -108,6 +108,13 @@ class GeneralizedDistillationParams(Params):
                        "Distillation, IJCAI (GD form of Lopez-Paz et al., arXiv:1511.03643)")
 class GeneralizedDistillation(Method):
     Params = GeneralizedDistillationParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, source="results/defaults/generalized_distillation.md",
+        regime="Mean gain over the student alone +0.30 points across five pairs (3 seeds, interval -0.30 .. "
+               "+0.90), with the teacher seeing the same input as the student (no privileged field): +1.25 on "
+               "MNIST-1D (interval +0.58 .. +1.92) and +0.54 with the lenet5 student, level on the other three "
+               "(-0.13, -0.04, -0.12). Expect a small gain where the teacher is well ahead of the student "
+               "alone; the method's own regime, a teacher with privileged inputs, is its reproduction's.")
 
     def stages(self):
         p = self.params

@@ -43,7 +43,7 @@ from joryu.losses import kd_loss, masked_cross_entropy
 from joryu.losses.kd import kd_with_labels
 from joryu.losses.lm import token_divergence
 from joryu.losses.topk import retemper, topk_divergence, topk_divergence_and_ce
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import DefaultsEvidence, Method, Params, Stage, register_method
 from joryu.outputs import forward
 from joryu.teachers import Teacher, prepare_for
 from joryu.teachers.store import TopKStore
@@ -184,6 +184,14 @@ class KDParams(Params):
 @register_method("kd", paper="Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)")
 class KD(Method):
     Params = KDParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, source="results/defaults/kd.md",
+        regime="Mean gain over the student alone +0.33 points across five pairs (3 seeds, interval -0.98 .. "
+               "+1.63), all of it from the one pair where the teacher is far ahead of the student alone "
+               "(MNIST-1D: teacher 95.5, student alone 55.5, KD +4.26); where the student alone is within 1.5 "
+               "to 5 points of its teacher KD is level or slightly below it (digits -1.42, MNIST-5000 -0.25, "
+               "lenet5 -0.17, mnist100 convnet -0.80; every interval contains zero). Expect a gain when the "
+               "teacher is much better than the student trained alone, not otherwise.")
     per_position_ok = True
 
     def stages(self):
