@@ -40,7 +40,6 @@ from pydantic import Field, model_validator
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import kd_loss, masked_cross_entropy
-from joryu.losses.kd import kd_with_labels
 from joryu.losses.lm import token_divergence
 from joryu.losses.topk import retemper, topk_divergence, topk_divergence_and_ce
 from joryu.methods.base import DefaultsEvidence, Method, Params, Stage, register_method
@@ -55,12 +54,7 @@ def kd_objective(logits, teacher_logits, target, temperature: float, alpha: floa
 
     Per-position logits (tokens, pixels) are distilled and scored only where the target is not
     -100 (padding, prompt tokens); ``divergence`` swaps the KL for reverse KL or JSD(beta)
-    (``joryu.losses.lm``). For a classifier (``[B, C]`` logits, integer labels) with the forward KL
-    the whole mix is one autograd node (``joryu.losses.kd.kd_with_labels``, the same values and
-    gradients): there only ``loss`` carries gradients, ``kd`` and ``ce`` are logged."""
-    if (logits.dim() == 2 and divergence == "forward_kl" and logits.shape == teacher_logits.shape
-            and target.dim() == 1 and not target.is_floating_point()):
-        return kd_with_labels(logits, teacher_logits, target, temperature, alpha)
+    (``joryu.losses.lm``)."""
     if logits.dim() > 2 or divergence != "forward_kl":
         mask_by = target if logits.dim() > 2 else None
         soft = token_divergence(logits, teacher_logits, divergence, temperature, beta, target=mask_by)
