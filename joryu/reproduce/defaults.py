@@ -59,6 +59,7 @@ import hashlib
 import itertools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -422,7 +423,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res = sweep(a.method, grid, a.seeds, a.quick, json.loads(a.fixed), json.loads(a.fields), pairs,
                 cache=out / ALONE_CACHE, teacher_cache=Path(a.teacher_cache) if a.teacher_cache else None, pair_params=pair_params)
-    command = "python -m joryu.reproduce.defaults " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m joryu.reproduce.defaults " + shlex.join(sys.argv[1:] if argv is None else argv)
     md = markdown(res, command)
     atomic_write_text(out / f"{a.method}.md", md)
     res["chosen"], res["gains"] = choose(res)
