@@ -98,3 +98,43 @@ def test_a_method_that_cannot_be_built_from_its_defaults_is_reported_not_raised(
     res = sweep("progressive_blockwise", [{}], seeds=1, quick=True, progress=False)
     assert "blocks" in res["unbuilt"] and res["pairs"] == {}
     assert "cannot be built from its defaults" in markdown(res, "cmd")
+
+
+def test_pair_params_reach_the_method_on_their_pair_and_are_written_out(monkeypatch):
+    from joryu.reproduce import defaults
+
+    seen = []
+
+    def untrained(method, net, data, cfg, seed, teacher=None, params=None, augment=None):  # no training here
+        seen.append((method, params))
+        return net
+
+    monkeypatch.setattr(defaults, "train", untrained)
+    points = {"student_points": ["features.1", "features.2"], "teacher_points": ["features.1", "features.3"]}
+    res = defaults.sweep("svd_kd", [{}, {"k": 2}], seeds=1, quick=True, fixed={"weight": 0.5}, pairs=["digits"],
+                         progress=False, pair_params={"digits": points, "mnist1d": {"student_points": ["x"]}})
+    assert [p for m, p in seen if m == "svd_kd"] == [{"weight": 0.5, **points}, {"weight": 0.5, **points, "k": 2}]
+    assert res["pair_params"]["digits"] == points and "digits" in res["pairs"]
+    md = defaults.markdown(res, "cmd")
+    assert f"Fixed parameters on digits (--pair-params, merged into every point on that pair): " \
+           f"{json.dumps(points, sort_keys=True)}." in md
+
+
+def test_a_pair_without_the_parameters_it_needs_is_listed_not_run_with_the_reason():
+    from joryu.reproduce.defaults import sweep
+
+    res = sweep("progressive_blockwise", [{}], seeds=1, quick=True, pairs=["digits"], progress=False,
+                pair_params={"mnist5k_cnn": {"blocks": ["layer1"]}})
+    assert "unbuilt" not in res and res["pairs"] == {}
+    assert "blocks" in res["refused"]["digits"]["{}"]
+    assert "- Not run on digits (current defaults): " in markdown(res, "cmd")
+
+
+def test_pair_params_naming_an_unknown_pair_or_not_an_object_are_refused():
+    from joryu.reproduce.defaults import parse_pair_params
+
+    assert parse_pair_params('{"mnist100": {"blocks": ["layer1"]}}') == {"mnist100": {"blocks": ["layer1"]}}
+    with pytest.raises(SystemExit, match="unknown pair 'cifar'"):
+        parse_pair_params('{"cifar": {}}')
+    with pytest.raises(SystemExit, match="expected"):
+        parse_pair_params('{"digits": ["layer1"]}')

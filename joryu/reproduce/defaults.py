@@ -38,6 +38,14 @@ sweeps: it is the same run (same seed, initialisation, data order and settings),
 A method that cannot run on a pair is listed with its one-line reason, and the means are over
 the pairs it ran on.
 
+``--pair-params JSON`` (``sweep(pair_params=...)``) maps a pair's name to method parameters merged
+into every grid point on that pair: the structural settings a method cannot default across
+architectures (module paths of sensing points, sections or blocks). They are written into the
+result JSON and, per pair, into the markdown's "Fixed parameters" lines, so the file says what
+ran; the rule above is unchanged, and the student alone's cache key does not include them (the
+student alone does not depend on method parameters). A pair whose parameters still do not build
+the method is listed as not run, with the reason.
+
 ``--teacher-cache DIR`` keeps each pair's seed-0 teacher (keyed by pair, data fields and quick)
 between methods' sweeps, written atomically; a later sweep loads the same network instead of
 training it again. Without it every sweep trains its teachers.
@@ -51,6 +59,7 @@ import hashlib
 import itertools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -137,6 +146,26 @@ def parse_grid(sets: list[str]) -> list[dict]:
     return [{}] + [p for p in points if p]
 
 
+def point_params(fixed: dict | None, pair_params: dict | None, pair: str, point: dict) -> dict:
+    """The method parameters of one grid point on one pair: the fixed ones, then the pair's
+    structural ones (``--pair-params``), then the point's own axes (a point naming a key wins)."""
+    return {**(fixed or {}), **((pair_params or {}).get(pair) or {}), **point}
+
+
+def parse_pair_params(text: str) -> dict[str, dict]:
+    """``--pair-params`` JSON: an object of pair name -> an object of method parameters."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--pair-params: not JSON: {e}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise SystemExit('--pair-params: expected {"pair": {"param": value, ...}, ...}')
+    unknown = sorted(set(value) - set(PAIRS))
+    if unknown:
+        raise SystemExit(f"--pair-params: unknown pair {unknown[0]!r}; known: {', '.join(PAIRS)}")
+    return value
+
+
 def _alone_key(pair: str, seed: int, fields: dict | None, quick: bool) -> str:
     return json.dumps({"pair": pair, "seed": seed, "fields": fields or {}, "quick": quick}, sort_keys=True)
 
@@ -162,30 +191,41 @@ def _teacher(p: dict, shape, classes, tr, augment, folder: Path | None, key: str
 
 def sweep(method: str, grid: list[dict], seeds: int = 3, quick: bool = False, fixed: dict | None = None,
           fields: dict | None = None, pairs: list[str] | None = None, progress: bool = True,
-          cache: Path | None = None, teacher_cache: Path | None = None) -> dict:
+          cache: Path | None = None, teacher_cache: Path | None = None, pair_params: dict | None = None) -> dict:
     """Validation accuracy of the student alone and with ``method`` at each grid point, per pair and
     seed. ``cache``: a JSON file of the student alone's accuracies, read and extended.
     ``teacher_cache``: a folder keeping each pair's trained teacher (seed 0, keyed by pair, data
-    fields and quick), so later methods' sweeps load the same teacher instead of training it again."""
-    out = {"method": method, "fixed": fixed or {}, "fields": fields or {}, "grid": grid, "seeds": seeds,
-           "pairs": {}, "refused": {}}
-    try:
-        needs_teacher = getattr(get_method(method, fixed or {}), "needs_teacher", True)
-    except JoryuError as e:  # e.g. a parameter without a default: no pair can run it as given
-        out["unbuilt"] = one_line(e)
-        if progress:
-            print(f"{method}: not run on any pair: {out['unbuilt']}", file=sys.stderr)
-        return out
+    fields and quick), so later methods' sweeps load the same teacher instead of training it again.
+    ``pair_params``: pair name -> method parameters merged into every point on that pair
+    (:func:`point_params`)."""
+    out = {"method": method, "fixed": fixed or {}, "pair_params": pair_params or {}, "fields": fields or {},
+           "grid": grid, "seeds": seeds, "pairs": {}, "refused": {}}
+    if not pair_params:
+        try:
+            get_method(method, fixed or {})
+        except JoryuError as e:  # e.g. a parameter without a default: no pair can run it as given
+            out["unbuilt"] = one_line(e)
+            if progress:
+                print(f"{method}: not run on any pair: {out['unbuilt']}", file=sys.stderr)
+            return out
     known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     for pname, p in _pairs(quick).items():
         if pairs and pname not in pairs:
+            continue
+        keys = [json.dumps(g, sort_keys=True) for g in grid]
+        try:  # the pair's own parameters may be what makes the method buildable
+            needs_teacher = getattr(get_method(method, point_params(fixed, pair_params, pname, {})),
+                                    "needs_teacher", True)
+        except JoryuError as e:
+            out["refused"][pname] = {key: one_line(e) for key in keys}
+            if progress:
+                print(f"[{pname}] {method}: not run: {one_line(e)}", file=sys.stderr)
             continue
         bundle, tr, va = p["data"]()
         if fields:
             tr = apply_fields(tr, fields, bundle.num_classes)
         shape, classes = bundle.input_shape, bundle.num_classes
         augment = bundle.augment if p.get("augment") else None
-        keys = [json.dumps(g, sort_keys=True) for g in grid]
         rows = {"alone": [], **{k: [] for k in keys}}
         seconds = {"alone": [], **{k: [] for k in keys}}
         refused: dict[str, str] = {}
@@ -217,7 +257,7 @@ def sweep(method: str, grid: list[dict], seeds: int = 3, quick: bool = False, fi
                 t0 = time.time()
                 try:
                     s = train(method, copy.deepcopy(init), tr, p["cfg"], seed, teacher=teacher,
-                              params={**(fixed or {}), **g}, augment=augment)
+                              params=point_params(fixed, pair_params, pname, g), augment=augment)
                 except (JoryuError, ValueError, RuntimeError) as e:  # cannot run on this pair: listed
                     refused[key] = one_line(e) if isinstance(e, JoryuError) else f"{type(e).__name__}: {e}"
                     if progress:
@@ -302,7 +342,10 @@ def markdown(result: dict, command: str) -> str:
     n = result.get("seeds") or min(len(p["rows"]["alone"]) for p in result["pairs"].values())
     lines = [f"# Defaults check: {result['method']}", "",
              f"Generated by `{command}`. Validation accuracy (%), {n} paired seeds; no test split is read.",
-             f"Fixed parameters: {result['fixed'] or 'none'}; data fields: {result['fields'] or 'none'}.", "",
+             f"Fixed parameters: {result['fixed'] or 'none'}; data fields: {result['fields'] or 'none'}.",
+             *[f"Fixed parameters on {pname} (--pair-params, merged into every point on that pair): "
+               f"{json.dumps(params, sort_keys=True)}." for pname, params in result.get("pair_params", {}).items()],
+             "",
              f"Rule (stated before the sweep, in `joryu/reproduce/defaults.py`): the grid point with the highest "
              f"mean gain over the student alone across the pairs; the current default stays unless another beats "
              f"it by more than {KEEP_MARGIN} points.", "",
@@ -363,6 +406,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="", help=f"comma-separated subset of {','.join(PAIRS)}")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="results/defaults")
+    ap.add_argument("--pair-params", default="{}",
+                    help="JSON of pair name -> method parameters merged into every point on that pair")
     ap.add_argument("--teacher-cache", default="", help="a folder keeping each pair's trained teacher between sweeps")
     a = ap.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -373,11 +418,12 @@ def main(argv=None) -> int:
     unknown = sorted(set(pairs or []) - set(PAIRS))
     if unknown:
         raise SystemExit(f"--pairs: unknown pair {unknown[0]!r}; known: {', '.join(PAIRS)}")
+    pair_params = parse_pair_params(a.pair_params)
     out = Path(a.out) / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     res = sweep(a.method, grid, a.seeds, a.quick, json.loads(a.fixed), json.loads(a.fields), pairs,
-                cache=out / ALONE_CACHE, teacher_cache=Path(a.teacher_cache) if a.teacher_cache else None)
-    command = "python -m joryu.reproduce.defaults " + " ".join(sys.argv[1:] if argv is None else argv)
+                cache=out / ALONE_CACHE, teacher_cache=Path(a.teacher_cache) if a.teacher_cache else None, pair_params=pair_params)
+    command = "python -m joryu.reproduce.defaults " + shlex.join(sys.argv[1:] if argv is None else argv)
     md = markdown(res, command)
     atomic_write_text(out / f"{a.method}.md", md)
     res["chosen"], res["gains"] = choose(res)
