@@ -60,6 +60,7 @@ def test_a_declared_mark_matches_its_sweep_file(name):
     data = json.loads((ROOT / ev.source).with_suffix(".json").read_text())
     assert data["method"] == name
     assert ev.hurts == data["hurts_on_average"], f"{name}: the mark disagrees with {ev.source}"
+    assert ev.ran == (data["chosen"] is not None), f"{name}: 'ran' disagrees with {ev.source}"
     assert ev.regime.strip()
 
 
@@ -77,6 +78,13 @@ def test_joryu_methods_marks_a_method_whose_defaults_hurt(monkeypatch, capsys):
     monkeypatch.setattr(cls, "defaults_evidence", DefaultsEvidence(False, "r.", "results/x.md"))
     methods_cmd.run(type("A", (), {"name": None})())
     assert "[defaults hurt" not in next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("kd "))
+    monkeypatch.setattr(cls, "defaults_evidence", DefaultsEvidence(False, "needs X.", "results/x.md", ran=False))
+    methods_cmd.run(type("A", (), {"name": None})())
+    kd = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("kd "))
+    assert "[defaults not checked: runs on none of the check's pairs]" in kd
+    method_schema("kd")
+    assert "defaults check: defaults not checked: runs on none of the check's pairs (results/x.md). needs X." \
+        in capsys.readouterr().out
 
 
 def test_a_method_that_ran_on_no_pair_chooses_nothing_and_lists_why():

@@ -113,14 +113,19 @@ class DefaultsEvidence:
 
     ``hurts``: the best defaults found still have a negative mean gain over the student alone
     across the check's pairs (the sweep file's ``hurts_on_average``); ``regime``: where the method
-    helps and what to expect elsewhere, in a sentence or two; ``source``: the sweep file."""
+    helps and what to expect elsewhere, in a sentence or two; ``source``: the sweep file;
+    ``ran``: False when the method could run on none of the check's pairs (the sweep file chose
+    nothing), so its defaults are unchecked there and ``regime`` says what pair it needs."""
 
     hurts: bool
     regime: str
     source: str
+    ran: bool = True
 
     @property
     def mark(self) -> str:
+        if not self.ran:
+            return "defaults not checked: runs on none of the check's pairs"
         return "defaults hurt on average" if self.hurts else ""
 
 

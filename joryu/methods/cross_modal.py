@@ -44,7 +44,7 @@ from joryu.methods._features import (
     sample_input,
     tapped_teacher,
 )
-from joryu.methods.base import Baseline, Method, Params, Stage, register_method
+from joryu.methods.base import Baseline, DefaultsEvidence, Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.taps import Taps, resolve
 
@@ -141,6 +141,11 @@ class CrossModalParams(Params):
                  paper="Gupta, Hoffman & Malik 2016, Cross Modal Distillation for Supervision Transfer, CVPR")
 class CrossModal(Method):
     Params = CrossModalParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, ran=False, source="results/defaults/cross_modal.md",
+        regime='Not checked: the method transfers from a teacher on one modality to a student on a second, '
+               "paired modality (the data's input_b); none of the check's pairs has one. See its "
+               'reproduction (results/cross_modal.md) for a paired-modality task.')
 
     def stages(self):
         p = self.params

@@ -40,7 +40,7 @@ from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import fsp_loss, fsp_matrix
 from joryu.methods._features import tapped_teacher
-from joryu.methods.base import Method, Params, Stage, register_method
+from joryu.methods.base import DefaultsEvidence, Method, Params, Stage, register_method
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.taps import Taps
@@ -101,6 +101,12 @@ class FSPParams(Params):
 @register_method("fsp", paper="Yim et al. 2017, A Gift from Knowledge Distillation (FSP), CVPR")
 class FSP(Method):
     Params = FSPParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, ran=False, source="results/defaults/fsp.md",
+        regime='Not checked: FSP needs 2-D feature maps (the MLP pairs have none) and sections whose channel '
+               "counts match between teacher and student (the CNN pairs' students have 6/16 and 8/16 "
+               "channels against the teacher's 16/32). It needs a student that shares the teacher's stage "
+               'widths, as in its reproduction (results/fsp.md).')
 
     def stages(self):
         p = self.params
