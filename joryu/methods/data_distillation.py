@@ -5,8 +5,8 @@ Four steps (Sec. 3 of the paper), here as two engine stages:
 
 1. ``supervised``: train a model on the labelled set A (cross-entropy).
 2. Run that one model on several transforms of each unlabelled input of B (the paper: flips and
-   scales; here by default shifts) and ensemble the predictions in the original frame
-   (``joryu.teachers.TransformEnsembleTeacher``): p̄(y|x) = 1/|T| Σ_t softmax(f(t(x))).
+   scales; here shifts, flip and scales, all off by default: see the docs page) and ensemble the
+   predictions in the original frame (``joryu.teachers.TransformEnsembleTeacher``): p̄(y|x) = 1/|T| Σ_t softmax(f(t(x))).
 3. Make hard labels ŷ = argmax p̄ and keep the confident ones: the threshold on max p̄ is set so
    that a target fraction of B is kept (``confident_pseudo_labels``).
 4. ``retrain``: train a *fresh* model of the same architecture on A ∪ B̂ with cross-entropy, each
@@ -46,7 +46,15 @@ from joryu.data import TensorData, TensorLoader
 from joryu.distiller import Distiller
 from joryu.errors import ConfigError
 from joryu.losses import confident_pseudo_labels, mix_counts
-from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
+from joryu.methods.base import (
+    Baseline,
+    DefaultsEvidence,
+    Method,
+    Params,
+    Stage,
+    StageContext,
+    register_method,
+)
 from joryu.methods.supervised import SupervisedDistiller
 from joryu.outputs import forward
 from joryu.teachers import (
@@ -185,7 +193,8 @@ class DataDistillationState:
 class DataDistillationParams(Params):
     labeled_fraction: float = Field(0.1, gt=0, le=1, description="share of each class labelled (without a 'labeled' key)")
     labeled_per_class: int | None = Field(None, ge=1, description="labelled samples per class (overrides the fraction)")
-    shifts: int = Field(2, ge=0, description="largest shift of the transform grid (0: no shifts)")
+    shifts: int = Field(0, ge=0, description="largest shift of the transform grid (0: no shifts; the paper's "
+                                            "ensemble needs transforms: e.g. 2 on 28x28 images)")
     shift_step: int = Field(2, ge=1, description="step of the shift grid")
     flip: bool = Field(False, description="add a horizontal flip")
     scales: list[float] = Field(default_factory=list, description="zoom factors to add (images)")
@@ -193,7 +202,7 @@ class DataDistillationParams(Params):
     real_fraction: float = Field(0.6, gt=0, lt=1, description="share of real (labelled) samples per batch")
     supervised_epochs: int | None = Field(None, ge=1, description="epochs of stage 1 (default: see supervised_budget)")
     supervised_budget: Literal["epochs", "updates"] = Field(
-        "epochs", description="without supervised_epochs, stage 1 trains the run's epochs over the labelled part "
+        "updates", description="without supervised_epochs, stage 1 trains the run's epochs over the labelled part "
                               "(epochs) or makes as many updates as the run makes over the whole training data "
                               "(updates: a small labelled part then still gets a full training)")
     supervised_batch_size: int | None = Field(None, ge=1, description="batch size of stage 1 (default: the run's)")
@@ -204,6 +213,14 @@ class DataDistillationParams(Params):
                  paper="Radosavovic et al. 2018, Data Distillation: Towards Omni-Supervised Learning (arXiv:1712.04440)")
 class DataDistillation(Method):
     Params = DataDistillationParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=False, source="results/defaults/data_distillation.md",
+        regime="In its regime, 10 labels per class and the rest unlabelled, the chosen defaults (no "
+               "transforms, stage 1 with the run's update count) gain +3.20 points over the student "
+               "trained on the labelled rows (3 seeds, interval +2.38 .. +4.03; mnist100 +12.22, digits "
+               "+5.02, lenet5 -1.38). With every label known it still hides 90% of them by default "
+               "(labeled_fraction): expect it to lose to the student trained on all labels "
+               "(results/defaults/full-labels/).")
 
     @property
     def needs_teacher(self) -> bool:  # teacher: given pseudo-labels with the run's teacher
