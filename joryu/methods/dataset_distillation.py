@@ -63,7 +63,7 @@ from joryu.losses.dataset_distillation import (
     softplus_inverse,
     unrolled_sgd_state,
 )
-from joryu.methods.base import Baseline, Method, Params, Stage, StageContext, register_method
+from joryu.methods.base import Baseline, DefaultsEvidence, Method, Params, Stage, StageContext, register_method
 
 
 def reinit(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None) -> nn.Module:
@@ -209,6 +209,13 @@ class DatasetDistillationParams(Params):
 @register_method("dataset_distillation", paper="Wang, Zhu, Torralba & Efros 2018, Dataset Distillation (arXiv:1811.10959)")
 class DatasetDistillation(Method):
     Params = DatasetDistillationParams
+    defaults_evidence = DefaultsEvidence(
+        hurts=True, source="results/defaults/dataset_distillation.md",
+        regime="A student trained on the distilled images (100 at the defaults: 10 steps of one image per "
+               "class) is 46.84 points below the student trained on the whole training set, across the four "
+               "pairs it was run on (3 seeds, interval -50.14 .. -43.53). The method compresses a dataset into "
+               "a few images, it does not make a better student: compare it with as many real images (its "
+               "reproduction, where 100 distilled images beat 100 random real ones).")
     needs_teacher = False
 
     def new_state(self, ctx: StageContext) -> DatasetDistillationState:
