@@ -63,7 +63,15 @@ from joryu.losses.dataset_distillation import (
     softplus_inverse,
     unrolled_sgd_state,
 )
-from joryu.methods.base import Baseline, DefaultsEvidence, Method, Params, Stage, StageContext, register_method
+from joryu.methods.base import (
+    Baseline,
+    DefaultsEvidence,
+    Method,
+    Params,
+    Stage,
+    StageContext,
+    register_method,
+)
 
 
 def reinit(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None) -> nn.Module:
