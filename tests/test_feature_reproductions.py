@@ -32,7 +32,7 @@ def test_methods_are_listed_as_implemented(capsys):
 # the mnist100 variants (issue 22): their smoke runs judge every claim (none refused: the compared arms take the
 # same student optimizer updates) and report on the 5000-number test split
 MNIST100 = {"svd_kd_mnist100": 2, "progressive_blockwise_mnist100": 2, "fitnets_mnist100": 2,
-            "noisy_label_distillation_mnist100": 4, "knowledge_concentration_mnist100": 3}
+            "noisy_label_distillation_mnist100": 4}
 
 
 @pytest.mark.parametrize("name", sorted(MNIST100))

@@ -175,9 +175,10 @@ def test_mnist100_reproduction_concentrates_tens_digit_specialists():
     assert len(specialists.specialists) == 10
     study.shared = lambda quick: shared
     rep = run_study(study, [0], quick=True)
-    assert [c.verdict for c in rep.claims] == ["not reproduced"]  # one seed never reproduces
+    assert [c.verdict for c in rep.claims] == ["not reproduced"] * 3  # one seed never reproduces
     rows = rep.tables[0].rows
-    ce, sp = (rows[a.name] for a in study.arms)
-    assert ce["optimizer updates"] == sp["optimizer updates"] == [12.0]  # 1500 numbers, 1 epoch, batch 128
-    # the distilled student asks one specialist about every number it sees
-    assert ce["teacher forward passes"] == [0.0] and sp["teacher forward passes"] == [1500.0]
+    ce, uniform, sp = (rows[a.name] for a in study.arms)
+    assert ce["optimizer updates"] == uniform["optimizer updates"] == sp["optimizer updates"] == [12.0]  # 1500
+    # numbers, 1 epoch, batch 128; each distilled student asks one specialist about every number it sees
+    assert ce["teacher forward passes"] == [0.0]
+    assert uniform["teacher forward passes"] == sp["teacher forward passes"] == [1500.0]
