@@ -50,6 +50,25 @@ def _selected(net, data, cfg, seed, params, progress=False, augment=None):
     return student, res["select"].distiller.chosen
 
 
+def _noisy_split(clean_tr, seed: int, per_class: int, classes: int) -> dict:
+    """A seed's training split: ``per_class`` rows per class marked clean, the others pair-flipped
+    y -> (y + 1) mod C at ``RATE``; with the clean subset and the share of noisy-row labels that are wrong."""
+    spec = {"clean": {"per_class": per_class, "seed": seed}, "noise": {"kind": "pairflip", "rate": RATE, "seed": seed}}
+    tr = apply_fields(clean_tr, spec, classes)
+    noisy_rows = ~tr.tensors["clean"]
+    wrong = 100.0 * float((tr.targets != clean_tr.targets)[noisy_rows].float().mean())
+    return {"tr": tr, "clean": clean_subset(tr), "wrong": wrong, "chosen": {}}
+
+
+def _tables(res):
+    t = Table("Per seed: noise and the lambda the method chose on its held-out clean rows", ["value"])
+    for ctx in res["contexts"]:
+        t.add("share of noisy-row labels that are wrong (%)", "value", ctx.wrong)
+        t.add("lambda chosen, plain", "value", ctx.chosen.get("plain", float("nan")))
+        t.add("lambda chosen, with G", "value", ctx.chosen.get("graph", float("nan")))
+    return [t]
+
+
 @register_reproduction("noisy_label_distillation", default_seeds=5, quick_seeds=2,
                        doc="Li et al. 2017: distillation from a clean-set model vs noisy, clean-only and "
                            "fine-tuning on MNIST-1D with pair-flip noise; the knowledge-graph variant")
@@ -67,12 +86,7 @@ def reproduce_noisy(seeds: list[int], quick: bool, progress: bool) -> Study:
         return {"clean_tr": tr, "va": va, "te": te, "shape": bundle.input_shape}
 
     def per_seed(ctx):
-        spec = {"clean": {"per_class": CLEAN_PER_CLASS, "seed": ctx.seed},
-                "noise": {"kind": "pairflip", "rate": RATE, "seed": ctx.seed}}
-        tr = apply_fields(ctx.clean_tr, spec, 10)
-        noisy_rows = ~tr.tensors["clean"]
-        wrong = 100.0 * float((tr.targets != ctx.clean_tr.targets)[noisy_rows].float().mean())
-        return {"tr": tr, "clean": clean_subset(tr), "wrong": wrong, "chosen": {}}
+        return _noisy_split(ctx.clean_tr, ctx.seed, CLEAN_PER_CLASS, 10)
 
     def net(ctx):
         return seeded(ctx.seed, models.create, "cnn1d", input_shape=ctx.shape, num_classes=10, width=32)
@@ -116,14 +130,6 @@ def reproduce_noisy(seeds: list[int], quick: bool, progress: bool) -> Study:
                 "distillation further (the paper's knowledge-graph variant).", with_graph, headline),
     ]
 
-    def tables(res):
-        t = Table("Per seed: noise and the lambda the method chose on its held-out clean rows", ["value"])
-        for ctx in res["contexts"]:
-            t.add("share of noisy-row labels that are wrong (%)", "value", ctx.wrong)
-            t.add("lambda chosen, plain", "value", ctx.chosen.get("plain", float("nan")))
-            t.add("lambda chosen, with G", "value", ctx.chosen.get("graph", float("nan")))
-        return [t]
-
     return Study(
         title="Learning from Noisy Labels with Distillation",
         paper="Li, Yang, Song, Cao, Luo & Li 2017, ICCV (arXiv:1703.02391)",
@@ -150,7 +156,7 @@ def reproduce_noisy(seeds: list[int], quick: bool, progress: bool) -> Study:
                  "the paper's DBpedia graph supplies; no other graph was tried. One validation pilot (seed 0, "
                  "scored on the 600 validation samples) only checked the arms and the time: CE 77.3, clean "
                  "only 90.0, fine-tuning 92.3, distillation 87.0, with G 90.0; nothing was changed after it."),
-        arms=arms, claims=claims, test_size=2000, shared=shared, per_seed=per_seed, tables=tables,
+        arms=arms, claims=claims, test_size=2000, shared=shared, per_seed=per_seed, tables=_tables,
         tried=("The earlier version distilled from the fine-tuned noisy model at a lambda fixed in advance; "
                "here the auxiliary is the paper's (clean rows only) and lambda is chosen on held-out clean "
                "rows. No setting was changed after the test split was read."),
@@ -182,12 +188,7 @@ def reproduce_noisy_mnist100(seeds: list[int], quick: bool, progress: bool) -> S
         return {"d": d, "clean_tr": tr, "te": te}
 
     def per_seed(ctx):
-        spec = {"clean": {"per_class": M100_CLEAN_PER_CLASS, "seed": ctx.seed},
-                "noise": {"kind": "pairflip", "rate": RATE, "seed": ctx.seed}}
-        tr = apply_fields(ctx.clean_tr, spec, 100)
-        noisy_rows = ~tr.tensors["clean"]
-        wrong = 100.0 * float((tr.targets != ctx.clean_tr.targets)[noisy_rows].float().mean())
-        return {"tr": tr, "clean": clean_subset(tr), "wrong": wrong, "chosen": {}}
+        return _noisy_split(ctx.clean_tr, ctx.seed, M100_CLEAN_PER_CLASS, 100)
 
     def net(ctx):
         return seeded(ctx.seed, models.create, "convnet", input_shape=ctx.d.input_shape, num_classes=100,
@@ -230,14 +231,6 @@ def reproduce_noisy_mnist100(seeds: list[int], quick: bool, progress: bool) -> S
                 with_graph, headline),
     ]
 
-    def tables(res):
-        t = Table("Per seed: noise and the lambda the method chose on its held-out clean rows", ["value"])
-        for ctx in res["contexts"]:
-            t.add("share of noisy-row labels that are wrong (%)", "value", ctx.wrong)
-            t.add("lambda chosen, plain", "value", ctx.chosen.get("plain", float("nan")))
-            t.add("lambda chosen, with G", "value", ctx.chosen.get("graph", float("nan")))
-        return [t]
-
     return Study(
         title="Learning from Noisy Labels with Distillation, on mnist100",
         paper="Li, Yang, Song, Cao, Luo & Li 2017, ICCV (arXiv:1703.02391)",
@@ -262,7 +255,7 @@ def reproduce_noisy_mnist100(seeds: list[int], quick: bool, progress: bool) -> S
                  "sample passes as the MNIST-1D study's 400 rows got, relative to the full budget. G links the "
                  "ten numbers that share a tens digit at the default graph_strength 0.5 (the class structure "
                  "of mnist100; pair-flip noise mostly stays inside a tens group), no other graph was tried."),
-        arms=arms, claims=claims, test_size=5000, shared=shared, per_seed=per_seed, tables=tables,
+        arms=arms, claims=claims, test_size=5000, shared=shared, per_seed=per_seed, tables=_tables,
         tried="one configuration, fixed in advance (see choices).",
         notes=["Budgets are not equal by construction: the method trains an auxiliary and one student per lambda "
                "candidate; the CE baseline trains one student for the same epochs."])
