@@ -127,10 +127,12 @@ def test_kd_from_a_full_store_equals_dense_kd_on_a_batch(tiny_data, tmp_path, di
             torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
 
 
-def test_kd_run_from_a_full_store_reproduces_the_dense_kd_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("temperature,alpha", [(4.0, 0.9), (1.0, 0.5)])  # T = 1: the CE from the bucket's pass
+def test_kd_run_from_a_full_store_reproduces_the_dense_kd_run(tiny_data, tmp_path, temperature, alpha):
     teacher = mlp(9)
-    build_store(teacher, tiny_data, tmp_path / "s", k=3, temperature=4.0, value_dtype="float32", progress=False)
-    kw = dict(val_fraction=0, epochs=2, temperature=4.0, alpha=0.9, **FAST)
+    build_store(teacher, tiny_data, tmp_path / "s", k=3, temperature=temperature, value_dtype="float32",
+                progress=False)
+    kw = dict(val_fraction=0, epochs=2, temperature=temperature, alpha=alpha, **FAST)
     dense, _ = joryu.distill(teacher, mlp(10, 8), tiny_data, teacher_cache=False, **kw)
     stored, _ = joryu.distill(teacher, mlp(10, 8), tiny_data, teacher_store=str(tmp_path / "s"), **kw)
     for p, q in zip(dense.parameters(), stored.parameters()):

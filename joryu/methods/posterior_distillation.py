@@ -315,7 +315,7 @@ class PosteriorDistillation(Method):
     defaults_evidence = DefaultsEvidence(
         hurts=True, source="results/defaults/posterior_distillation.md",
         regime="Checked on digits only (a run takes 2 to 10 minutes there; on MNIST-1D one had not finished "
-               "after 16): the generator's posterior-predictive student is 0.26 points below the student "
+               "after 15): the generator's posterior-predictive student is 0.26 points below the student "
                "alone (3 seeds, interval -6.12 .. +5.60, one seed +2.3, one -2.3). Its regime is calibrated "
                "uncertainty from a distilled posterior (NLL, out-of-distribution detection: its "
                "reproduction), not a more accurate small network.")
